@@ -1,0 +1,27 @@
+#!/bin/sh
+# Service: one keystone API (gunicorn, foreground) on 127.0.0.1:$1.
+# Usage: sh api.sh "$ENVBUILD_PORT_API1"   (cwd = machine root)
+# Stops on SIGTERM (graceful, up to --graceful-timeout) or SIGQUIT/SIGINT (fast).
+set -eu
+cd "${ENVBUILD_ROOT:?}"
+port=${1:?usage: api.sh PORT}
+venv=${KEYSTONE_VENV:-venv}
+
+# keystone's WSGI app reads $OS_KEYSTONE_CONFIG_DIR/keystone.conf (relative to
+# the cwd, the machine root, like every path inside keystone.conf).
+OS_KEYSTONE_CONFIG_DIR=etc/keystone
+export OS_KEYSTONE_CONFIG_DIR
+
+# gunicorn >= 25.1 opens a control socket under $HOME by default, and $HOME is
+# inside the machine dir (and shared by both API instances): switch it off.
+set --
+if "$venv/bin/python" -c 'import sys, gunicorn; sys.exit(gunicorn.version_info < (25, 1))'; then
+    set -- --no-control-socket
+fi
+
+# 2 sync workers per instance: 2 instances x 2 = 4 processes for 2 cores;
+# requests are short and mostly CPU (bcrypt, fernet). No --preload: each worker
+# builds its own app and DB engine after the fork.
+exec "$venv/bin/python" -m gunicorn "$@" \
+    --bind "127.0.0.1:$port" --workers 2 --timeout 60 --graceful-timeout 10 \
+    keystone.wsgi.api:application

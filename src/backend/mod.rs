@@ -1,0 +1,61 @@
+//! Where machines live. One trait, one file per backend.
+//!
+//! Only the local backend exists so far; libvirt and vagrant machines are accepted by the spec
+//! (so environments can describe them) and refused at build time with a clear message.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::spec::model::{BackendKind, Machine};
+use crate::state::{MachineState, RunningServices};
+use crate::store::{Entry, Pending};
+use crate::key::digest::TreeEntry;
+
+/// What a backend needs to run one stage's steps.
+pub struct StepContext<'a> {
+    pub machine: &'a Machine,
+    pub state: &'a MachineState,
+    /// The stage's inputs, templates and sources, as a read-only folder.
+    pub inputs: &'a Path,
+    pub env: BTreeMap<String, String>,
+    pub deadline: Instant,
+}
+
+/// What a backend needs to start a machine's services.
+pub struct RuntimeContext<'a> {
+    pub machine: &'a Machine,
+    pub state: &'a MachineState,
+    pub vars: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+}
+
+pub trait Backend: Sync {
+    /// Checks that the host has what the machine needs; names the package to install if not.
+    fn check_host(&self, machine: &Machine) -> Result<()>;
+    /// Makes the machine hold exactly `entry` (a committed stage). `Ok(false)`: the entry is damaged.
+    fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool>;
+    /// Makes the machine empty, as before its first stage.
+    fn reset(&self, state: &MachineState) -> Result<()>;
+    /// Runs one step; every output line goes to `on_line`. Returns the step's exit code.
+    fn run_step(&self, ctx: &StepContext, step: &str, on_line: &mut (dyn FnMut(&str) + Send)) -> Result<crate::process::StepEnd>;
+    /// Writes the machine's current content into `pending`'s artifact.
+    fn snapshot(&self, state: &MachineState, pending: &Pending, parent: Option<&Entry>) -> Result<(Vec<TreeEntry>, u64)>;
+    /// Runs prestart hooks and starts services, waiting for each to be ready.
+    fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices>;
+    /// Stops what `start` started. Returns the names of services that had to be killed.
+    fn stop(&self, state: &MachineState, running: &RunningServices) -> Vec<String>;
+}
+
+pub fn for_kind(kind: BackendKind) -> Result<&'static dyn Backend> {
+    match kind {
+        BackendKind::Local => Ok(&local::LocalBackend),
+        other => Err(Error::Input(format!(
+            "the {} backend is not available in this version of envbuild; use backend = \"local\"",
+            other.as_str()
+        ))),
+    }
+}

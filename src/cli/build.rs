@@ -1,0 +1,96 @@
+//! `envbuild build ENV`, `envbuild up ENV`, `envbuild down ENV`
+
+use clap::Args;
+
+use super::{Global, VarArgs, load, print_json};
+use crate::engine::{self, Action, BuildReport};
+use crate::error::Result;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Environment name
+    env: String,
+    /// Print a JSON report of what was built, restored and cached (and, for up, the services)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    vars: VarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArg {
+    /// Environment name
+    env: String,
+}
+
+fn summary(report: &BuildReport) -> String {
+    let count = |action: Action| report.stages.iter().filter(|s| s.action == action).count();
+    format!(
+        "{}: {} built, {} restored from cache, {} reused, {} already current ({:.1}s)",
+        report.env,
+        count(Action::Built),
+        count(Action::Restored) + count(Action::Cached),
+        count(Action::Reused),
+        count(Action::Current),
+        report.seconds
+    )
+}
+
+pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
+    let ws = global.workspace()?;
+    let env = load(&ws, &args.env, &args.vars)?;
+    let keys = ws.keys(&env)?;
+    let report = engine::build(&ws, &env, &keys, &global.progress())?;
+    if args.json {
+        print_json(&report);
+    } else if !global.quiet {
+        eprintln!("{}", summary(&report));
+    }
+    Ok(0)
+}
+
+#[derive(serde::Serialize)]
+struct UpReport<'a> {
+    build: &'a BuildReport,
+    machines: Vec<serde_json::Value>,
+}
+
+pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
+    let ws = global.workspace()?;
+    let env = load(&ws, &args.env, &args.vars)?;
+    let keys = ws.keys(&env)?;
+    let (report, running) = engine::up(&ws, &env, &keys, &global.progress())?;
+    if args.json {
+        let machines = running
+            .iter()
+            .map(|(name, r)| serde_json::json!({ "machine": name, "ports": r.ports, "services": r.services }))
+            .collect();
+        print_json(&UpReport { build: &report, machines });
+        return Ok(0);
+    }
+    if !global.quiet {
+        eprintln!("{}", summary(&report));
+    }
+    for (machine, r) in &running {
+        for service in &r.services {
+            println!("{}/{machine}/{}: running (pid {}){}", env.name, service.name, service.pid, service.url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default());
+        }
+    }
+    if env.cloud.is_some() && !global.quiet {
+        eprintln!("credentials: envbuild creds {}", env.name);
+    }
+    Ok(0)
+}
+
+pub fn run_down(global: &Global, args: EnvArg) -> Result<i32> {
+    let ws = global.workspace()?;
+    let env = ws.load(&args.env, &[])?;
+    let killed = engine::down(&ws, &env)?;
+    for (machine, service) in &killed {
+        eprintln!("warning: {}/{machine}/{service} did not stop in time and was killed", env.name);
+    }
+    if !global.quiet {
+        eprintln!("{}: down", env.name);
+    }
+    Ok(0)
+}

@@ -1,0 +1,130 @@
+//! The command line: argument types and one file per command. Commands parse, call into the
+//! engine/store, and print; they hold no business logic.
+
+mod build;
+mod cache;
+mod creds;
+mod exec;
+mod hash;
+mod list;
+mod plan;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Workspace;
+use crate::error::Result;
+use crate::spec::parse_var_override;
+use crate::spec::model::Environment;
+use crate::state::State;
+use crate::store::Store;
+
+/// Reproducible, cached environments for testing OpenStack rolling upgrades.
+///
+/// Exit codes: 0 success, 1 the work failed (a step, a service, a check), 2 bad input (a broken
+/// spec, an unknown name, a missing host tool, a rejected archive).
+#[derive(Debug, Parser)]
+#[command(name = "envbuild", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Folder of environment specs [default: the nearest ./environments]
+    #[arg(long, global = true, env = "ENVBUILD_ENVS", value_name = "DIR")]
+    pub envs: Option<PathBuf>,
+    /// Stage store [default: $XDG_CACHE_HOME/envbuild]
+    #[arg(long, global = true, env = "ENVBUILD_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Live machines, secrets, running services [default: $XDG_STATE_HOME/envbuild]
+    #[arg(long, global = true, env = "ENVBUILD_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Print only results and errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+/// `--var name=value`, repeatable.
+#[derive(Debug, Args, Clone)]
+pub struct VarArgs {
+    /// Override a var of the environment (changes the keys of exactly the stages that use it)
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var_override)]
+    pub vars: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the environments
+    List(list::ListArgs),
+    /// Show which stages are cached and which will be built (and why, with --explain)
+    Plan(plan::PlanArgs),
+    /// Build every stage of an environment, replaying cached stages
+    Build(build::BuildArgs),
+    /// Build, then start the environment's services and wait until they are ready
+    Up(build::BuildArgs),
+    /// Stop the environment's services, leaving no process or port behind
+    Down(build::EnvArg),
+    /// Show what is built and running
+    Status(status::StatusArgs),
+    /// Run a command inside a machine (its root, its runtime environment)
+    Exec(exec::ExecArgs),
+    /// Print the stage keys of an environment
+    Hash(hash::HashArgs),
+    /// Print an openrc for the environment's cloud and write a clouds.yaml
+    Creds(creds::CredsArgs),
+    /// Inspect and maintain the stage store
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// (internal) run a step so that nothing it starts outlives it
+    #[command(hide = true)]
+    Supervise {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+impl Global {
+    pub fn workspace(&self) -> Result<Workspace> {
+        let envs = crate::spec::find_envs_dir(self.envs.as_deref())?;
+        let store = self.store.clone().unwrap_or_else(Store::default_root);
+        let state = self.state.clone().unwrap_or_else(State::default_root);
+        Workspace::open(envs, store, state)
+    }
+
+    pub fn progress(&self) -> crate::engine::progress::Progress {
+        crate::engine::progress::Progress::new(self.quiet)
+    }
+}
+
+/// Loads an environment (with overrides) from the workspace.
+fn load(ws: &Workspace, name: &str, vars: &VarArgs) -> Result<Environment> {
+    ws.load(name, &vars.vars)
+}
+
+pub fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let global = &cli.global;
+    match cli.command {
+        Command::List(args) => list::run(global, args),
+        Command::Plan(args) => plan::run(global, args),
+        Command::Build(args) => build::run_build(global, args),
+        Command::Up(args) => build::run_up(global, args),
+        Command::Down(args) => build::run_down(global, args),
+        Command::Status(args) => status::run(global, args),
+        Command::Exec(args) => exec::run(global, args),
+        Command::Hash(args) => hash::run(global, args),
+        Command::Creds(args) => creds::run(global, args),
+        Command::Cache(command) => cache::run(global, command),
+        Command::Supervise { command } => Ok(crate::process::supervise(&command)),
+    }
+}

@@ -1,0 +1,44 @@
+//! `envbuild plan ENV [--explain]`
+
+use clap::Args;
+
+use super::{Global, VarArgs, load, print_json};
+use crate::engine;
+use crate::error::Result;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Environment name
+    env: String,
+    /// Say for each stage that will be built why: which input, var or parent changed since its
+    /// newest cached build
+    #[arg(long)]
+    explain: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    vars: VarArgs,
+}
+
+pub fn run(global: &Global, args: PlanArgs) -> Result<i32> {
+    let ws = global.workspace()?;
+    let env = load(&ws, &args.env, &args.vars)?;
+    let keys = ws.keys(&env)?;
+    let plan = engine::plan(&ws, &env, &keys, args.explain || args.json)?;
+    if args.json {
+        print_json(&plan);
+        return Ok(0);
+    }
+    for machine in &plan.machines {
+        println!("{} ({})", machine.name, machine.backend);
+        for stage in &machine.stages {
+            let state = if stage.cached { "cached" } else { "build " };
+            println!("  {state} {:<16} {}", stage.name, &stage.key[..16]);
+            for reason in &stage.reasons {
+                println!("         - {reason}");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,75 @@
+//! Progress of a build: on a terminal, a live line per stage (state, elapsed time, the last line
+//! of its output); otherwise plain lines, one when a stage starts and one when it ends.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Clone)]
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    quiet: bool,
+}
+
+pub struct StageProgress {
+    bar: Option<ProgressBar>,
+    label: String,
+    started: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        let live = !quiet && std::io::stderr().is_terminal() && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
+        let multi = live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Progress { multi, quiet }
+    }
+
+    /// A message that is not about one stage (waiting for a lock, a quarantined entry).
+    pub fn note(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    pub fn stage(&self, label: String, what: &str) -> StageProgress {
+        let bar = self.multi.as_ref().map(|multi| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}").expect("template is valid"),
+            );
+            bar.set_prefix(format!("{label} {what}"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        if bar.is_none() && !self.quiet {
+            eprintln!("==> {label}: {what}");
+        }
+        StageProgress { bar, label, started: Instant::now(), quiet: self.quiet }
+    }
+}
+
+impl StageProgress {
+    pub fn line(&self, text: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text.chars().take(120).collect::<String>());
+        }
+    }
+
+    pub fn finish(self, outcome: &str) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let text = format!("{}: {outcome} ({elapsed:.1}s)", self.label);
+        match self.bar {
+            Some(bar) => bar.finish_with_message(format!("{outcome} ({elapsed:.1}s)")),
+            None if !self.quiet => eprintln!("==> {text}"),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Stage keys: the canonical encoding of everything that can change what a stage produces, and
+//! its sha256. See docs/hashing.md for the rule, which this module is the only implementation of.
+
+pub mod digest;
+pub mod explain;
+pub mod fingerprint;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::spec::model::{Environment, Machine, Stage};
+use crate::spec::template;
+use digest::sha256_bytes;
+use fingerprint::FingerprintCache;
+
+/// Bumped whenever the encoding or the meaning of a field changes: every key changes with it.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything a stage key is computed from. Serialized as compact JSON with fields in this order
+/// and maps sorted, which makes the encoding canonical; secrets never appear here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    pub format: u32,
+    pub backend: String,
+    pub base: String,
+    pub parent: Option<String>,
+    /// Keys of stages of other machines this one waits for, by "machine.stage".
+    pub after: BTreeMap<String, String>,
+    pub steps: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, String>,
+    /// Input path -> "mode:sha256" (files), "link:target", "dir:mode".
+    pub inputs: BTreeMap<String, String>,
+    /// Template path -> sha256 of the rendered text.
+    pub templates: BTreeMap<String, String>,
+    /// Source name -> pinned sha256.
+    pub sources: BTreeMap<String, String>,
+}
+
+impl KeyMaterial {
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(self).expect("key material serializes");
+        let mut bytes = b"envbuild-stage-key\n".to_vec();
+        bytes.extend_from_slice(&json);
+        sha256_bytes(&bytes)
+    }
+}
+
+/// A stage with its key, as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct StageKey {
+    pub machine: String,
+    pub stage: String,
+    pub key: String,
+    pub material: KeyMaterial,
+}
+
+/// Computes the keys of every stage of `env`, machines in dependency order.
+pub fn stage_keys(env: &Environment, cache: &FingerprintCache) -> Result<Vec<StageKey>> {
+    let mut keys: Vec<StageKey> = Vec::new();
+    for machine in &env.machines {
+        let base = base_digest(machine, cache)?;
+        let mut parent = None;
+        for stage in &machine.stages {
+            let mut after = BTreeMap::new();
+            for (m, s) in &stage.after {
+                let dep = keys.iter().find(|k| k.machine == *m && k.stage == *s).expect("spec ordered machines by their dependencies");
+                after.insert(format!("{m}.{s}"), dep.key.clone());
+            }
+            let material = KeyMaterial {
+                format: FORMAT_VERSION,
+                backend: machine.backend.as_str().to_string(),
+                base: base.clone(),
+                parent: parent.clone(),
+                after,
+                steps: stage.steps_template.clone(),
+                env: stage.env_template.clone(),
+                vars: stage.vars.clone(),
+                inputs: input_digests(env, stage, cache)?,
+                templates: rendered_templates(env, stage)?
+                    .into_iter()
+                    .map(|(path, text)| (path, sha256_bytes(text.as_bytes())))
+                    .collect(),
+                sources: stage.sources.iter().map(|s| (s.name.clone(), s.sha256.clone())).collect(),
+            };
+            let key = material.key();
+            parent = Some(key.clone());
+            keys.push(StageKey { machine: machine.name.clone(), stage: stage.name.clone(), key, material });
+        }
+    }
+    Ok(keys)
+}
+
+/// The base digest: the backend kind, the pinned image, and the bytes of each host tool.
+fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
+    let mut text = format!("backend={}\n", machine.backend.as_str());
+    if let Some(image) = &machine.base.image {
+        text.push_str(&format!("image={}\n", image.sha256));
+    }
+    for tool in &machine.base.host_tools {
+        let resolved = std::fs::canonicalize(tool).map_err(|_| Error::MissingTool {
+            machine: machine.name.clone(),
+            what: format!("host tool {}", tool.display()),
+            fix: format!("install the package that provides {} (see the machine's `requires`)", tool.display()),
+        })?;
+        let meta = std::fs::metadata(&resolved).ctx(|| format!("reading {}", resolved.display()))?;
+        text.push_str(&format!("tool={}={}\n", resolved.display(), cache.digest(&resolved, &meta)?));
+    }
+    Ok(sha256_bytes(text.as_bytes()))
+}
+
+fn input_digests(env: &Environment, stage: &Stage, cache: &FingerprintCache) -> Result<BTreeMap<String, String>> {
+    let mut digests = BTreeMap::new();
+    for input in &stage.inputs {
+        let mut hash = |path: &Path, meta: &std::fs::Metadata| cache.digest(path, meta);
+        for entry in digest::tree(&env.dir.join(input), input, &mut hash)? {
+            digests.insert(entry.path().to_string(), entry.fingerprint());
+        }
+    }
+    Ok(digests)
+}
+
+/// Renders a stage's templates with its vars: (relative path, text).
+pub fn rendered_templates(env: &Environment, stage: &Stage) -> Result<Vec<(String, String)>> {
+    stage
+        .templates
+        .iter()
+        .map(|relative| {
+            let path = env.dir.join(relative);
+            let text = std::fs::read_to_string(&path).ctx(|| format!("reading template {}", path.display()))?;
+            let rendered = template::render(&text, |n| stage.vars.get(n).cloned())
+                .map_err(|e| Error::spec(crate::error::Location::at(&path, &text, e.offset), e.message))?;
+            Ok((relative.clone(), rendered))
+        })
+        .collect()
+}
+

@@ -1,0 +1,27 @@
+//! envbuild: reproducible, cached environments for testing OpenStack rolling upgrades.
+
+mod backend;
+mod cli;
+mod engine;
+mod error;
+mod key;
+mod process;
+mod spec;
+mod state;
+mod store;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENVBUILD_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,239 @@
+//! Running host processes without leaking them.
+//!
+//! Build steps run under a small supervisor (`envbuild supervise`, hidden) that puts the step in a
+//! process group of its own, dies with envbuild (PR_SET_PDEATHSIG) and kills the whole group when
+//! it does, or when the step ends: a step never leaves a process behind, even if envbuild is
+//! killed with SIGKILL. Services are the opposite: they outlive `up` in a session of their own,
+//! and `down` stops their process group.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEnd {
+    Exited(i32),
+    TimedOut,
+}
+
+/// The host variables passed through to steps: how this host reaches package registries. They
+/// change where bytes come from, never which bytes (inputs are pinned by hash).
+pub const PASS_THROUGH: [&str; 11] = [
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_CERT",
+    "PIP_DEFAULT_TIMEOUT",
+    "SSL_CERT_FILE",
+];
+
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The base environment of every step, hook and service: nothing from the caller but PATH's
+/// standard value, a locale, and the registry settings above.
+pub fn base_env(home: &Path) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), SAFE_PATH.to_string()),
+        ("HOME".to_string(), home.display().to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ]);
+    for name in PASS_THROUGH {
+        if let Ok(value) = std::env::var(name) {
+            env.insert(name.to_string(), value);
+        }
+    }
+    env
+}
+
+/// Runs `sh -ec command` under the supervisor, feeding every output line to `on_line`.
+pub fn run_step(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    deadline: Instant,
+    mut on_line: impl FnMut(&str) + Send,
+) -> Result<StepEnd> {
+    let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
+    let (reader, writer) = std::io::pipe().ctx(|| "creating a pipe".into())?;
+    let mut child = Command::new(exe)
+        .args(["supervise", "--", "/bin/sh", "-ec", command])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().ctx(|| "creating a pipe".into())?)
+        .stderr(writer)
+        .spawn()
+        .ctx(|| format!("starting a step in {}", cwd.display()))?;
+    std::thread::scope(|scope| {
+        let lines = scope.spawn(move || {
+            for line in BufReader::new(reader).split(b'\n') {
+                let Ok(line) = line else { break };
+                on_line(&String::from_utf8_lossy(&line));
+            }
+        });
+        let end = loop {
+            if let Some(status) = child.try_wait().ctx(|| "waiting for a step".into())? {
+                break StepEnd::Exited(status.code().unwrap_or(128));
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: signalling our own child, which kills its step's process group.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let _ = child.wait();
+                break StepEnd::TimedOut;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = lines.join();
+        Ok(end)
+    })
+}
+
+static SUPERVISED_GROUP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn kill_group_and_exit(_signal: libc::c_int) {
+    let group = SUPERVISED_GROUP.load(Ordering::SeqCst);
+    // SAFETY: kill and _exit are async-signal-safe.
+    unsafe {
+        if group > 0 {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        libc::_exit(143);
+    }
+}
+
+/// The hidden `envbuild supervise -- CMD...`: see the module doc. Returns the exit code.
+pub fn supervise(command: &[String]) -> i32 {
+    // SAFETY: prctl/getppid/signal with valid arguments; the handler only uses signal-safe calls.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() == 1 {
+            return 143;
+        }
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(signal, kill_group_and_exit as *const () as libc::sighandler_t);
+        }
+    }
+    let Some((program, args)) = command.split_first() else { return 2 };
+    let mut child = match Command::new(program).args(args).process_group(0).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("envbuild supervise: cannot start {program}: {e}");
+            return 127;
+        }
+    };
+    let group = child.id() as i32;
+    SUPERVISED_GROUP.store(group, Ordering::SeqCst);
+    let code = match child.wait() {
+        Ok(status) => status.code().unwrap_or(128),
+        Err(_) => 128,
+    };
+    // Whatever the step left running in its group goes with it.
+    // SAFETY: signalling the process group we created.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    code
+}
+
+/// Starts a long-running service in its own session, output appended to `log`; returns its pid
+/// (also its process group id).
+pub fn spawn_service(command: &str, cwd: &Path, env: &BTreeMap<String, String>, log: &Path) -> Result<i32> {
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log).ctx(|| format!("opening {}", log.display()))?;
+    let _ = writeln!(out, "--- envbuild: starting at {}", crate::store::now_rfc3339());
+    let err = out.try_clone().ctx(|| format!("opening {}", log.display()))?;
+    let mut command_line = Command::new("/bin/sh");
+    command_line.args(["-c", command]).current_dir(cwd).env_clear().envs(env).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe and runs in the forked child before exec.
+    unsafe {
+        command_line.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command_line.spawn().ctx(|| format!("starting `{command}`"))?;
+    Ok(child.id() as i32)
+}
+
+/// True while any process of group `pgid` exists.
+pub fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
+/// Sends `signal` to the group, waits up to `grace` for it to end, then SIGKILLs what remains.
+/// Returns true if the group had to be killed.
+pub fn stop_group(pgid: i32, signal: i32, grace: Duration) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    // SAFETY: signalling a process group we started.
+    unsafe { libc::kill(-pgid, signal) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        reap();
+        if !group_alive(pgid) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    for _ in 0..100 {
+        reap();
+        if !group_alive(pgid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Collects exited children of ours (services started by this same process) so they do not
+/// linger as zombies that still count as alive.
+fn reap() {
+    // SAFETY: waitpid with WNOHANG on any child; no memory is shared.
+    unsafe { while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {} }
+}
+
+/// Runs a short host command (a requirement probe, a readiness check) to completion, quietly.
+pub fn probe(command: &str, cwd: &Path, env: &BTreeMap<String, String>) -> bool {
+    Command::new("/bin/sh")
+        .args(["-c", command])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Finds `program` on the standard PATH (including the sbin folders a non-login shell may lack).
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| program.into());
+    }
+    SAFE_PATH.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}
+
+/// Last `n` lines of a file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+

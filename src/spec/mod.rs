@@ -1,0 +1,698 @@
+//! Environment specs: find them, parse the TOML, validate, resolve.
+//!
+//! parse ([`raw`]) -> validate and resolve (this module) -> [`model::Environment`]. Every error
+//! names the file, line and column and says what is allowed; nothing past this module sees raw
+//! TOML.
+
+pub mod model;
+pub mod raw;
+pub mod template;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::error::{Error, IoContext, Location, Result};
+use model::*;
+use raw::*;
+
+const DEFAULT_STAGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SECRET_LENGTH: usize = 32;
+
+/// Placeholders a service command, readiness check or prestart hook may use besides vars.
+pub const RUNTIME_NAMES: [&str; 2] = ["root", "run"];
+
+/// Finds the environments folder: the flag or ENVBUILD_ENVS if given, else the nearest
+/// `environments/` in the current directory or one of its parents (as cargo finds Cargo.toml).
+pub fn find_envs_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        if dir.is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+        return Err(Error::Input(format!(
+            "environments folder {} does not exist.\n  fix: pass an existing folder with --envs or ENVBUILD_ENVS",
+            dir.display()
+        )));
+    }
+    let cwd = std::env::current_dir().ctx(|| "reading the current directory".into())?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join("environments");
+        if candidate.is_dir() {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::Input(format!(
+        "no environments/ folder in {} or any parent.\n  fix: run envbuild from a project with an environments/ folder, or pass --envs DIR",
+        cwd.display()
+    )))
+}
+
+/// Names of the environments in `dir` (every `*.toml`), sorted.
+pub fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
+        let path = entry.ctx(|| format!("reading {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                names.push(stem.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Loads and validates environment `name`, applying `--var` overrides.
+pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
+    let file = dir.join(format!("{name}.toml"));
+    if !file.is_file() {
+        let known = list_names(dir)?;
+        return Err(Error::Input(format!(
+            "no environment `{name}` in {}.\n  known environments: {}",
+            dir.display(),
+            if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+        )));
+    }
+    let source = std::fs::read_to_string(&file).ctx(|| format!("reading {}", file.display()))?;
+    Loader { file: &file, source: &source, dir: &dir.join(name) }.load(name, overrides)
+}
+
+/// Parses `name=value` as given to `--var`.
+pub fn parse_var_override(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not name=value")),
+    }
+}
+
+struct Loader<'a> {
+    file: &'a Path,
+    source: &'a str,
+    dir: &'a Path,
+}
+
+/// What a placeholder may name in a given place.
+struct Scope<'a> {
+    vars: &'a BTreeMap<String, Var>,
+    ports: Option<&'a [Port]>,
+}
+
+impl Scope<'_> {
+    fn allows(&self, name: &str) -> bool {
+        if self.vars.contains_key(name) {
+            return true;
+        }
+        let Some(ports) = self.ports else { return false };
+        if RUNTIME_NAMES.contains(&name) {
+            return true;
+        }
+        name.strip_prefix("ports.").is_some_and(|p| ports.iter().any(|port| port.name == p))
+    }
+
+    fn describe(&self) -> String {
+        let mut names: Vec<String> = self.vars.keys().cloned().collect();
+        if let Some(ports) = self.ports {
+            names.extend(RUNTIME_NAMES.iter().map(|s| s.to_string()));
+            names.extend(ports.iter().map(|p| format!("ports.{}", p.name)));
+        }
+        if names.is_empty() { "nothing (declare vars in [vars])".into() } else { names.join(", ") }
+    }
+}
+
+impl Loader<'_> {
+    fn at(&self, offset: usize) -> Location {
+        Location::at(self.file, self.source, offset)
+    }
+
+    fn err<T>(&self, offset: usize, message: impl Into<String>) -> Result<T> {
+        Err(Error::spec(self.at(offset), message))
+    }
+
+    /// Offset of character `index` inside the string literal spanning `span`.
+    fn inside(&self, span: std::ops::Range<usize>, index: usize) -> usize {
+        let literal = &self.source[span.start.min(self.source.len())..];
+        let quote = if literal.starts_with("\"\"\"") || literal.starts_with("'''") { 3 } else { 1 };
+        let newline = usize::from(literal[quote.min(literal.len())..].starts_with('\n'));
+        span.start + quote + newline + index
+    }
+
+    fn load(&self, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
+        let raw: RawEnvironment = toml::from_str(self.source).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            Error::spec(self.at(offset), e.message().trim().to_string())
+        })?;
+        let vars = self.vars(&raw, overrides)?;
+        let secrets = self.secrets(&raw)?;
+        if raw.machines.is_empty() {
+            return self.err(0, "the environment defines no machines; add a [machines.NAME] table");
+        }
+        let mut machines = Vec::new();
+        for (machine_name, raw_machine) in &raw.machines {
+            machines.push(self.machine(machine_name, raw_machine, &vars)?);
+        }
+        let machines = self.order_machines(machines, &raw)?;
+        let cloud = match &raw.cloud {
+            None => None,
+            Some(cloud) => Some(self.cloud(cloud.get_ref(), &machines, &vars, &secrets)?),
+        };
+        Ok(Environment {
+            name: name.to_string(),
+            file: self.file.to_path_buf(),
+            dir: self.dir.to_path_buf(),
+            description: raw.description,
+            vars,
+            secrets,
+            machines,
+            cloud,
+        })
+    }
+
+    fn cloud(
+        &self,
+        raw: &RawCloud,
+        machines: &[Machine],
+        vars: &BTreeMap<String, Var>,
+        secrets: &BTreeMap<String, SecretSpec>,
+    ) -> Result<Cloud> {
+        let Some(machine) = machines.iter().find(|m| m.name == *raw.machine.get_ref()) else {
+            return self.err(raw.machine.span().start, format!("[cloud] names machine `{}`, which this environment does not define", raw.machine.get_ref()));
+        };
+        self.check_placeholders(&raw.auth_url, &Scope { vars, ports: Some(&machine.ports) })?;
+        if !secrets.contains_key(raw.password_secret.get_ref()) {
+            return self.err(
+                raw.password_secret.span().start,
+                format!("[cloud] password_secret `{}` is not declared in [secrets]", raw.password_secret.get_ref()),
+            );
+        }
+        Ok(Cloud {
+            machine: machine.name.clone(),
+            auth_url: raw.auth_url.get_ref().clone(),
+            username: raw.username.clone(),
+            password_secret: raw.password_secret.get_ref().clone(),
+            project: raw.project.clone(),
+            user_domain: raw.user_domain.clone().unwrap_or_else(|| "Default".into()),
+            project_domain: raw.project_domain.clone().unwrap_or_else(|| "Default".into()),
+            region: raw.region.clone().unwrap_or_else(|| "RegionOne".into()),
+        })
+    }
+
+    fn check_name(&self, name: &Name, what: &str) -> Result<()> {
+        let valid = name.get_ref().chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && name.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if valid {
+            return Ok(());
+        }
+        self.err(
+            name.span().start,
+            format!(
+                "`{}` is not a valid {what} name: use lowercase letters, digits, `-` and `_`, starting with a letter",
+                name.get_ref()
+            ),
+        )
+    }
+
+    fn vars(&self, raw: &RawEnvironment, overrides: &[(String, String)]) -> Result<BTreeMap<String, Var>> {
+        let mut vars = BTreeMap::new();
+        for (name, value) in &raw.vars {
+            self.check_name(name, "var")?;
+            let text = match value.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return self.err(
+                        value.span().start,
+                        format!("var `{}` is a {}; a var is a string, number or boolean", name.get_ref(), other.type_str()),
+                    );
+                }
+            };
+            vars.insert(name.get_ref().clone(), Var { value: text, overridden: false });
+        }
+        for (name, value) in overrides {
+            let Some(var) = vars.get_mut(name) else {
+                let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
+                return Err(Error::Input(format!(
+                    "--var {name}: environment file {} declares no var `{name}`.\n  declared vars: {}",
+                    self.file.display(),
+                    if declared.is_empty() { "(none)".into() } else { declared.join(", ") }
+                )));
+            };
+            *var = Var { value: value.clone(), overridden: true };
+        }
+        Ok(vars)
+    }
+
+    fn secrets(&self, raw: &RawEnvironment) -> Result<BTreeMap<String, SecretSpec>> {
+        let mut secrets = BTreeMap::new();
+        for (name, secret) in &raw.secrets {
+            self.check_name(name, "secret")?;
+            if secret.generate.get_ref() != "password" {
+                return self.err(
+                    secret.generate.span().start,
+                    format!("unknown secret generator `{}`; allowed: \"password\"", secret.generate.get_ref()),
+                );
+            }
+            let length = match &secret.length {
+                None => DEFAULT_SECRET_LENGTH,
+                Some(l) if (16..=128).contains(l.get_ref()) => *l.get_ref() as usize,
+                Some(l) => return self.err(l.span().start, "a secret's length must be between 16 and 128"),
+            };
+            secrets.insert(name.get_ref().clone(), SecretSpec { length, description: secret.description.clone() });
+        }
+        Ok(secrets)
+    }
+
+    fn machine(&self, name: &Name, raw: &RawMachine, vars: &BTreeMap<String, Var>) -> Result<Machine> {
+        self.check_name(name, "machine")?;
+        let backend = match &raw.backend {
+            None => BackendKind::Local,
+            Some(b) => match b.get_ref().as_str() {
+                "local" => BackendKind::Local,
+                "libvirt" => BackendKind::Libvirt,
+                "vagrant" => BackendKind::Vagrant,
+                other => {
+                    return self.err(
+                        b.span().start,
+                        format!("unknown backend `{other}`; allowed: {}", BackendKind::ALL.join(", ")),
+                    );
+                }
+            },
+        };
+        let ports = self.ports(&raw.ports)?;
+        let runtime = Scope { vars, ports: Some(&ports) };
+        let mut prestart = Vec::new();
+        for hook in &raw.prestart {
+            self.check_placeholders(hook, &runtime)?;
+            prestart.push(hook.get_ref().clone());
+        }
+        let mut stages = Vec::new();
+        for stage in &raw.stages {
+            if let Some(first) = stages.iter().position(|s: &Stage| s.name == *stage.get_ref().name.get_ref()) {
+                let _ = first;
+                return self.err(
+                    stage.get_ref().name.span().start,
+                    format!("machine `{}` has two stages named `{}`; stage names must be unique", name.get_ref(), stage.get_ref().name.get_ref()),
+                );
+            }
+            stages.push(self.stage(stage.get_ref(), vars)?);
+        }
+        if stages.is_empty() && raw.services.is_empty() {
+            return self.err(name.span().start, format!("machine `{}` has no stages and no services", name.get_ref()));
+        }
+        let mut services: Vec<Service> = Vec::new();
+        for service in &raw.services {
+            let service = service.get_ref();
+            self.check_name(&service.name, "service")?;
+            if services.iter().any(|s| s.name == *service.name.get_ref()) {
+                return self.err(
+                    service.name.span().start,
+                    format!("machine `{}` has two services named `{}`", name.get_ref(), service.name.get_ref()),
+                );
+            }
+            services.push(self.service(service, &runtime)?);
+        }
+        Ok(Machine {
+            name: name.get_ref().clone(),
+            description: raw.description.clone(),
+            backend,
+            base: self.base(raw.base.as_ref(), backend)?,
+            resources: self.resources(raw.resources.as_ref())?,
+            requires: self.requires(&raw.requires)?,
+            ports,
+            prestart,
+            stages,
+            services,
+        })
+    }
+
+    fn base(&self, raw: Option<&Spanned<RawBase>>, backend: BackendKind) -> Result<Base> {
+        let Some(raw) = raw else { return Ok(Base::default()) };
+        let mut base = Base::default();
+        for tool in &raw.get_ref().host_tools {
+            if !tool.get_ref().starts_with('/') {
+                return self.err(tool.span().start, "a host tool is an absolute path, e.g. \"/usr/bin/python3\"");
+            }
+            base.host_tools.push(PathBuf::from(tool.get_ref()));
+        }
+        match (&raw.get_ref().image, &raw.get_ref().sha256) {
+            (None, None) => {}
+            (Some(url), Some(sha)) => {
+                self.check_sha256(sha)?;
+                if backend == BackendKind::Local {
+                    return self.err(url.span().start, "the local backend runs on this host and takes no image; use host_tools");
+                }
+                base.image = Some(PinnedImage { url: url.get_ref().clone(), sha256: sha.get_ref().to_lowercase() });
+            }
+            (Some(url), None) => return self.err(url.span().start, "an image needs its sha256 pin: add sha256 = \"<64 hex digits>\""),
+            (None, Some(sha)) => return self.err(sha.span().start, "sha256 pins an image: add image = \"URL\""),
+        }
+        Ok(base)
+    }
+
+    fn check_sha256(&self, sha: &Spanned<String>) -> Result<()> {
+        let s = sha.get_ref();
+        if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        self.err(sha.span().start, format!("`{s}` is not a sha256: expected 64 hexadecimal digits, got {} characters", s.len()))
+    }
+
+    fn resources(&self, raw: Option<&RawResources>) -> Result<Resources> {
+        let mut resources = Resources { cpus: 1, memory_mib: 1024, disk_mib: 8192 };
+        let Some(raw) = raw else { return Ok(resources) };
+        if let Some(cpus) = &raw.cpus {
+            if !(1..=256).contains(cpus.get_ref()) {
+                return self.err(cpus.span().start, "cpus must be between 1 and 256");
+            }
+            resources.cpus = *cpus.get_ref() as u32;
+        }
+        if let Some(memory) = &raw.memory {
+            resources.memory_mib = self.size_mib(memory)?;
+        }
+        if let Some(disk) = &raw.disk {
+            resources.disk_mib = self.size_mib(disk)?;
+        }
+        Ok(resources)
+    }
+
+    fn size_mib(&self, text: &Spanned<String>) -> Result<u64> {
+        let s = text.get_ref().trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let factor = match unit.trim() {
+            "MiB" | "M" => Some(1),
+            "GiB" | "G" => Some(1024),
+            "TiB" | "T" => Some(1024 * 1024),
+            _ => None,
+        };
+        match (number.parse::<u64>(), factor) {
+            (Ok(n), Some(f)) if n > 0 => Ok(n * f),
+            _ => self.err(text.span().start, format!("`{s}` is not a size: write e.g. \"512MiB\" or \"4GiB\"")),
+        }
+    }
+
+    fn requires(&self, raw: &[Spanned<RawRequirement>]) -> Result<Vec<Requirement>> {
+        raw.iter()
+            .map(|r| {
+                let probe = match (&r.get_ref().program, &r.get_ref().command) {
+                    (Some(p), None) => Probe::Program(p.get_ref().clone()),
+                    (None, Some(c)) => Probe::Command(c.get_ref().clone()),
+                    _ => return self.err(r.span().start, "a requirement has exactly one of `program` or `command`, and a `package`"),
+                };
+                Ok(Requirement { probe, package: r.get_ref().package.get_ref().clone() })
+            })
+            .collect()
+    }
+
+    fn ports(&self, raw: &BTreeMap<Name, Spanned<toml::Value>>) -> Result<Vec<Port>> {
+        let mut ports: Vec<Port> = Vec::new();
+        for (name, value) in raw {
+            self.check_name(name, "port")?;
+            let fixed = match value.get_ref() {
+                toml::Value::String(s) if s == "auto" => None,
+                toml::Value::Integer(n) if (1..=65535).contains(n) => {
+                    let n = *n as u16;
+                    if ports.iter().any(|p| p.fixed == Some(n)) {
+                        return self.err(value.span().start, format!("port {n} is used twice in this machine"));
+                    }
+                    Some(n)
+                }
+                _ => return self.err(value.span().start, "a port is \"auto\" (a free loopback port at up) or a number from 1 to 65535"),
+            };
+            ports.push(Port { name: name.get_ref().clone(), fixed });
+        }
+        Ok(ports)
+    }
+
+    fn check_placeholders(&self, text: &Spanned<String>, scope: &Scope) -> Result<Vec<String>> {
+        let found = template::placeholders(text.get_ref())
+            .map_err(|e| Error::spec(self.at(self.inside(text.span(), e.offset)), e.message))?;
+        let mut names = Vec::new();
+        for placeholder in found {
+            if placeholder.name.starts_with("secrets.") {
+                return self.err(
+                    self.inside(text.span(), placeholder.offset),
+                    format!(
+                        "secrets are never rendered into specs or commands; read ${} instead",
+                        secret_env_name(placeholder.name.trim_start_matches("secrets."))
+                    ),
+                );
+            }
+            if !scope.allows(&placeholder.name) {
+                return self.err(
+                    self.inside(text.span(), placeholder.offset),
+                    format!("`{{{{ {} }}}}` names nothing defined here; allowed: {}", placeholder.name, scope.describe()),
+                );
+            }
+            names.push(placeholder.name);
+        }
+        Ok(names)
+    }
+
+    fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<String> {
+        let p = Path::new(path.get_ref());
+        let clean = !path.get_ref().is_empty()
+            && p.is_relative()
+            && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !clean {
+            return self.err(
+                path.span().start,
+                format!("{what} `{}` must be a relative path inside {} without `..`", path.get_ref(), self.dir.display()),
+            );
+        }
+        let full = self.dir.join(p);
+        if std::fs::symlink_metadata(&full).is_err() {
+            return self.err(path.span().start, format!("{what} `{}` does not exist: expected {}", path.get_ref(), full.display()));
+        }
+        Ok(path.get_ref().trim_end_matches('/').to_string())
+    }
+
+    fn stage(&self, raw: &RawStage, vars: &BTreeMap<String, Var>) -> Result<Stage> {
+        self.check_name(&raw.name, "stage")?;
+        let scope = Scope { vars, ports: None };
+        let mut used = BTreeSet::new();
+        for var in &raw.vars {
+            if !vars.contains_key(var.get_ref()) {
+                return self.err(var.span().start, format!("stage uses var `{}` but [vars] does not declare it", var.get_ref()));
+            }
+            used.insert(var.get_ref().clone());
+        }
+        let mut after = Vec::new();
+        for reference in &raw.after {
+            match reference.get_ref().split_once('.') {
+                Some((m, s)) if !m.is_empty() && !s.is_empty() => after.push((m.to_string(), s.to_string())),
+                _ => return self.err(reference.span().start, "`after` names a stage of another machine as \"machine.stage\""),
+            }
+        }
+        let inputs = raw.inputs.iter().map(|i| self.relative_input(i, "input")).collect::<Result<Vec<_>>>()?;
+        let mut templates = Vec::new();
+        for template in &raw.templates {
+            let relative = self.relative_input(template, "template")?;
+            used.extend(self.template_file_vars(&relative, template, &scope)?);
+            templates.push(relative);
+        }
+        let mut sources = Vec::new();
+        for source in &raw.sources {
+            let s = source.get_ref();
+            self.check_sha256(&s.sha256)?;
+            let url = s.url.get_ref();
+            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
+                return self.err(s.url.span().start, "a source url starts with https://, http:// or file://");
+            }
+            if s.name.get_ref().contains('/') || s.name.get_ref().starts_with('.') {
+                return self.err(s.name.span().start, "a source name is a plain file name");
+            }
+            sources.push(Source { name: s.name.get_ref().clone(), url: url.clone(), sha256: s.sha256.get_ref().to_lowercase() });
+        }
+        let mut env = BTreeMap::new();
+        for (key, value) in &raw.env {
+            let valid = key.get_ref().chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || key.get_ref().starts_with("ENVBUILD_") {
+                return self.err(key.span().start, format!("`{}` is not a usable variable name (letters, digits, `_`; ENVBUILD_ is reserved)", key.get_ref()));
+            }
+            used.extend(self.check_placeholders(value, &scope)?);
+            env.insert(key.get_ref().clone(), value.get_ref().clone());
+        }
+        if raw.steps.is_empty() {
+            return self.err(raw.name.span().start, format!("stage `{}` has no steps; add steps = [\"...\"]", raw.name.get_ref()));
+        }
+        for step in &raw.steps {
+            used.extend(self.check_placeholders(step, &scope)?);
+        }
+        let lookup = |n: &str| vars.get(n).map(|v| v.value.clone());
+        let render = |s: &str| template::render(s, lookup).expect("placeholders were validated");
+        Ok(Stage {
+            name: raw.name.get_ref().clone(),
+            description: raw.description.clone(),
+            after,
+            inputs,
+            templates,
+            sources,
+            vars: used.into_iter().map(|n| { let v = vars[&n].value.clone(); (n, v) }).collect(),
+            env: env.iter().map(|(k, v)| (k.clone(), render(v))).collect(),
+            steps: raw.steps.iter().map(|s| render(s.get_ref())).collect(),
+            env_template: env,
+            steps_template: raw.steps.iter().map(|s| s.get_ref().clone()).collect(),
+            timeout: self.duration(raw.timeout.as_ref(), DEFAULT_STAGE_TIMEOUT)?,
+        })
+    }
+
+    /// Vars named by a template file's placeholders; errors point into the template file itself.
+    fn template_file_vars(&self, relative: &str, declared: &Spanned<String>, scope: &Scope) -> Result<Vec<String>> {
+        let path = self.dir.join(relative);
+        if !path.is_file() {
+            return self.err(declared.span().start, format!("template `{relative}` must be a file"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::spec(self.at(declared.span().start), format!("template `{relative}` is not readable UTF-8 text: {e}"))
+        })?;
+        let found = template::placeholders(&text).map_err(|e| Error::spec(Location::at(&path, &text, e.offset), e.message))?;
+        let mut names = Vec::new();
+        for placeholder in found {
+            if !scope.allows(&placeholder.name) {
+                return Err(Error::spec(
+                    Location::at(&path, &text, placeholder.offset),
+                    format!("`{{{{ {} }}}}` is not a declared var; allowed: {}", placeholder.name, scope.describe()),
+                ));
+            }
+            names.push(placeholder.name);
+        }
+        Ok(names)
+    }
+
+    fn service(&self, raw: &RawService, scope: &Scope) -> Result<Service> {
+        self.check_placeholders(&raw.command, scope)?;
+        let stop_signal = match raw.stop_signal.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("TERM") => libc::SIGTERM,
+            Some("INT") => libc::SIGINT,
+            Some("QUIT") => libc::SIGQUIT,
+            Some("HUP") => libc::SIGHUP,
+            Some("KILL") => libc::SIGKILL,
+            Some(other) => {
+                return self.err(
+                    raw.stop_signal.as_ref().unwrap().span().start,
+                    format!("unknown stop_signal `{other}`; allowed: TERM, INT, QUIT, HUP, KILL"),
+                );
+            }
+        };
+        let ready = match &raw.ready {
+            None => None,
+            Some(ready) => {
+                let r = ready.get_ref();
+                let check = match (&r.tcp, &r.http, &r.command) {
+                    (Some(addr), None, None) => {
+                        self.check_placeholders(addr, scope)?;
+                        ReadyCheck::Tcp(addr.get_ref().clone())
+                    }
+                    (None, Some(url), None) => {
+                        self.check_placeholders(url, scope)?;
+                        if !url.get_ref().starts_with("http://") {
+                            return self.err(url.span().start, "a readiness URL starts with http://");
+                        }
+                        let status = match &r.status {
+                            None => 200,
+                            Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+                            Some(s) => return self.err(s.span().start, "status is an HTTP status code (100-599)"),
+                        };
+                        ReadyCheck::Http { url: url.get_ref().clone(), status }
+                    }
+                    (None, None, Some(command)) => {
+                        self.check_placeholders(command, scope)?;
+                        ReadyCheck::Command(command.get_ref().clone())
+                    }
+                    _ => return self.err(ready.span().start, "a readiness check has exactly one of `tcp`, `http` or `command`"),
+                };
+                Some(Ready { check, timeout: self.duration(r.timeout.as_ref(), DEFAULT_READY_TIMEOUT)? })
+            }
+        };
+        if let Some(url) = &raw.url {
+            self.check_placeholders(url, scope)?;
+        }
+        Ok(Service {
+            name: raw.name.get_ref().clone(),
+            command: raw.command.get_ref().clone(),
+            url: raw.url.as_ref().map(|u| u.get_ref().clone()),
+            ready,
+            stop_signal,
+        })
+    }
+
+    fn duration(&self, raw: Option<&Spanned<toml::Value>>, default: Duration) -> Result<Duration> {
+        let Some(raw) = raw else { return Ok(default) };
+        let parsed = match raw.get_ref() {
+            toml::Value::Integer(n) if *n > 0 => Some(Duration::from_secs(*n as u64)),
+            toml::Value::String(s) => humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+            _ => None,
+        };
+        parsed.map_or_else(
+            || self.err(raw.span().start, "a duration is a positive number of seconds or a string like \"90s\", \"10m\", \"1h 30m\""),
+            Ok,
+        )
+    }
+
+    /// Checks `after` references and orders machines so that each follows those it waits for.
+    fn order_machines(&self, machines: Vec<Machine>, raw: &RawEnvironment) -> Result<Vec<Machine>> {
+        let span_of = |machine: &str, stage: &str| -> usize {
+            raw.machines
+                .iter()
+                .find(|(n, _)| n.get_ref() == machine)
+                .and_then(|(_, m)| m.stages.iter().find(|s| s.get_ref().name.get_ref() == stage))
+                .and_then(|s| s.get_ref().after.first())
+                .map_or(0, |a| a.span().start)
+        };
+        let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for machine in &machines {
+            let entry = deps.entry(machine.name.clone()).or_default();
+            for stage in &machine.stages {
+                for (other, other_stage) in &stage.after {
+                    let at = span_of(&machine.name, &stage.name);
+                    if *other == machine.name {
+                        return self.err(at, format!("`after = \"{other}.{other_stage}\"` names this machine; stages of one machine already run in order"));
+                    }
+                    let Some(target) = machines.iter().find(|m| m.name == *other) else {
+                        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+                        return self.err(at, format!("`after` names machine `{other}`, which this environment does not define; machines: {}", known.join(", ")));
+                    };
+                    if !target.stages.iter().any(|s| s.name == *other_stage) {
+                        let known: Vec<&str> = target.stages.iter().map(|s| s.name.as_str()).collect();
+                        return self.err(at, format!("machine `{other}` has no stage `{other_stage}`; its stages: {}", known.join(", ")));
+                    }
+                    entry.insert(other.clone());
+                }
+            }
+        }
+        let mut ordered: Vec<Machine> = Vec::new();
+        let mut pending = machines;
+        while !pending.is_empty() {
+            let ready = pending.iter().position(|m| deps[&m.name].iter().all(|d| ordered.iter().any(|o| o.name == *d)));
+            match ready {
+                Some(i) => ordered.push(pending.remove(i)),
+                None => {
+                    let stuck = &pending[0];
+                    let stage = stuck.stages.iter().find(|s| !s.after.is_empty()).map_or("", |s| s.name.as_str());
+                    let cycle: Vec<&str> = pending.iter().map(|m| m.name.as_str()).collect();
+                    return self.err(
+                        span_of(&stuck.name, stage),
+                        format!("machines wait for each other in a cycle ({}); remove one `after`", cycle.join(" -> ")),
+                    );
+                }
+            }
+        }
+        Ok(ordered)
+    }
+}
+
+/// The environment variable that carries secret `name` to prestart hooks and services.
+pub fn secret_env_name(name: &str) -> String {
+    format!("ENVBUILD_SECRET_{}", name.to_uppercase().replace('-', "_"))
+}
+
+/// The environment variable that carries var `name` to steps.
+pub fn var_env_name(name: &str) -> String {
+    format!("ENVBUILD_VAR_{}", name.to_uppercase().replace('-', "_"))
+}

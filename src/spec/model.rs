@@ -1,0 +1,180 @@
+//! The validated, resolved environment. Everything here has been checked: names are unique,
+//! references resolve, inputs exist, templates only name what is defined. The engine trusts it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Local,
+    Libvirt,
+    Vagrant,
+}
+
+impl BackendKind {
+    pub const ALL: [&'static str; 3] = ["local", "libvirt", "vagrant"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Libvirt => "libvirt",
+            BackendKind::Vagrant => "vagrant",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    /// The `name.toml` file.
+    pub file: PathBuf,
+    /// The `name/` folder beside it; stage inputs are relative to it.
+    pub dir: PathBuf,
+    pub description: Option<String>,
+    pub vars: BTreeMap<String, Var>,
+    pub secrets: BTreeMap<String, SecretSpec>,
+    /// In dependency order: a machine comes after every machine its stages wait for.
+    pub machines: Vec<Machine>,
+    pub cloud: Option<Cloud>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cloud {
+    pub machine: String,
+    /// Holds runtime placeholders (`{{ ports.x }}`), rendered against the running machine.
+    pub auth_url: String,
+    pub username: String,
+    pub password_secret: String,
+    pub project: String,
+    pub user_domain: String,
+    pub project_domain: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    pub value: String,
+    /// True when `--var` replaced the spec's default.
+    pub overridden: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    pub length: usize,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub description: Option<String>,
+    pub backend: BackendKind,
+    pub base: Base,
+    pub resources: Resources,
+    pub requires: Vec<Requirement>,
+    pub ports: Vec<Port>,
+    pub prestart: Vec<String>,
+    pub stages: Vec<Stage>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Base {
+    /// Absolute host paths hashed into the base digest (for the local backend: the interpreters
+    /// and tools the stages run).
+    pub host_tools: Vec<PathBuf>,
+    pub image: Option<PinnedImage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PinnedImage {
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Probe {
+    Program(String),
+    Command(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    pub probe: Probe,
+    pub package: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    /// None: pick a free loopback port at `up`.
+    pub fixed: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub description: Option<String>,
+    /// Stages of other machines this one waits for, as (machine, stage).
+    pub after: Vec<(String, String)>,
+    /// Paths relative to the environment folder; files or folders.
+    pub inputs: Vec<String>,
+    pub templates: Vec<String>,
+    pub sources: Vec<Source>,
+    /// Every var the stage uses: listed in `vars` or named by a placeholder in its steps, env or
+    /// templates. Only these reach its key, so overriding another var leaves the key alone.
+    pub vars: BTreeMap<String, String>,
+    /// Env values and steps as written (placeholders and all): what the key hashes, next to
+    /// `vars`, so that `plan --explain` blames the var and not every step that names it.
+    pub env_template: BTreeMap<String, String>,
+    pub steps_template: Vec<String>,
+    /// The same with placeholders rendered: what runs.
+    pub env: BTreeMap<String, String>,
+    pub steps: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    /// Still holds runtime placeholders (`{{ ports.x }}`, `{{ root }}`), rendered at `up`.
+    pub command: String,
+    pub url: Option<String>,
+    pub ready: Option<Ready>,
+    pub stop_signal: i32,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReadyCheck {
+    Tcp(String),
+    Http { url: String, status: u16 },
+    Command(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub check: ReadyCheck,
+    pub timeout: Duration,
+}
+
+impl Environment {
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+}

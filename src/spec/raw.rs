@@ -1,0 +1,140 @@
+//! The TOML shape of an environment file, exactly as written. Only `spec::load` sees these types;
+//! the rest of the program works on the validated model in `spec::model`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Name = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub vars: BTreeMap<Name, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub secrets: BTreeMap<Name, RawSecret>,
+    #[serde(default)]
+    pub machines: BTreeMap<Name, RawMachine>,
+    pub cloud: Option<Spanned<RawCloud>>,
+}
+
+/// The OpenStack cloud the environment runs, for `envbuild creds`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloud {
+    pub machine: Name,
+    pub auth_url: Spanned<String>,
+    pub username: String,
+    pub password_secret: Name,
+    pub project: String,
+    pub user_domain: Option<String>,
+    pub project_domain: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub generate: Spanned<String>,
+    pub length: Option<Spanned<i64>>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMachine {
+    pub description: Option<String>,
+    pub backend: Option<Spanned<String>>,
+    pub base: Option<Spanned<RawBase>>,
+    pub resources: Option<RawResources>,
+    #[serde(default)]
+    pub requires: Vec<Spanned<RawRequirement>>,
+    #[serde(default)]
+    pub ports: BTreeMap<Name, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub prestart: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub stages: Vec<Spanned<RawStage>>,
+    #[serde(default)]
+    pub services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBase {
+    /// Host programs whose bytes the stages depend on (the local backend's "image").
+    #[serde(default)]
+    pub host_tools: Vec<Spanned<String>>,
+    pub image: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    pub cpus: Option<Spanned<i64>>,
+    pub memory: Option<Spanned<String>>,
+    pub disk: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequirement {
+    pub program: Option<Spanned<String>>,
+    pub command: Option<Spanned<String>>,
+    pub package: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub name: Name,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub templates: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub sources: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    pub vars: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<Name, Spanned<String>>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<String>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: Name,
+    pub url: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Name,
+    pub command: Spanned<String>,
+    /// What `status` shows as the service's address.
+    pub url: Option<Spanned<String>>,
+    pub ready: Option<Spanned<RawReady>>,
+    pub stop_signal: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReady {
+    pub tcp: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub command: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+}

@@ -1,0 +1,471 @@
+//! The content-addressed stage store.
+//!
+//! ```text
+//! STORE/CACHEDIR.TAG
+//! STORE/v1/entries/<key>-<env>-<machine>-<stage>/{manifest.json, tree.json, log.txt, artifact/}
+//! STORE/v1/tmp/        entries being written (<key>.<pid>.<n>) and entries being deleted
+//! STORE/v1/locks/      one flock file per key being built
+//! STORE/v1/quarantine/ entries found tampered, kept for inspection, never used
+//! ```
+//! An entry appears by one rename of a complete, synced folder and never changes afterwards.
+//! See docs/store.md.
+
+pub mod archive;
+pub mod lock;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::key::KeyMaterial;
+use crate::key::digest::{self, TreeEntry};
+use lock::FileLock;
+
+pub const LAYOUT: &str = "v1";
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by envbuild.\n# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: String,
+    pub parent: Option<String>,
+    pub env: String,
+    pub machine: String,
+    pub stage: String,
+    pub backend: String,
+    /// Everything the key was computed from: inputs and their digests, vars, steps, base.
+    pub material: KeyMaterial,
+    /// sha256 over tree.json's entries (see `digest::tree_digest`).
+    pub artifact_digest: String,
+    pub files: u64,
+    pub size: u64,
+    pub created: String,
+    pub created_unix: u64,
+    pub duration_ms: u64,
+    pub envbuild_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+    base: PathBuf,
+}
+
+/// A committed entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Entry {
+    pub fn key(&self) -> &str {
+        &self.name[..64.min(self.name.len())]
+    }
+    pub fn manifest(&self) -> Result<Manifest> {
+        let path = self.dir.join("manifest.json");
+        let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Failed(format!("{} is not a valid manifest: {e}", path.display())))
+    }
+    pub fn tree(&self) -> Result<Vec<TreeEntry>> {
+        let path = self.dir.join("tree.json");
+        let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Failed(format!("{} is not a valid tree: {e}", path.display())))
+    }
+    pub fn artifact(&self) -> PathBuf {
+        self.dir.join("artifact")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+}
+
+/// An entry being written in tmp/; dropped without `commit`, it is deleted.
+#[derive(Debug)]
+pub struct Pending {
+    pub dir: PathBuf,
+    committed: bool,
+}
+
+impl Pending {
+    pub fn artifact(&self) -> PathBuf {
+        self.dir.join("artifact")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+static PENDING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root` and removes leftovers of killed builds.
+    pub fn open(root: &Path) -> Result<Store> {
+        let base = root.join(LAYOUT);
+        for dir in ["entries", "tmp", "locks", "quarantine"] {
+            std::fs::create_dir_all(base.join(dir)).ctx(|| format!("creating store folder {}", base.join(dir).display()))?;
+        }
+        let tag = root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            std::fs::write(&tag, CACHEDIR_TAG).ctx(|| format!("writing {}", tag.display()))?;
+        }
+        let store = Store { root: root.to_path_buf(), base };
+        store.clean_leftovers()?;
+        Ok(store)
+    }
+
+    /// Default location: $XDG_CACHE_HOME/envbuild, else ~/.cache/envbuild.
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("envbuild")
+    }
+
+    fn entries_dir(&self) -> PathBuf {
+        self.base.join("entries")
+    }
+
+    pub fn fingerprint_file(&self) -> PathBuf {
+        self.base.join("fingerprints.json")
+    }
+
+    /// Removes tmp/ folders nobody is writing: a pending entry's key lock is held for as long as
+    /// it is being written, so a folder whose key lock is free belongs to a dead build.
+    fn clean_leftovers(&self) -> Result<usize> {
+        let tmp = self.base.join("tmp");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&tmp).ctx(|| format!("reading {}", tmp.display()))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('.');
+            let (owner, pid) = (parts.next().unwrap_or(""), parts.next().and_then(|p| p.parse::<i32>().ok()));
+            let stale = if owner.len() == 64 {
+                self.try_lock(owner)?.is_some()
+            } else {
+                pid.is_none_or(|pid| !process_alive(pid))
+            };
+            if stale && remove_tree(&entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<FileLock> {
+        FileLock::acquire(&self.base.join("locks").join(format!("{key}.lock")), on_wait)
+    }
+
+    fn try_lock(&self, key: &str) -> Result<Option<FileLock>> {
+        FileLock::try_acquire(&self.base.join("locks").join(format!("{key}.lock")))
+    }
+
+    /// Every committed entry, by key.
+    pub fn index(&self) -> Result<HashMap<String, Entry>> {
+        let dir = self.entries_dir();
+        let mut index = HashMap::new();
+        for item in std::fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            let item = item.ctx(|| format!("reading {}", dir.display()))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.len() > 65 && name.as_bytes()[64] == b'-' {
+                index.insert(name[..64].to_string(), Entry { name: name.clone(), dir: item.path() });
+            }
+        }
+        Ok(index)
+    }
+
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let mut entries: Vec<Entry> = self.index()?.into_values().collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    pub fn find(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self.index()?.remove(key))
+    }
+
+    /// The newest entry built for (env, machine, stage), whatever its key: what `plan --explain`
+    /// compares against.
+    pub fn newest_for(&self, index: &HashMap<String, Entry>, env: &str, machine: &str, stage: &str) -> Option<Manifest> {
+        let suffix = format!("-{env}-{machine}-{stage}");
+        index
+            .values()
+            .filter(|e| e.name.ends_with(&suffix) && e.name.len() == 64 + suffix.len())
+            .filter_map(|e| e.manifest().ok())
+            .max_by_key(|m| m.created_unix)
+    }
+
+    /// A fresh path in tmp/ owned by this process: `<owner>.<pid>.<n>`.
+    pub fn tmp_path(&self, owner: &str) -> PathBuf {
+        let seq = PENDING_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.base.join("tmp").join(format!("{owner}.{}.{seq}", std::process::id()))
+    }
+
+    pub fn entries_path(&self) -> PathBuf {
+        self.entries_dir()
+    }
+
+    pub fn begin(&self, key: &str) -> Result<Pending> {
+        let dir = self.tmp_path(key);
+        std::fs::create_dir_all(dir.join("artifact")).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(Pending { dir, committed: false })
+    }
+
+    /// Writes the manifest and tree, syncs, and renames the pending folder into place.
+    pub fn commit(&self, mut pending: Pending, manifest: &Manifest, tree: &[TreeEntry]) -> Result<Entry> {
+        let name = entry_name(&manifest.key, &manifest.env, &manifest.machine, &manifest.stage);
+        write_synced(&pending.dir.join("tree.json"), &serde_json::to_vec(tree).expect("tree serializes"))?;
+        write_synced(&pending.dir.join("manifest.json"), &serde_json::to_vec_pretty(manifest).expect("manifest serializes"))?;
+        sync_filesystem(&pending.dir)?;
+        let target = self.entries_dir().join(&name);
+        if target.exists() {
+            // Built twice by builds that did not share a lock (another store path?): keep the first.
+            return Ok(Entry { name, dir: target });
+        }
+        std::fs::rename(&pending.dir, &target).ctx(|| format!("committing {}", target.display()))?;
+        pending.committed = true;
+        sync_dir(&self.entries_dir())?;
+        Ok(Entry { name, dir: target })
+    }
+
+    /// Removes an entry: one rename makes it disappear, then the files go.
+    pub fn remove(&self, entry: &Entry) -> Result<()> {
+        let doomed = self.tmp_path("removing");
+        std::fs::rename(&entry.dir, &doomed).ctx(|| format!("removing {}", entry.dir.display()))?;
+        remove_tree(&doomed).ctx(|| format!("removing {}", doomed.display()))
+    }
+
+    /// Moves a damaged entry out of the way; it is never used again but kept for inspection.
+    pub fn quarantine(&self, entry: &Entry) -> Result<PathBuf> {
+        let target = self.base.join("quarantine").join(format!("{}.{}", entry.name, now_unix()));
+        std::fs::rename(&entry.dir, &target).ctx(|| format!("quarantining {}", entry.dir.display()))?;
+        Ok(target)
+    }
+
+    /// Recomputes every digest of `entry`; returns the problems found (empty: the entry is sound).
+    pub fn verify(&self, entry: &Entry) -> Vec<String> {
+        let mut problems = Vec::new();
+        let manifest = match entry.manifest() {
+            Ok(m) => m,
+            Err(e) => return vec![e.to_string()],
+        };
+        if manifest.material.key() != manifest.key || entry.key() != manifest.key {
+            problems.push("the manifest's key does not match its key material or the entry name".to_string());
+        }
+        let tree = match entry.tree() {
+            Ok(t) => t,
+            Err(e) => return vec![e.to_string()],
+        };
+        if digest::tree_digest(&tree) != manifest.artifact_digest {
+            problems.push("tree.json does not match the manifest's artifact digest".to_string());
+        }
+        let mut hash = |path: &Path, _: &std::fs::Metadata| digest::sha256_file(path);
+        match digest::tree(&entry.artifact(), "", &mut hash) {
+            Err(e) => problems.push(format!("artifact unreadable: {e}")),
+            Ok(actual) => {
+                let actual: BTreeMap<String, String> =
+                    actual.iter().skip(1).map(|e| (e.path().trim_start_matches('/').to_string(), e.fingerprint())).collect();
+                let expected: BTreeMap<String, String> = tree.iter().map(|e| (e.path().to_string(), e.fingerprint())).collect();
+                for (path, fingerprint) in &expected {
+                    match actual.get(path) {
+                        None => problems.push(format!("{path} is missing")),
+                        Some(f) if f != fingerprint => problems.push(format!("{path} was modified")),
+                        Some(_) => {}
+                    }
+                }
+                for path in actual.keys().filter(|p| !expected.contains_key(*p)) {
+                    problems.push(format!("{path} is not part of the entry"));
+                }
+            }
+        }
+        problems
+    }
+}
+
+pub fn entry_name(key: &str, env: &str, machine: &str, stage: &str) -> String {
+    format!("{key}-{env}-{machine}-{stage}")
+}
+
+/// Copies the folder `source` into `target` (a new folder), hashing every file on the way.
+/// A file with the same path and content in `previous` (the parent entry's artifact) is
+/// hard-linked instead of copied: entries never change, so sharing their files is safe.
+pub fn snapshot(source: &Path, target: &Path, previous: Option<(&Path, &[TreeEntry])>) -> Result<(Vec<TreeEntry>, u64)> {
+    let previous_files: HashMap<&str, &str> = previous
+        .map(|(_, tree)| {
+            tree.iter()
+                .filter_map(|e| match e {
+                    TreeEntry::File { path, sha256, .. } => Some((path.as_str(), sha256.as_str())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = Vec::new();
+    let mut size = 0u64;
+    let mut dirs = Vec::new();
+    digest::walk(source, &mut |relative, full, meta| {
+        let out = target.join(relative);
+        let mode = meta.permissions().mode() & 0o7777;
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+            dirs.push((out, mode));
+            tree.push(TreeEntry::Dir { path: relative.to_string(), mode });
+        } else if file_type.is_symlink() {
+            let link = std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
+            std::os::unix::fs::symlink(&link, &out).ctx(|| format!("creating link {}", out.display()))?;
+            tree.push(TreeEntry::Link { path: relative.to_string(), target: link.to_string_lossy().into_owned() });
+        } else if file_type.is_file() {
+            let sha256 = match (previous, previous_files.get(relative)) {
+                (Some((previous_dir, _)), Some(old)) if digest::sha256_file(full)? == **old => {
+                    std::fs::hard_link(previous_dir.join(relative), &out).ctx(|| format!("linking {}", out.display()))?;
+                    old.to_string()
+                }
+                _ => copy_hashing(full, &out, mode, meta)?,
+            };
+            size += meta.size();
+            tree.push(TreeEntry::File { path: relative.to_string(), mode, size: meta.size(), sha256 });
+        } else {
+            return Err(Error::Failed(format!(
+                "{} is a socket, fifo or device; a machine snapshot holds only files, folders and links (stop the process that made it, or make it outside the machine root)",
+                full.display()
+            )));
+        }
+        Ok(())
+    })?;
+    for (dir, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", dir.display()))?;
+    }
+    Ok((tree, size))
+}
+
+/// Restores an entry's artifact into `target` (which must not exist), checking every file
+/// against the entry's tree as it is copied. Returns `Ok(false)` if the entry is damaged: the
+/// caller quarantines it and builds instead.
+pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
+    let tree = match entry.tree() {
+        Ok(tree) => tree,
+        Err(_) => return Ok(false),
+    };
+    std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
+    let source = entry.artifact();
+    let mut dirs = Vec::new();
+    for item in &tree {
+        let out = target.join(item.path());
+        match item {
+            TreeEntry::Dir { mode, .. } => {
+                std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+                dirs.push((out, *mode));
+            }
+            TreeEntry::Link { target: link, .. } => {
+                std::os::unix::fs::symlink(link, &out).ctx(|| format!("creating link {}", out.display()))?;
+            }
+            TreeEntry::File { path, mode, sha256, .. } => {
+                let from = source.join(path);
+                let Ok(meta) = std::fs::symlink_metadata(&from) else { return Ok(false) };
+                if !meta.is_file() || copy_hashing(&from, &out, *mode, &meta)? != *sha256 {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    for (dir, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", dir.display()))?;
+    }
+    Ok(true)
+}
+
+/// Copies one file, keeping its mode and mtime, and returns the sha256 of what was written.
+fn copy_hashing(from: &Path, to: &Path, mode: u32, meta: &std::fs::Metadata) -> Result<String> {
+    let mut input = std::fs::File::open(from).ctx(|| format!("opening {}", from.display()))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .ctx(|| format!("creating {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; (meta.size() as usize).clamp(4096, 1 << 20)];
+    loop {
+        let n = match input.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).ctx(|| format!("reading {}", from.display())),
+        };
+        hasher.update(&buffer[..n]);
+        output.write_all(&buffer[..n]).ctx(|| format!("writing {}", to.display()))?;
+    }
+    output.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", to.display()))?;
+    if let Ok(modified) = meta.modified() {
+        let _ = output.set_modified(modified);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes).ctx(|| format!("writing {}", path.display()))?;
+    file.sync_all().ctx(|| format!("syncing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing {}", dir.display()))
+}
+
+/// One syncfs for the whole pending folder instead of an fsync per file: a venv has thousands.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    // SAFETY: syncfs takes a valid descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| format!("syncing {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Removes a folder tree, making read-only folders writable first (a venv or a failed build may
+/// leave some).
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            let _ = digest::walk(path, &mut |_, full, meta| {
+                if meta.is_dir() {
+                    let _ = std::fs::set_permissions(full, std::fs::Permissions::from_mode(0o700));
+                }
+                Ok(())
+            });
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
