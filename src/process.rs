@@ -72,6 +72,7 @@ pub fn run_step(
         .current_dir(cwd)
         .env_clear()
         .envs(env)
+        .env(SUPERVISOR_PARENT, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(writer.try_clone().ctx(|| "creating a pipe".into())?)
         .stderr(writer)
@@ -103,6 +104,10 @@ pub fn run_step(
 
 static SUPERVISED_GROUP: AtomicI32 = AtomicI32::new(0);
 
+/// Tells the supervisor which process it must not outlive (an orphan is not always re-parented to
+/// pid 1: a subreaper may adopt it).
+const SUPERVISOR_PARENT: &str = "ENVBUILD_SUPERVISOR_PARENT";
+
 extern "C" fn kill_group_and_exit(_signal: libc::c_int) {
     let group = SUPERVISED_GROUP.load(Ordering::SeqCst);
     // SAFETY: kill and _exit are async-signal-safe.
@@ -116,18 +121,32 @@ extern "C" fn kill_group_and_exit(_signal: libc::c_int) {
 
 /// The hidden `envbuild supervise -- CMD...`: see the module doc. Returns the exit code.
 pub fn supervise(command: &[String]) -> i32 {
-    // SAFETY: prctl/getppid/signal with valid arguments; the handler only uses signal-safe calls.
+    let parent: Option<i32> = std::env::var(SUPERVISOR_PARENT).ok().and_then(|p| p.parse().ok());
+    // SAFETY: prctl/getppid/sigprocmask/signal with valid arguments; the handler only makes
+    // async-signal-safe calls. Signals stay blocked until the step's group is recorded, so a
+    // signal that arrives while the step starts still takes the step down.
+    let mut blocked: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-        if libc::getppid() == 1 {
-            return 143;
-        }
+        libc::sigemptyset(&mut blocked);
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut blocked, signal);
             libc::signal(signal, kill_group_and_exit as *const () as libc::sighandler_t);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if parent.is_some_and(|p| libc::getppid() != p) {
+            return 143;
         }
     }
     let Some((program, args)) = command.split_first() else { return 2 };
-    let mut child = match Command::new(program).args(args).process_group(0).spawn() {
+    // std resets the signal mask in the child, so the step itself runs with nothing blocked.
+    let spawned = Command::new(program).args(args).env_remove(SUPERVISOR_PARENT).process_group(0).spawn();
+    if let Ok(child) = &spawned {
+        SUPERVISED_GROUP.store(child.id() as i32, Ordering::SeqCst);
+    }
+    // SAFETY: unblocking what was blocked above; a pending signal is delivered now.
+    unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &blocked, std::ptr::null_mut()) };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             eprintln!("envbuild supervise: cannot start {program}: {e}");
@@ -135,7 +154,6 @@ pub fn supervise(command: &[String]) -> i32 {
         }
     };
     let group = child.id() as i32;
-    SUPERVISED_GROUP.store(group, Ordering::SeqCst);
     let code = match child.wait() {
         Ok(status) => status.code().unwrap_or(128),
         Err(_) => 128,

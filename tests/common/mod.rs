@@ -1,0 +1,120 @@
+//! Shared helpers for behaviour tests: a throwaway project (environments/, store, state) and the
+//! real envbuild binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn envs(&self) -> PathBuf {
+        self.path().join("environments")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// Writes `environments/<rel>`.
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.envs().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("envbuild").unwrap();
+        cmd.current_dir(self.path())
+            .env_remove("ENVBUILD_ENVS")
+            .env("ENVBUILD_STORE", self.store())
+            .env("ENVBUILD_STATE", self.state())
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "envbuild {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON output")
+    }
+
+    /// `build --json` and the action of each stage, as "stage:action".
+    pub fn build_actions(&self, env: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["build", env, "--json"];
+        args.extend_from_slice(extra);
+        let report = self.json(&args);
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{}:{}", s["stage"].as_str().unwrap(), s["action"].as_str().unwrap()))
+            .collect()
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        let dir = self.store().join("v1/entries");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub fn tmp_leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.store().join("v1/tmp"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Lines of a counter file that steps append to (one line per executed step).
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && pid != std::process::id() as i32 {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
