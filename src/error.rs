@@ -28,7 +28,11 @@ impl Location {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = source[line_start..offset].chars().count() + 1;
-        Location { file: file.to_path_buf(), line, column }
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
     }
 }
 
@@ -43,8 +47,14 @@ pub enum Error {
     Input(String),
 
     /// A host tool the environment needs is missing.
-    #[error("{what} is needed by machine `{machine}` but was not found on this host.\n  fix: {fix}")]
-    MissingTool { machine: String, what: String, fix: String },
+    #[error(
+        "{what} is needed by machine `{machine}` but was not found on this host.\n  fix: {fix}"
+    )]
+    MissingTool {
+        machine: String,
+        what: String,
+        fix: String,
+    },
 
     /// The work itself failed: a step, a service, a check.
     #[error("{0}")]
@@ -67,7 +77,10 @@ impl Error {
     }
 
     pub fn spec(location: Location, message: impl Into<String>) -> Self {
-        Error::Spec { location, message: message.into() }
+        Error::Spec {
+            location,
+            message: message.into(),
+        }
     }
 }
 
@@ -80,6 +93,9 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io { context: context(), source })
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
     }
 }

@@ -121,7 +121,9 @@ extern "C" fn kill_group_and_exit(_signal: libc::c_int) {
 
 /// The hidden `envbuild supervise -- CMD...`: see the module doc. Returns the exit code.
 pub fn supervise(command: &[String]) -> i32 {
-    let parent: Option<i32> = std::env::var(SUPERVISOR_PARENT).ok().and_then(|p| p.parse().ok());
+    let parent: Option<i32> = std::env::var(SUPERVISOR_PARENT)
+        .ok()
+        .and_then(|p| p.parse().ok());
     // SAFETY: prctl/getppid/sigprocmask/signal with valid arguments; the handler only makes
     // async-signal-safe calls. Signals stay blocked until the step's group is recorded, so a
     // signal that arrives while the step starts still takes the step down.
@@ -130,7 +132,10 @@ pub fn supervise(command: &[String]) -> i32 {
         libc::sigemptyset(&mut blocked);
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut blocked, signal);
-            libc::signal(signal, kill_group_and_exit as *const () as libc::sighandler_t);
+            libc::signal(
+                signal,
+                kill_group_and_exit as *const () as libc::sighandler_t,
+            );
         }
         libc::sigprocmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -138,9 +143,15 @@ pub fn supervise(command: &[String]) -> i32 {
             return 143;
         }
     }
-    let Some((program, args)) = command.split_first() else { return 2 };
+    let Some((program, args)) = command.split_first() else {
+        return 2;
+    };
     // std resets the signal mask in the child, so the step itself runs with nothing blocked.
-    let spawned = Command::new(program).args(args).env_remove(SUPERVISOR_PARENT).process_group(0).spawn();
+    let spawned = Command::new(program)
+        .args(args)
+        .env_remove(SUPERVISOR_PARENT)
+        .process_group(0)
+        .spawn();
     if let Ok(child) = &spawned {
         SUPERVISED_GROUP.store(child.id() as i32, Ordering::SeqCst);
     }
@@ -166,12 +177,34 @@ pub fn supervise(command: &[String]) -> i32 {
 
 /// Starts a long-running service in its own session, output appended to `log`; returns its pid
 /// (also its process group id).
-pub fn spawn_service(command: &str, cwd: &Path, env: &BTreeMap<String, String>, log: &Path) -> Result<i32> {
-    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log).ctx(|| format!("opening {}", log.display()))?;
-    let _ = writeln!(out, "--- envbuild: starting at {}", crate::store::now_rfc3339());
-    let err = out.try_clone().ctx(|| format!("opening {}", log.display()))?;
+pub fn spawn_service(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> Result<i32> {
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("opening {}", log.display()))?;
+    let _ = writeln!(
+        out,
+        "--- envbuild: starting at {}",
+        crate::store::now_rfc3339()
+    );
+    let err = out
+        .try_clone()
+        .ctx(|| format!("opening {}", log.display()))?;
     let mut command_line = Command::new("/bin/sh");
-    command_line.args(["-c", command]).current_dir(cwd).env_clear().envs(env).stdin(Stdio::null()).stdout(out).stderr(err);
+    command_line
+        .args(["-c", command])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setsid is async-signal-safe and runs in the forked child before exec.
     unsafe {
         command_line.pre_exec(|| {
@@ -181,7 +214,9 @@ pub fn spawn_service(command: &str, cwd: &Path, env: &BTreeMap<String, String>, 
             Ok(())
         });
     }
-    let child = command_line.spawn().ctx(|| format!("starting `{command}`"))?;
+    let child = command_line
+        .spawn()
+        .ctx(|| format!("starting `{command}`"))?;
     Ok(child.id() as i32)
 }
 
@@ -245,13 +280,19 @@ pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
     if program.contains('/') {
         return Path::new(program).is_file().then(|| program.into());
     }
-    SAFE_PATH.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+    SAFE_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
 }
 
 /// Last `n` lines of a file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
-

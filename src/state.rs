@@ -89,7 +89,9 @@ impl MachineState {
         match services {
             Some(s) => write_json(&path, s, 0o644),
             None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx(|| format!("removing {}", path.display())),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).ctx(|| format!("removing {}", path.display()))
+                }
                 _ => Ok(()),
             },
         }
@@ -128,7 +130,8 @@ impl State {
             }
         }
         if changed {
-            std::fs::create_dir_all(self.env_dir(&env.name)).ctx(|| format!("creating {}", self.env_dir(&env.name).display()))?;
+            std::fs::create_dir_all(self.env_dir(&env.name))
+                .ctx(|| format!("creating {}", self.env_dir(&env.name).display()))?;
             write_json(&path, &secrets, 0o600)?;
         }
         Ok(secrets)
@@ -143,7 +146,9 @@ pub fn generate_password(length: usize) -> Result<String> {
     let mut out = String::with_capacity(length);
     let mut buffer = [0u8; 64];
     while out.len() < length {
-        urandom.read_exact(&mut buffer).ctx(|| "reading /dev/urandom".into())?;
+        urandom
+            .read_exact(&mut buffer)
+            .ctx(|| "reading /dev/urandom".into())?;
         for byte in buffer {
             // 248 = 4 * 62: bytes above it would favour the first characters.
             if byte < 248 && out.len() < length {
@@ -155,14 +160,20 @@ pub fn generate_password(length: usize) -> Result<String> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Writes JSON atomically (temp file + rename) with the given mode.
 pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<()> {
     let dir = path.parent().expect("state files live in a folder");
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.{}", path.file_name().unwrap().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

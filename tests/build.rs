@@ -47,7 +47,11 @@ steps = ["echo three >> {c}", "echo {{{{ greeting }}}} > greeting.txt"]
 fn keys(project: &Project, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["hash", "demo"];
     args.extend_from_slice(extra);
-    project.ok(&args).lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect()
+    project
+        .ok(&args)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -88,7 +92,12 @@ name = "three"
     );
     assert_eq!(first, keys(&project, &[]));
     // A comment or description is not an input; one changed step byte is.
-    project.write("demo.toml", &std::fs::read_to_string(project.envs().join("demo.toml")).unwrap().replace("echo two", "echo  two"));
+    project.write(
+        "demo.toml",
+        &std::fs::read_to_string(project.envs().join("demo.toml"))
+            .unwrap()
+            .replace("echo two", "echo  two"),
+    );
     assert_ne!(keys(&project, &[])[1], first[1]);
     three_stages(&project);
 
@@ -110,28 +119,58 @@ name = "three"
 fn input_change_rebuilds_that_stage_and_later_ones_only() {
     let project = Project::new();
     let counter = three_stages(&project);
-    assert_eq!(project.build_actions("demo", &[]), ["one:built", "two:built", "three:built"]);
+    assert_eq!(
+        project.build_actions("demo", &[]),
+        ["one:built", "two:built", "three:built"]
+    );
     assert_eq!(count_lines(&counter), 3);
 
     // Nothing changed: no step runs.
-    assert_eq!(project.build_actions("demo", &[]), ["one:cached", "two:cached", "three:current"]);
+    assert_eq!(
+        project.build_actions("demo", &[]),
+        ["one:cached", "two:cached", "three:current"]
+    );
     assert_eq!(count_lines(&counter), 3);
 
     // Change an input of stage two: one is replayed, two and three rebuild.
     project.write("demo/data/a.txt", "changed\n");
     let explain = project.ok(&["plan", "demo", "--explain"]);
-    assert!(explain.contains("input file data/a.txt changed"), "{explain}");
-    assert_eq!(project.build_actions("demo", &[]), ["one:restored", "two:built", "three:built"]);
-    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "one\ntwo\nthree\ntwo\nthree\n");
+    assert!(
+        explain.contains("input file data/a.txt changed"),
+        "{explain}"
+    );
+    assert_eq!(
+        project.build_actions("demo", &[]),
+        ["one:restored", "two:built", "three:built"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        "one\ntwo\nthree\ntwo\nthree\n"
+    );
     let root = project.state().join("envs/demo/box/root");
-    assert_eq!(std::fs::read_to_string(root.join("data/a.txt")).unwrap(), "changed\n");
-    assert_eq!(std::fs::read_to_string(root.join("one.txt")).unwrap(), "built-one\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("one.txt")).unwrap(),
+        "built-one\n"
+    );
 
     // A var override rebuilds only the stage that uses it, and says so.
     let explain = project.ok(&["plan", "demo", "--explain", "--var", "greeting=hi"]);
-    assert!(explain.contains("var greeting changed (\"hello\" -> \"hi\")"), "{explain}");
-    assert_eq!(project.build_actions("demo", &["--var", "greeting=hi"]), ["one:cached", "two:restored", "three:built"]);
-    assert_eq!(std::fs::read_to_string(root.join("greeting.txt")).unwrap(), "hi\n");
+    assert!(
+        explain.contains("var greeting changed (\"hello\" -> \"hi\")"),
+        "{explain}"
+    );
+    assert_eq!(
+        project.build_actions("demo", &["--var", "greeting=hi"]),
+        ["one:cached", "two:restored", "three:built"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("greeting.txt")).unwrap(),
+        "hi\n"
+    );
 }
 
 #[test]
@@ -142,21 +181,38 @@ fn replay_restores_into_a_fresh_state_and_continues() {
     // A second workspace sharing the store: everything is replayed, no step runs, and the
     // machine works at its new path.
     let other_state = project.path().join("other-state");
-    let out = project.cmd().env("ENVBUILD_STATE", &other_state).args(["build", "demo", "--json"]).output().unwrap();
+    let out = project
+        .cmd()
+        .env("ENVBUILD_STATE", &other_state)
+        .args(["build", "demo", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["stages"][2]["action"], "restored");
     assert_eq!(count_lines(&counter), 3);
     let root = other_state.join("envs/demo/box/root");
-    assert_eq!(std::fs::read_to_string(root.join("data/sub/b.txt")).unwrap(), "b\n");
-    assert_eq!(std::fs::read_to_string(root.join("greeting.txt")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/sub/b.txt")).unwrap(),
+        "b\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("greeting.txt")).unwrap(),
+        "hello\n"
+    );
 
     // Append a stage: the three are replayed, only the new one runs.
     let file = project.envs().join("demo.toml");
     let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str(&format!("\n[[machines.box.stages]]\nname = \"four\"\nsteps = [\"echo four >> {}\"]\n", counter.display()));
+    text.push_str(&format!(
+        "\n[[machines.box.stages]]\nname = \"four\"\nsteps = [\"echo four >> {}\"]\n",
+        counter.display()
+    ));
     std::fs::write(&file, text).unwrap();
-    assert_eq!(project.build_actions("demo", &[]), ["one:cached", "two:cached", "three:current", "four:built"]);
+    assert_eq!(
+        project.build_actions("demo", &[]),
+        ["one:cached", "two:cached", "three:current", "four:built"]
+    );
     assert_eq!(count_lines(&counter), 4);
 }
 
@@ -165,7 +221,10 @@ fn concurrent_cold_builds_run_each_stage_once() {
     let project = Project::new();
     let counter = three_stages(&project);
     let file = project.envs().join("demo.toml");
-    let text = std::fs::read_to_string(&file).unwrap().replace("\"sh $ENVBUILD_INPUTS/one.sh\"", "\"sh $ENVBUILD_INPUTS/one.sh\", \"sleep 1\"");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "\"sh $ENVBUILD_INPUTS/one.sh\"",
+        "\"sh $ENVBUILD_INPUTS/one.sh\", \"sleep 1\"",
+    );
     std::fs::write(&file, text).unwrap();
     let bin = assert_cmd::cargo::cargo_bin("envbuild");
     let handles: Vec<_> = (0..4)
@@ -173,7 +232,10 @@ fn concurrent_cold_builds_run_each_stage_once() {
             std::process::Command::new(&bin)
                 .current_dir(project.path())
                 .env("ENVBUILD_STORE", project.store())
-                .env("ENVBUILD_STATE", project.path().join(format!("state-{}", i % 3)))
+                .env(
+                    "ENVBUILD_STATE",
+                    project.path().join(format!("state-{}", i % 3)),
+                )
                 .args(["build", "demo", "-q"])
                 .spawn()
                 .unwrap()
@@ -182,11 +244,17 @@ fn concurrent_cold_builds_run_each_stage_once() {
     for mut handle in handles {
         assert!(handle.wait().unwrap().success());
     }
-    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "one\ntwo\nthree\n");
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        "one\ntwo\nthree\n"
+    );
     assert_eq!(project.entries().len(), 3);
     for i in 0..3 {
         let root = project.path().join(format!("state-{i}/envs/demo/box/root"));
-        assert_eq!(std::fs::read_to_string(root.join("greeting.txt")).unwrap(), "hello\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("greeting.txt")).unwrap(),
+            "hello\n"
+        );
     }
 }
 
@@ -229,18 +297,38 @@ steps = ["echo partial > partial.txt", "sh -c 'sleep 300; echo {marker}' & sleep
     // The supervisor takes the step's whole process group down with it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_with(&marker).is_empty() {
-        assert!(Instant::now() < deadline, "step processes outlived the killed build: {:?}", processes_with(&marker));
+        assert!(
+            Instant::now() < deadline,
+            "step processes outlived the killed build: {:?}",
+            processes_with(&marker)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(project.entries().len(), 1, "only the finished stage is committed");
-    assert!(!project.tmp_leftovers().is_empty(), "the killed build's pending entry is left in tmp/");
+    assert_eq!(
+        project.entries().len(),
+        1,
+        "only the finished stage is committed"
+    );
+    assert!(
+        !project.tmp_leftovers().is_empty(),
+        "the killed build's pending entry is left in tmp/"
+    );
 
     // Make the slow stage fast; the next build cleans the leftover and succeeds.
     let file = project.envs().join("slow.toml");
-    let text = std::fs::read_to_string(&file).unwrap().replace("sleep 300", "true");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("sleep 300", "true");
     std::fs::write(&file, text).unwrap();
-    assert_eq!(project.build_actions("slow", &[]), ["first:restored", "slow:built"]);
-    assert!(project.tmp_leftovers().is_empty(), "{:?}", project.tmp_leftovers());
+    assert_eq!(
+        project.build_actions("slow", &[]),
+        ["first:restored", "slow:built"]
+    );
+    assert!(
+        project.tmp_leftovers().is_empty(),
+        "{:?}",
+        project.tmp_leftovers()
+    );
     assert_eq!(project.entries().len(), 2);
     let out = project.run(&["cache", "verify"]);
     assert!(out.status.success());
@@ -265,9 +353,15 @@ steps = ["echo about to fail", "echo the reason >&2; exit 3"]
     let out = project.run(&["build", "fails"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stage fails/box/bad failed: step 2"), "{stderr}");
+    assert!(
+        stderr.contains("stage fails/box/bad failed: step 2"),
+        "{stderr}"
+    );
     assert!(stderr.contains("exited with status 3"), "{stderr}");
-    assert!(stderr.contains("the reason"), "the error shows the last lines: {stderr}");
+    assert!(
+        stderr.contains("the reason"),
+        "the error shows the last lines: {stderr}"
+    );
     assert_eq!(project.entries().len(), 1);
     assert!(project.tmp_leftovers().is_empty());
 }
@@ -277,8 +371,16 @@ fn tampered_entry_is_reported_and_never_reused() {
     let project = Project::new();
     let counter = three_stages(&project);
     project.ok(&["build", "demo"]);
-    let entry = project.entries().into_iter().find(|e| e.ends_with("-demo-box-three")).unwrap();
-    let file = project.store().join("v1/entries").join(&entry).join("artifact/greeting.txt");
+    let entry = project
+        .entries()
+        .into_iter()
+        .find(|e| e.ends_with("-demo-box-three"))
+        .unwrap();
+    let file = project
+        .store()
+        .join("v1/entries")
+        .join(&entry)
+        .join("artifact/greeting.txt");
     let mut perms = std::fs::metadata(&file).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
     std::fs::set_permissions(&file, perms).unwrap();
@@ -293,13 +395,25 @@ fn tampered_entry_is_reported_and_never_reused() {
 
     // A fresh state must not restore the tampered stage: it is quarantined and rebuilt.
     let other = project.path().join("state-b");
-    let out = project.cmd().env("ENVBUILD_STATE", &other).args(["build", "demo", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = project
+        .cmd()
+        .env("ENVBUILD_STATE", &other)
+        .args(["build", "demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["stages"][1]["action"], "restored");
     assert_eq!(report["stages"][2]["action"], "built");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match its digests"));
-    assert_eq!(std::fs::read_to_string(other.join("envs/demo/box/root/greeting.txt")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(other.join("envs/demo/box/root/greeting.txt")).unwrap(),
+        "hello\n"
+    );
     assert_eq!(count_lines(&counter), 4);
     project.ok(&["cache", "verify"]);
 }

@@ -30,13 +30,19 @@ impl Backend for LocalBackend {
         for requirement in &machine.requires {
             let (found, what) = match &requirement.probe {
                 Probe::Program(p) => (process::find_program(p).is_some(), format!("program `{p}`")),
-                Probe::Command(c) => (process::probe(c, Path::new("/"), &process::base_env(Path::new("/"))), format!("`{c}` (a check)")),
+                Probe::Command(c) => (
+                    process::probe(c, Path::new("/"), &process::base_env(Path::new("/"))),
+                    format!("`{c}` (a check)"),
+                ),
             };
             if !found {
                 return Err(Error::MissingTool {
                     machine: machine.name.clone(),
                     what,
-                    fix: format!("install the Debian/Ubuntu package `{0}`: apt-get install {0}", requirement.package),
+                    fix: format!(
+                        "install the Debian/Ubuntu package `{0}`: apt-get install {0}",
+                        requirement.package
+                    ),
                 });
             }
         }
@@ -59,24 +65,41 @@ impl Backend for LocalBackend {
         std::fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))
     }
 
-    fn run_step(&self, ctx: &StepContext, step: &str, on_line: &mut (dyn FnMut(&str) + Send)) -> Result<StepEnd> {
+    fn run_step(
+        &self,
+        ctx: &StepContext,
+        step: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<StepEnd> {
         let root = ctx.state.root();
         let mut env = process::base_env(&root.join(".home"));
         env.insert("ENVBUILD_ROOT".into(), root.display().to_string());
         env.insert("ENVBUILD_INPUTS".into(), ctx.inputs.display().to_string());
         env.extend(ctx.env.clone());
-        std::fs::create_dir_all(root.join(".home")).ctx(|| format!("creating {}", root.join(".home").display()))?;
+        std::fs::create_dir_all(root.join(".home"))
+            .ctx(|| format!("creating {}", root.join(".home").display()))?;
         process::run_step(step, &root, &env, ctx.deadline, on_line)
     }
 
-    fn snapshot(&self, state: &MachineState, pending: &Pending, parent: Option<&Entry>) -> Result<(Vec<TreeEntry>, u64)> {
+    fn snapshot(
+        &self,
+        state: &MachineState,
+        pending: &Pending,
+        parent: Option<&Entry>,
+    ) -> Result<(Vec<TreeEntry>, u64)> {
         let parent_tree = match parent {
             Some(entry) => Some((entry.artifact(), entry.tree()?)),
             None => None,
         };
         // The artifact folder exists (created by `begin`); snapshot fills it.
         let artifact = pending.artifact();
-        store::snapshot(&state.root(), &artifact, parent_tree.as_ref().map(|(dir, tree)| (dir.as_path(), tree.as_slice())))
+        store::snapshot(
+            &state.root(),
+            &artifact,
+            parent_tree
+                .as_ref()
+                .map(|(dir, tree)| (dir.as_path(), tree.as_slice())),
+        )
     }
 
     fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices> {
@@ -85,17 +108,27 @@ impl Backend for LocalBackend {
         let run = ctx.state.run_dir();
         remove_tree(&run).ctx(|| format!("clearing {}", run.display()))?;
         std::fs::create_dir_all(&run).ctx(|| format!("creating {}", run.display()))?;
-        std::fs::create_dir_all(ctx.state.logs()).ctx(|| format!("creating {}", ctx.state.logs().display()))?;
+        std::fs::create_dir_all(ctx.state.logs())
+            .ctx(|| format!("creating {}", ctx.state.logs().display()))?;
         let ports = allocate_ports(machine)?;
         let env = runtime_env(ctx, &ports);
         let lookup = |name: &str| runtime_lookup(ctx, &ports, name);
-        let render = |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
-        let mut running = RunningServices { ports: ports.clone(), services: Vec::new(), started: store::now_rfc3339() };
+        let render =
+            |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
+        let mut running = RunningServices {
+            ports: ports.clone(),
+            services: Vec::new(),
+            started: store::now_rfc3339(),
+        };
 
         let hook_log = ctx.state.logs().join("prestart.log");
         for hook in &machine.prestart {
             let command = render(hook)?;
-            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&hook_log).ctx(|| format!("opening {}", hook_log.display()))?;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&hook_log)
+                .ctx(|| format!("opening {}", hook_log.display()))?;
             let deadline = Instant::now() + Duration::from_secs(600);
             let end = process::run_step(&command, &root, &env, deadline, |line| {
                 let _ = writeln!(log, "{line}");
@@ -125,7 +158,10 @@ impl Backend for LocalBackend {
             if let Some(ready) = &service.ready {
                 let check = match &ready.check {
                     ReadyCheck::Tcp(address) => ReadyCheck::Tcp(render(address)?),
-                    ReadyCheck::Http { url, status } => ReadyCheck::Http { url: render(url)?, status: *status },
+                    ReadyCheck::Http { url, status } => ReadyCheck::Http {
+                        url: render(url)?,
+                        status: *status,
+                    },
                     ReadyCheck::Command(command) => ReadyCheck::Command(render(command)?),
                 };
                 if let Err(why) = wait_ready(&check, ready.timeout, pid, &root, &env) {
@@ -164,18 +200,33 @@ fn allocate_ports(machine: &Machine) -> Result<BTreeMap<String, u16>> {
     for port in &machine.ports {
         let listener = match port.fixed {
             Some(n) => TcpListener::bind(("127.0.0.1", n)).map_err(|e| {
-                Error::Input(format!("port {} (`{}` of machine `{}`) is not free on 127.0.0.1: {e}", n, port.name, machine.name))
+                Error::Input(format!(
+                    "port {} (`{}` of machine `{}`) is not free on 127.0.0.1: {e}",
+                    n, port.name, machine.name
+                ))
             })?,
-            None => TcpListener::bind(("127.0.0.1", 0)).ctx(|| "finding a free loopback port".into())?,
+            None => {
+                TcpListener::bind(("127.0.0.1", 0)).ctx(|| "finding a free loopback port".into())?
+            }
         };
-        ports.insert(port.name.clone(), listener.local_addr().ctx(|| "reading a port".into())?.port());
+        ports.insert(
+            port.name.clone(),
+            listener
+                .local_addr()
+                .ctx(|| "reading a port".into())?
+                .port(),
+        );
         // Held until all are chosen, so two auto ports never get the same number.
         held.push(listener);
     }
     Ok(ports)
 }
 
-fn runtime_lookup(ctx: &RuntimeContext, ports: &BTreeMap<String, u16>, name: &str) -> Option<String> {
+fn runtime_lookup(
+    ctx: &RuntimeContext,
+    ports: &BTreeMap<String, u16>,
+    name: &str,
+) -> Option<String> {
     match name {
         "root" => Some(ctx.state.root().display().to_string()),
         "run" => Some(ctx.state.run_dir().display().to_string()),
@@ -187,14 +238,23 @@ fn runtime_lookup(ctx: &RuntimeContext, ports: &BTreeMap<String, u16>, name: &st
 }
 
 /// The environment of prestart hooks, services and `envbuild exec`.
-pub fn runtime_env(ctx: &RuntimeContext, ports: &BTreeMap<String, u16>) -> BTreeMap<String, String> {
+pub fn runtime_env(
+    ctx: &RuntimeContext,
+    ports: &BTreeMap<String, u16>,
+) -> BTreeMap<String, String> {
     let root = ctx.state.root();
     let mut env = process::base_env(&root.join(".home"));
     env.insert("ENVBUILD_ROOT".into(), root.display().to_string());
-    env.insert("ENVBUILD_RUN".into(), ctx.state.run_dir().display().to_string());
+    env.insert(
+        "ENVBUILD_RUN".into(),
+        ctx.state.run_dir().display().to_string(),
+    );
     env.insert("ENVBUILD_MACHINE".into(), ctx.machine.name.clone());
     for (name, port) in ports {
-        env.insert(format!("ENVBUILD_PORT_{}", name.to_uppercase().replace('-', "_")), port.to_string());
+        env.insert(
+            format!("ENVBUILD_PORT_{}", name.to_uppercase().replace('-', "_")),
+            port.to_string(),
+        );
     }
     for (name, value) in &ctx.vars {
         env.insert(var_env_name(name), value.clone());
@@ -205,7 +265,13 @@ pub fn runtime_env(ctx: &RuntimeContext, ports: &BTreeMap<String, u16>) -> BTree
     env
 }
 
-fn wait_ready(check: &ReadyCheck, timeout: Duration, pid: i32, root: &Path, env: &BTreeMap<String, String>) -> Result<(), String> {
+fn wait_ready(
+    check: &ReadyCheck,
+    timeout: Duration,
+    pid: i32,
+    root: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not checked yet");
     while Instant::now() < deadline {
@@ -218,18 +284,33 @@ fn wait_ready(check: &ReadyCheck, timeout: Duration, pid: i32, root: &Path, env:
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!("still not ready after {}s ({last})", timeout.as_secs()))
+    Err(format!(
+        "still not ready after {}s ({last})",
+        timeout.as_secs()
+    ))
 }
 
-fn check_once(check: &ReadyCheck, root: &Path, env: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_once(
+    check: &ReadyCheck,
+    root: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
     match check {
         ReadyCheck::Tcp(address) => connect(address).map(|_| ()),
         ReadyCheck::Http { url, status } => {
             let got = http_status(url)?;
-            if got == *status { Ok(()) } else { Err(format!("{url} answered {got}, expected {status}")) }
+            if got == *status {
+                Ok(())
+            } else {
+                Err(format!("{url} answered {got}, expected {status}"))
+            }
         }
         ReadyCheck::Command(command) => {
-            if process::probe(command, root, env) { Ok(()) } else { Err(format!("`{command}` failed")) }
+            if process::probe(command, root, env) {
+                Ok(())
+            } else {
+                Err(format!("`{command}` failed"))
+            }
         }
     }
 }
@@ -245,13 +326,26 @@ fn connect(address: &str) -> Result<TcpStream, String> {
 
 /// A minimal HTTP/1.0 GET returning the status code: enough for readiness, no client library.
 pub fn http_status(url: &str) -> Result<u16, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url} is not an http:// URL"))?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url} is not an http:// URL"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut stream = connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).map_err(|e| format!("{url}: {e}"))?;
     let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| format!("{url} did not answer HTTP"))
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{url} did not answer HTTP"))
 }

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::key::digest::TreeEntry;
 use crate::spec::model::{BackendKind, Machine};
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending};
-use crate::key::digest::TreeEntry;
 
 /// What a backend needs to run one stage's steps.
 pub struct StepContext<'a> {
@@ -41,9 +41,19 @@ pub trait Backend: Sync {
     /// Makes the machine empty, as before its first stage.
     fn reset(&self, state: &MachineState) -> Result<()>;
     /// Runs one step; every output line goes to `on_line`. Returns the step's exit code.
-    fn run_step(&self, ctx: &StepContext, step: &str, on_line: &mut (dyn FnMut(&str) + Send)) -> Result<crate::process::StepEnd>;
+    fn run_step(
+        &self,
+        ctx: &StepContext,
+        step: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<crate::process::StepEnd>;
     /// Writes the machine's current content into `pending`'s artifact.
-    fn snapshot(&self, state: &MachineState, pending: &Pending, parent: Option<&Entry>) -> Result<(Vec<TreeEntry>, u64)>;
+    fn snapshot(
+        &self,
+        state: &MachineState,
+        pending: &Pending,
+        parent: Option<&Entry>,
+    ) -> Result<(Vec<TreeEntry>, u64)>;
     /// Runs prestart hooks and starts services, waiting for each to be ready.
     fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices>;
     /// Stops what `start` started. Returns the names of services that had to be killed.

@@ -65,7 +65,10 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
             .iter()
             .map(|(name, r)| serde_json::json!({ "machine": name, "ports": r.ports, "services": r.services }))
             .collect();
-        print_json(&UpReport { build: &report, machines });
+        print_json(&UpReport {
+            build: &report,
+            machines,
+        });
         return Ok(0);
     }
     if !global.quiet {
@@ -73,7 +76,17 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     }
     for (machine, r) in &running {
         for service in &r.services {
-            println!("{}/{machine}/{}: running (pid {}){}", env.name, service.name, service.pid, service.url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default());
+            println!(
+                "{}/{machine}/{}: running (pid {}){}",
+                env.name,
+                service.name,
+                service.pid,
+                service
+                    .url
+                    .as_deref()
+                    .map(|u| format!(" at {u}"))
+                    .unwrap_or_default()
+            );
         }
     }
     if env.cloud.is_some() && !global.quiet {
@@ -87,7 +100,10 @@ pub fn run_down(global: &Global, args: EnvArg) -> Result<i32> {
     let env = ws.load(&args.env, &[])?;
     let killed = engine::down(&ws, &env)?;
     for (machine, service) in &killed {
-        eprintln!("warning: {}/{machine}/{service} did not stop in time and was killed", env.name);
+        eprintln!(
+            "warning: {}/{machine}/{service} did not stop in time and was killed",
+            env.name
+        );
     }
     if !global.quiet {
         eprintln!("{}: down", env.name);

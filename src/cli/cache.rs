@@ -67,13 +67,28 @@ pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
             let mut listed = Vec::new();
             for entry in ws.store.entries()? {
                 let m = entry.manifest()?;
-                listed.push(Listed { name: entry.name, env: m.env, machine: m.machine, stage: m.stage, size: m.size, created: m.created });
+                listed.push(Listed {
+                    name: entry.name,
+                    env: m.env,
+                    machine: m.machine,
+                    stage: m.stage,
+                    size: m.size,
+                    created: m.created,
+                });
             }
             if json {
                 print_json(&listed);
             } else {
                 for l in &listed {
-                    println!("{}  {:>10}  {}  {}/{}/{}", &l.name[..16], human_size(l.size), l.created, l.env, l.machine, l.stage);
+                    println!(
+                        "{}  {:>10}  {}  {}/{}/{}",
+                        &l.name[..16],
+                        human_size(l.size),
+                        l.created,
+                        l.env,
+                        l.machine,
+                        l.stage
+                    );
                 }
             }
             Ok(0)
@@ -104,23 +119,37 @@ pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
             let env = ws.load(&env, &[])?;
             let keys = ws.keys(&env)?;
             let index = ws.store.index()?;
-            let entries: Vec<_> = keys.iter().filter_map(|k| index.get(&k.key).cloned()).collect();
+            let entries: Vec<_> = keys
+                .iter()
+                .filter_map(|k| index.get(&k.key).cloned())
+                .collect();
             if entries.is_empty() {
-                return Err(Error::Input(format!("nothing of `{}` is cached; build it first", env.name)));
+                return Err(Error::Input(format!(
+                    "nothing of `{}` is cached; build it first",
+                    env.name
+                )));
             }
             let partial = output.with_extension("partial");
-            let file = std::fs::File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
+            let file = std::fs::File::create(&partial)
+                .ctx(|| format!("creating {}", partial.display()))?;
             let result = archive::export(&entries, std::io::BufWriter::new(file));
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&partial);
                 return Err(e);
             }
             std::fs::rename(&partial, &output).ctx(|| format!("writing {}", output.display()))?;
-            eprintln!("exported {} entries of {} to {}", entries.len(), env.name, output.display());
+            eprintln!(
+                "exported {} entries of {} to {}",
+                entries.len(),
+                env.name,
+                output.display()
+            );
             Ok(0)
         }
         CacheCommand::Import { file } => {
-            let input = std::fs::File::open(&file).map_err(|e| Error::Input(format!("cannot open archive {}: {e}", file.display())))?;
+            let input = std::fs::File::open(&file).map_err(|e| {
+                Error::Input(format!("cannot open archive {}: {e}", file.display()))
+            })?;
             let names = archive::import(&ws.store, std::io::BufReader::new(input), &file)?;
             eprintln!("imported {} entries from {}", names.len(), file.display());
             Ok(0)
@@ -155,8 +184,16 @@ fn gc(global: &Global, ws: &crate::engine::Workspace, args: GcArgs) -> Result<i3
             }
         }
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
-    eprintln!("{verb} {count} entries; kept {} referenced and up to {} recent", referenced.len(), args.keep_recent);
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    eprintln!(
+        "{verb} {count} entries; kept {} referenced and up to {} recent",
+        referenced.len(),
+        args.keep_recent
+    );
     Ok(0)
 }
 

@@ -18,14 +18,19 @@ pub struct CredsArgs {
 pub fn run(global: &Global, args: CredsArgs) -> Result<i32> {
     let ws = global.workspace()?;
     let env = ws.load(&args.env, &[])?;
-    let cloud = env
-        .cloud
-        .as_ref()
-        .ok_or_else(|| Error::Input(format!("environment `{}` declares no [cloud]; it has no credentials to print", env.name)))?;
+    let cloud = env.cloud.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "environment `{}` declares no [cloud]; it has no credentials to print",
+            env.name
+        ))
+    })?;
     let state = ws.state.machine(&env.name, &cloud.machine)?;
-    let running = state
-        .services()
-        .ok_or_else(|| Error::Input(format!("`{}` is not up; run `envbuild up {}` first", env.name, env.name)))?;
+    let running = state.services().ok_or_else(|| {
+        Error::Input(format!(
+            "`{}` is not up; run `envbuild up {}` first",
+            env.name, env.name
+        ))
+    })?;
     let secrets = ws.state.secrets(&env)?;
     let password = &secrets[&cloud.password_secret];
     let auth_url = template::render(&cloud.auth_url, |name| match name.strip_prefix("ports.") {
@@ -40,7 +45,10 @@ pub fn run(global: &Global, args: CredsArgs) -> Result<i32> {
     println!("export OS_PASSWORD={}", quote(password));
     println!("export OS_PROJECT_NAME={}", quote(&cloud.project));
     println!("export OS_USER_DOMAIN_NAME={}", quote(&cloud.user_domain));
-    println!("export OS_PROJECT_DOMAIN_NAME={}", quote(&cloud.project_domain));
+    println!(
+        "export OS_PROJECT_DOMAIN_NAME={}",
+        quote(&cloud.project_domain)
+    );
     println!("export OS_REGION_NAME={}", quote(&cloud.region));
     println!("export OS_IDENTITY_API_VERSION=3");
     println!("export OS_INTERFACE=public");
@@ -62,9 +70,15 @@ pub fn run(global: &Global, args: CredsArgs) -> Result<i32> {
         .mode(0o600)
         .open(&path)
         .ctx(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut file, clouds.as_bytes()).ctx(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, clouds.as_bytes())
+        .ctx(|| format!("writing {}", path.display()))?;
     if !global.quiet {
-        eprintln!("# clouds.yaml written to {} (use: OS_CLIENT_CONFIG_FILE={} openstack --os-cloud {} ...)", path.display(), path.display(), env.name);
+        eprintln!(
+            "# clouds.yaml written to {} (use: OS_CLIENT_CONFIG_FILE={} openstack --os-cloud {} ...)",
+            path.display(),
+            path.display(),
+            env.name
+        );
     }
     Ok(0)
 }

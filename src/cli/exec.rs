@@ -23,17 +23,29 @@ pub fn run(global: &Global, args: ExecArgs) -> Result<i32> {
     let env = ws.load(&args.env, &[])?;
     let machine = env.machine(&args.machine).ok_or_else(|| {
         let known: Vec<&str> = env.machines.iter().map(|m| m.name.as_str()).collect();
-        Error::Input(format!("environment `{}` has no machine `{}`; machines: {}", env.name, args.machine, known.join(", ")))
+        Error::Input(format!(
+            "environment `{}` has no machine `{}`; machines: {}",
+            env.name,
+            args.machine,
+            known.join(", ")
+        ))
     })?;
     let state = ws.state.machine(&env.name, &machine.name)?;
     if !state.root().is_dir() {
-        return Err(Error::Input(format!("{}/{} is not built yet; run `envbuild build {}`", env.name, machine.name, env.name)));
+        return Err(Error::Input(format!(
+            "{}/{} is not built yet; run `envbuild build {}`",
+            env.name, machine.name, env.name
+        )));
     }
     let ports = state.services().map(|s| s.ports).unwrap_or_default();
     let ctx = RuntimeContext {
         machine,
         state: &state,
-        vars: env.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect(),
+        vars: env
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
         secrets: ws.state.secrets(&env)?,
     };
     let status = std::process::Command::new(&args.command[0])

@@ -31,7 +31,12 @@ pub fn run(global: &Global, args: HashArgs) -> Result<i32> {
     if args.json {
         let out: Vec<Hashed> = keys
             .iter()
-            .map(|k| Hashed { machine: &k.machine, stage: &k.stage, key: &k.key, material: &k.material })
+            .map(|k| Hashed {
+                machine: &k.machine,
+                stage: &k.stage,
+                key: &k.key,
+                material: &k.material,
+            })
             .collect();
         print_json(&out);
     } else {

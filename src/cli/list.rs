@@ -36,7 +36,12 @@ pub fn run(global: &Global, args: ListArgs) -> Result<i32> {
         print_json(&listed);
     } else {
         for env in &listed {
-            println!("{:<22} {:<28} {}", env.name, env.machines.join(","), env.description.as_deref().unwrap_or(""));
+            println!(
+                "{:<22} {:<28} {}",
+                env.name,
+                env.machines.join(","),
+                env.description.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(0)

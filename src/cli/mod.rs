@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::Workspace;
 use crate::error::Result;
-use crate::spec::parse_var_override;
 use crate::spec::model::Environment;
+use crate::spec::parse_var_override;
 use crate::state::State;
 use crate::store::Store;
 
@@ -108,7 +108,10 @@ fn load(ws: &Workspace, name: &str, vars: &VarArgs) -> Result<Environment> {
 }
 
 pub fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
 }
 
 /// Runs the command; returns the process exit code.

@@ -58,7 +58,13 @@ pub fn run(global: &Global, args: StatusArgs) -> Result<i32> {
                 services: running
                     .services
                     .into_iter()
-                    .map(|s| ServiceStatus { running: group_alive(s.pid), name: s.name, pid: s.pid, url: s.url, log: s.log })
+                    .map(|s| ServiceStatus {
+                        running: group_alive(s.pid),
+                        name: s.name,
+                        pid: s.pid,
+                        url: s.url,
+                        log: s.log,
+                    })
                     .collect(),
             });
         }
@@ -72,7 +78,12 @@ pub fn run(global: &Global, args: StatusArgs) -> Result<i32> {
         println!("{}/{}: {stage}", m.env, m.machine);
         for s in &m.services {
             let state = if s.running { "running" } else { "stopped" };
-            println!("  {:<16} {state:<8} pid {:<8} {}", s.name, s.pid, s.url.as_deref().unwrap_or(""));
+            println!(
+                "  {:<16} {state:<8} pid {:<8} {}",
+                s.name,
+                s.pid,
+                s.url.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(0)

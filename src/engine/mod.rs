@@ -37,7 +37,12 @@ impl Workspace {
         let fingerprints = FingerprintCache::load(store.fingerprint_file());
         let state = State { root: state_root };
         clean_stale_tmp(&state.root.join("tmp"));
-        Ok(Workspace { envs, store, state, fingerprints })
+        Ok(Workspace {
+            envs,
+            store,
+            state,
+            fingerprints,
+        })
     }
 
     pub fn load(&self, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
@@ -53,7 +58,9 @@ impl Workspace {
 
 /// Removes `inputs.<pid>.<n>` folders of processes that no longer exist.
 fn clean_stale_tmp(dir: &Path) {
-    let Ok(items) = std::fs::read_dir(dir) else { return };
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
     for item in items.flatten() {
         let name = item.file_name().to_string_lossy().into_owned();
         let pid = name.split('.').nth(1).and_then(|p| p.parse::<i32>().ok());
@@ -86,7 +93,12 @@ pub struct StagePlan {
     pub reasons: Vec<Reason>,
 }
 
-pub fn plan(ws: &Workspace, env: &Environment, keys: &[StageKey], with_reasons: bool) -> Result<Plan> {
+pub fn plan(
+    ws: &Workspace,
+    env: &Environment,
+    keys: &[StageKey],
+    with_reasons: bool,
+) -> Result<Plan> {
     let index = ws.store.index()?;
     let machines = env
         .machines
@@ -105,12 +117,20 @@ pub fn plan(ws: &Workspace, env: &Environment, keys: &[StageKey], with_reasons: 
                     } else {
                         Vec::new()
                     };
-                    StagePlan { name: k.stage.clone(), key: k.key.clone(), cached, reasons }
+                    StagePlan {
+                        name: k.stage.clone(),
+                        key: k.key.clone(),
+                        cached,
+                        reasons,
+                    }
                 })
                 .collect(),
         })
         .collect();
-    Ok(Plan { env: env.name.clone(), machines })
+    Ok(Plan {
+        env: env.name.clone(),
+        machines,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,20 +165,31 @@ pub struct BuildReport {
 }
 
 /// Builds every machine of `env`: machines that do not wait for each other in parallel.
-pub fn build(ws: &Workspace, env: &Environment, keys: &[StageKey], progress: &Progress) -> Result<BuildReport> {
+pub fn build(
+    ws: &Workspace,
+    env: &Environment,
+    keys: &[StageKey],
+    progress: &Progress,
+) -> Result<BuildReport> {
     let started = Instant::now();
     for machine in &env.machines {
         let backend = backend::for_kind(machine.backend)?;
         backend.check_host(machine)?;
     }
-    let mut report = BuildReport { env: env.name.clone(), ..Default::default() };
+    let mut report = BuildReport {
+        env: env.name.clone(),
+        ..Default::default()
+    };
     for wave in waves(env) {
         let results: Vec<Result<Vec<StageOutcome>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = wave
                 .iter()
                 .map(|machine| scope.spawn(move || build_machine(ws, env, machine, keys, progress)))
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("a machine build panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a machine build panicked"))
+                .collect()
         });
         for result in results {
             report.stages.extend(result?);
@@ -182,18 +213,40 @@ fn waves(env: &Environment) -> Vec<Vec<&Machine>> {
         level.insert(&machine.name, depth);
     }
     let depth = level.values().copied().max().unwrap_or(0);
-    (0..=depth).map(|d| env.machines.iter().filter(|m| level[m.name.as_str()] == d).collect()).collect()
+    (0..=depth)
+        .map(|d| {
+            env.machines
+                .iter()
+                .filter(|m| level[m.name.as_str()] == d)
+                .collect()
+        })
+        .collect()
 }
 
-fn build_machine(ws: &Workspace, env: &Environment, machine: &Machine, keys: &[StageKey], progress: &Progress) -> Result<Vec<StageOutcome>> {
+fn build_machine(
+    ws: &Workspace,
+    env: &Environment,
+    machine: &Machine,
+    keys: &[StageKey],
+    progress: &Progress,
+) -> Result<Vec<StageOutcome>> {
     let backend = backend::for_kind(machine.backend)?;
     let state = ws.state.machine(&env.name, &machine.name)?;
     let label = format!("{}/{}", env.name, machine.name);
     let _machine_lock = FileLock::acquire(&state.lock_file(), || {
-        progress.note(&format!("{label}: waiting for another envbuild using this machine"))
+        progress.note(&format!(
+            "{label}: waiting for another envbuild using this machine"
+        ))
     })?;
-    if state.services().is_some_and(|s| s.services.iter().any(|s| crate::process::group_alive(s.pid))) {
-        return Err(Error::Input(format!("{label} is running; stop it first with `envbuild down {}`", env.name)));
+    if state.services().is_some_and(|s| {
+        s.services
+            .iter()
+            .any(|s| crate::process::group_alive(s.pid))
+    }) {
+        return Err(Error::Input(format!(
+            "{label} is running; stop it first with `envbuild down {}`",
+            env.name
+        )));
     }
     let keys: Vec<&StageKey> = keys.iter().filter(|k| k.machine == machine.name).collect();
     let mut outcomes: Vec<StageOutcome> = Vec::new();
@@ -211,17 +264,29 @@ fn build_machine(ws: &Workspace, env: &Environment, machine: &Machine, keys: &[S
     let index = ws.store.index()?;
     let mut start = 0;
     for (i, stage_key) in keys.iter().enumerate().rev() {
-        let Some(entry) = index.get(&stage_key.key) else { continue };
+        let Some(entry) = index.get(&stage_key.key) else {
+            continue;
+        };
         let t = Instant::now();
-        let current = marker.pristine && marker.key.as_deref() == Some(stage_key.key.as_str()) && state.root().is_dir();
+        let current = marker.pristine
+            && marker.key.as_deref() == Some(stage_key.key.as_str())
+            && state.root().is_dir();
         if !current && !restore_or_quarantine(ws, backend, &state, entry, progress)? {
             continue;
         }
-        state.set_marker(&Marker { key: Some(stage_key.key.clone()), stage: Some(stage_key.stage.clone()), pristine: true })?;
+        state.set_marker(&Marker {
+            key: Some(stage_key.key.clone()),
+            stage: Some(stage_key.stage.clone()),
+            pristine: true,
+        })?;
         for earlier in &keys[..i] {
             outcomes.push(outcome(earlier, Action::Cached, 0.0, 0));
         }
-        let action = if current { Action::Current } else { Action::Restored };
+        let action = if current {
+            Action::Current
+        } else {
+            Action::Restored
+        };
         outcomes.push(outcome(stage_key, action, t.elapsed().as_secs_f64(), 0));
         start = i + 1;
         break;
@@ -235,25 +300,65 @@ fn build_machine(ws: &Workspace, env: &Environment, machine: &Machine, keys: &[S
         let stage = &machine.stages[i];
         let t = Instant::now();
         let _key_lock = ws.store.lock(&stage_key.key, || {
-            progress.note(&format!("{label}/{}: waiting for another build of this stage", stage.name))
+            progress.note(&format!(
+                "{label}/{}: waiting for another build of this stage",
+                stage.name
+            ))
         })?;
         if let Some(entry) = ws.store.find(&stage_key.key)? {
             if restore_or_quarantine(ws, backend, &state, &entry, progress)? {
-                state.set_marker(&Marker { key: Some(stage_key.key.clone()), stage: Some(stage.name.clone()), pristine: true })?;
-                outcomes.push(outcome(stage_key, Action::Reused, t.elapsed().as_secs_f64(), 0));
+                state.set_marker(&Marker {
+                    key: Some(stage_key.key.clone()),
+                    stage: Some(stage.name.clone()),
+                    pristine: true,
+                })?;
+                outcomes.push(outcome(
+                    stage_key,
+                    Action::Reused,
+                    t.elapsed().as_secs_f64(),
+                    0,
+                ));
                 continue;
             }
             // A damaged entry was quarantined; the machine must be rebuilt from the last good one.
-            return Err(Error::Failed(format!("{label}/{}: a cached entry was damaged and quarantined; run the build again", stage.name)));
+            return Err(Error::Failed(format!(
+                "{label}/{}: a cached entry was damaged and quarantined; run the build again",
+                stage.name
+            )));
         }
-        let parent = if i == 0 { None } else { ws.store.find(&keys[i - 1].key)? };
-        let steps_run = build_stage(ws, backend, env, machine, stage, stage_key, parent.as_ref(), &state, progress)?;
-        outcomes.push(outcome(stage_key, Action::Built, t.elapsed().as_secs_f64(), steps_run));
+        let parent = if i == 0 {
+            None
+        } else {
+            ws.store.find(&keys[i - 1].key)?
+        };
+        let steps_run = build_stage(
+            ws,
+            backend,
+            env,
+            machine,
+            stage,
+            stage_key,
+            parent.as_ref(),
+            &state,
+            progress,
+        )?;
+        outcomes.push(outcome(
+            stage_key,
+            Action::Built,
+            t.elapsed().as_secs_f64(),
+            steps_run,
+        ));
     }
     Ok(outcomes)
 }
 
-fn restore_or_quarantine(ws: &Workspace, backend: &dyn Backend, state: &MachineState, entry: &Entry, progress: &Progress) -> Result<bool> {
+fn restore_or_quarantine(
+    ws: &Workspace,
+    backend: &dyn Backend,
+    state: &MachineState,
+    entry: &Entry,
+    progress: &Progress,
+) -> Result<bool> {
     state.set_marker(&Marker::default())?;
     if backend.restore(state, entry)? {
         return Ok(true);
@@ -285,7 +390,11 @@ fn build_stage(
     let label = format!("{}/{}/{}", env.name, machine.name, stage.name);
     state.set_marker(&Marker::default())?;
     let pending = ws.store.begin(&stage_key.key)?;
-    let inputs = ws.state.root.join("tmp").join(format!("inputs.{}.{}", std::process::id(), INPUTS_SEQ.fetch_add(1, Ordering::Relaxed)));
+    let inputs = ws.state.root.join("tmp").join(format!(
+        "inputs.{}.{}",
+        std::process::id(),
+        INPUTS_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let _inputs_guard = RemoveOnDrop(inputs.clone());
     prepare_inputs(ws, env, stage, &inputs)?;
 
@@ -298,9 +407,16 @@ fn build_stage(
         step_env.insert(var_env_name(name), value.clone());
     }
     step_env.extend(stage.env.clone());
-    let ctx = StepContext { machine, state, inputs: &inputs, env: step_env, deadline: started + stage.timeout };
+    let ctx = StepContext {
+        machine,
+        state,
+        inputs: &inputs,
+        env: step_env,
+        deadline: started + stage.timeout,
+    };
 
-    let mut log = std::fs::File::create(pending.log()).ctx(|| format!("creating {}", pending.log().display()))?;
+    let mut log = std::fs::File::create(pending.log())
+        .ctx(|| format!("creating {}", pending.log().display()))?;
     let bar = progress.stage(label.clone(), "building");
     for (n, step) in stage.steps.iter().enumerate() {
         use std::io::Write;
@@ -345,7 +461,11 @@ fn build_stage(
         envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     ws.store.commit(pending, &manifest, &tree)?;
-    state.set_marker(&Marker { key: Some(stage_key.key.clone()), stage: Some(stage.name.clone()), pristine: true })?;
+    state.set_marker(&Marker {
+        key: Some(stage_key.key.clone()),
+        stage: Some(stage.name.clone()),
+        pristine: true,
+    })?;
     bar.finish("built");
     Ok(stage.steps.len())
 }
@@ -374,10 +494,14 @@ fn prepare_inputs(ws: &Workspace, env: &Environment, stage: &Stage, dir: &Path) 
                 if meta.is_dir() {
                     std::fs::create_dir_all(&out).ctx(|| format!("creating {}", out.display()))
                 } else if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(full).ctx(|| format!("reading {}", full.display()))?;
-                    std::os::unix::fs::symlink(target, &out).ctx(|| format!("creating {}", out.display()))
+                    let target =
+                        std::fs::read_link(full).ctx(|| format!("reading {}", full.display()))?;
+                    std::os::unix::fs::symlink(target, &out)
+                        .ctx(|| format!("creating {}", out.display()))
                 } else {
-                    std::fs::copy(full, &out).map(|_| ()).ctx(|| format!("copying {}", full.display()))
+                    std::fs::copy(full, &out)
+                        .map(|_| ())
+                        .ctx(|| format!("copying {}", full.display()))
                 }
             })?;
         } else {
@@ -422,7 +546,10 @@ fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<P
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return Err(Error::Failed(format!("downloading source {} from {} failed", source.name, source.url)));
+            return Err(Error::Failed(format!(
+                "downloading source {} from {} failed",
+                source.name, source.url
+            )));
         }
     }
     let got = crate::key::digest::sha256_file(&partial)?;
@@ -437,10 +564,19 @@ fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<P
 }
 
 /// Builds, then starts every machine's services (machines already running are left as they are).
-pub fn up(ws: &Workspace, env: &Environment, keys: &[StageKey], progress: &Progress) -> Result<(BuildReport, Vec<(String, RunningServices)>)> {
+pub fn up(
+    ws: &Workspace,
+    env: &Environment,
+    keys: &[StageKey],
+    progress: &Progress,
+) -> Result<(BuildReport, Vec<(String, RunningServices)>)> {
     let report = build(ws, env, keys, progress)?;
     let secrets = ws.state.secrets(env)?;
-    let vars: BTreeMap<String, String> = env.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let vars: BTreeMap<String, String> = env
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
     let mut started: Vec<(String, MachineState, RunningServices)> = Vec::new();
     for machine in &env.machines {
         if machine.services.is_empty() && machine.prestart.is_empty() {
@@ -451,8 +587,16 @@ pub fn up(ws: &Workspace, env: &Environment, keys: &[StageKey], progress: &Progr
         let mut marker = state.marker();
         marker.pristine = false;
         state.set_marker(&marker)?;
-        let bar = progress.stage(format!("{}/{}", env.name, machine.name), "starting services");
-        let ctx = RuntimeContext { machine, state: &state, vars: vars.clone(), secrets: secrets.clone() };
+        let bar = progress.stage(
+            format!("{}/{}", env.name, machine.name),
+            "starting services",
+        );
+        let ctx = RuntimeContext {
+            machine,
+            state: &state,
+            vars: vars.clone(),
+            secrets: secrets.clone(),
+        };
         match backend.start(&ctx) {
             Ok(running) => {
                 state.set_services(Some(&running))?;
@@ -470,7 +614,13 @@ pub fn up(ws: &Workspace, env: &Environment, keys: &[StageKey], progress: &Progr
             }
         }
     }
-    Ok((report, started.into_iter().map(|(name, _, running)| (name, running)).collect()))
+    Ok((
+        report,
+        started
+            .into_iter()
+            .map(|(name, _, running)| (name, running))
+            .collect(),
+    ))
 }
 
 /// Stops every service of `env`; returns (machine, service) pairs that had to be killed.

@@ -21,7 +21,9 @@ pub struct StageProgress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        let live = !quiet && std::io::stderr().is_terminal() && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
+        let live = !quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
         let multi = live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Progress { multi, quiet }
     }
@@ -43,7 +45,8 @@ impl Progress {
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}").expect("template is valid"),
+                ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
+                    .expect("template is valid"),
             );
             bar.set_prefix(format!("{label} {what}"));
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -52,7 +55,12 @@ impl Progress {
         if bar.is_none() && !self.quiet {
             eprintln!("==> {label}: {what}");
         }
-        StageProgress { bar, label, started: Instant::now(), quiet: self.quiet }
+        StageProgress {
+            bar,
+            label,
+            started: Instant::now(),
+            quiet: self.quiet,
+        }
     }
 }
 

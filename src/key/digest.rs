@@ -34,22 +34,37 @@ pub fn sha256_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    Ok(sha256_reader(file).ctx(|| format!("reading {}", path.display()))?.0)
+    Ok(sha256_reader(file)
+        .ctx(|| format!("reading {}", path.display()))?
+        .0)
 }
 
 /// One entry of a folder listing: what a snapshot or an input consists of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TreeEntry {
-    File { path: String, mode: u32, size: u64, sha256: String },
-    Link { path: String, target: String },
-    Dir { path: String, mode: u32 },
+    File {
+        path: String,
+        mode: u32,
+        size: u64,
+        sha256: String,
+    },
+    Link {
+        path: String,
+        target: String,
+    },
+    Dir {
+        path: String,
+        mode: u32,
+    },
 }
 
 impl TreeEntry {
     pub fn path(&self) -> &str {
         match self {
-            TreeEntry::File { path, .. } | TreeEntry::Link { path, .. } | TreeEntry::Dir { path, .. } => path,
+            TreeEntry::File { path, .. }
+            | TreeEntry::Link { path, .. }
+            | TreeEntry::Dir { path, .. } => path,
         }
     }
 
@@ -65,13 +80,20 @@ impl TreeEntry {
 
 /// Walks `root` depth-first in sorted order and calls `visit` with each entry's path relative
 /// to `root` ("" is never passed) and its metadata. Symlinks are not followed.
-pub fn walk(root: &Path, visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) -> Result<()>) -> Result<()> {
+pub fn walk(
+    root: &Path,
+    visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) -> Result<()>,
+) -> Result<()> {
     fn inner(
         root: &Path,
         relative: &str,
         visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) -> Result<()>,
     ) -> Result<()> {
-        let dir = if relative.is_empty() { root.to_path_buf() } else { root.join(relative) };
+        let dir = if relative.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(relative)
+        };
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .ctx(|| format!("reading {}", dir.display()))?
             .map(|e| e.map(|e| e.file_name()))
@@ -80,9 +102,14 @@ pub fn walk(root: &Path, visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) 
         names.sort();
         for name in names {
             let name = name.to_string_lossy();
-            let child = if relative.is_empty() { name.to_string() } else { format!("{relative}/{name}") };
+            let child = if relative.is_empty() {
+                name.to_string()
+            } else {
+                format!("{relative}/{name}")
+            };
             let path = root.join(&child);
-            let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+            let meta =
+                std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
             visit(&child, &path, &meta)?;
             if meta.is_dir() {
                 inner(root, &child, visit)?;
@@ -95,11 +122,19 @@ pub fn walk(root: &Path, visit: &mut dyn FnMut(&str, &Path, &std::fs::Metadata) 
 
 /// Lists `path` (a file or a folder) as tree entries named under `name`, hashing files through
 /// `hash` (which may answer from a fingerprint cache).
-pub fn tree(path: &Path, name: &str, hash: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<String>) -> Result<Vec<TreeEntry>> {
+pub fn tree(
+    path: &Path,
+    name: &str,
+    hash: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<String>,
+) -> Result<Vec<TreeEntry>> {
     let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
     let mut entries = Vec::new();
     let mut add = |relative: &str, full: &Path, meta: &std::fs::Metadata| -> Result<()> {
-        let entry_path = if relative.is_empty() { name.to_string() } else { format!("{name}/{relative}") };
+        let entry_path = if relative.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}/{relative}")
+        };
         entries.push(entry_for(&entry_path, full, meta, hash)?);
         Ok(())
     };
@@ -121,9 +156,15 @@ fn entry_for(
     let file_type = meta.file_type();
     Ok(if file_type.is_symlink() {
         let target = std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
-        TreeEntry::Link { path: path.to_string(), target: target.to_string_lossy().into_owned() }
+        TreeEntry::Link {
+            path: path.to_string(),
+            target: target.to_string_lossy().into_owned(),
+        }
     } else if file_type.is_dir() {
-        TreeEntry::Dir { path: path.to_string(), mode: meta.permissions().mode() & 0o7777 }
+        TreeEntry::Dir {
+            path: path.to_string(),
+            mode: meta.permissions().mode() & 0o7777,
+        }
     } else if file_type.is_file() {
         TreeEntry::File {
             path: path.to_string(),
@@ -160,7 +201,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("abc");
         std::fs::write(&file, b"abc").unwrap();
-        assert_eq!(sha256_file(&file).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(&file).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
@@ -173,7 +217,11 @@ mod tests {
         let first = tree(&dir.path().join("d"), "d", &mut hash).unwrap();
         let paths: Vec<&str> = first.iter().map(|e| e.path()).collect();
         assert_eq!(paths, ["d", "d/a", "d/b"]);
-        std::fs::set_permissions(dir.path().join("d/a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("d/a"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let second = tree(&dir.path().join("d"), "d", &mut hash).unwrap();
         assert_ne!(tree_digest(&first), tree_digest(&second));
     }

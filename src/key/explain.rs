@@ -9,52 +9,95 @@ use super::KeyMaterial;
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Reason {
     NeverBuilt,
-    FormatChanged { from: u32, to: u32 },
-    BackendChanged { from: String, to: String },
+    FormatChanged {
+        from: u32,
+        to: u32,
+    },
+    BackendChanged {
+        from: String,
+        to: String,
+    },
     BaseChanged,
     ParentChanged,
-    DependencyChanged { stage: String },
-    StepsChanged { step: usize },
-    EnvChanged { name: String },
-    VarChanged { name: String, from: Option<String>, to: Option<String> },
-    InputChanged { path: String },
-    InputAdded { path: String },
-    InputRemoved { path: String },
-    TemplateChanged { path: String },
-    SourceChanged { name: String },
+    DependencyChanged {
+        stage: String,
+    },
+    StepsChanged {
+        step: usize,
+    },
+    EnvChanged {
+        name: String,
+    },
+    VarChanged {
+        name: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    InputChanged {
+        path: String,
+    },
+    InputAdded {
+        path: String,
+    },
+    InputRemoved {
+        path: String,
+    },
+    TemplateChanged {
+        path: String,
+    },
+    SourceChanged {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |v: &Option<String>| v.as_deref().map_or("(unset)".to_string(), |v| format!("\"{v}\""));
+        let show = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("(unset)".to_string(), |v| format!("\"{v}\""))
+        };
         match self {
             Reason::NeverBuilt => write!(f, "never built"),
-            Reason::FormatChanged { from, to } => write!(f, "envbuild's key format changed ({from} -> {to})"),
+            Reason::FormatChanged { from, to } => {
+                write!(f, "envbuild's key format changed ({from} -> {to})")
+            }
             Reason::BackendChanged { from, to } => write!(f, "backend changed ({from} -> {to})"),
             Reason::BaseChanged => write!(f, "the base changed (a host tool or image)"),
             Reason::ParentChanged => write!(f, "the previous stage changed"),
             Reason::DependencyChanged { stage } => write!(f, "stage {stage} it waits for changed"),
             Reason::StepsChanged { step } => write!(f, "step {step} changed"),
             Reason::EnvChanged { name } => write!(f, "env {name} changed"),
-            Reason::VarChanged { name, from, to } => write!(f, "var {name} changed ({} -> {})", show(from), show(to)),
+            Reason::VarChanged { name, from, to } => {
+                write!(f, "var {name} changed ({} -> {})", show(from), show(to))
+            }
             Reason::InputChanged { path } => write!(f, "input file {path} changed"),
             Reason::InputAdded { path } => write!(f, "input {path} was added"),
             Reason::InputRemoved { path } => write!(f, "input {path} was removed"),
             Reason::TemplateChanged { path } => write!(f, "template {path} renders differently"),
-            Reason::SourceChanged { name } => write!(f, "source {name} is pinned to another sha256"),
+            Reason::SourceChanged { name } => {
+                write!(f, "source {name} is pinned to another sha256")
+            }
         }
     }
 }
 
 /// Lists every difference between `before` (the newest cached build) and `now`.
 pub fn explain(before: Option<&KeyMaterial>, now: &KeyMaterial) -> Vec<Reason> {
-    let Some(before) = before else { return vec![Reason::NeverBuilt] };
+    let Some(before) = before else {
+        return vec![Reason::NeverBuilt];
+    };
     let mut reasons = Vec::new();
     if before.format != now.format {
-        reasons.push(Reason::FormatChanged { from: before.format, to: now.format });
+        reasons.push(Reason::FormatChanged {
+            from: before.format,
+            to: now.format,
+        });
     }
     if before.backend != now.backend {
-        reasons.push(Reason::BackendChanged { from: before.backend.clone(), to: now.backend.clone() });
+        reasons.push(Reason::BackendChanged {
+            from: before.backend.clone(),
+            to: now.backend.clone(),
+        });
     }
     if before.base != now.base {
         reasons.push(Reason::BaseChanged);
@@ -75,14 +118,23 @@ pub fn explain(before: Option<&KeyMaterial>, now: &KeyMaterial) -> Vec<Reason> {
         reasons.push(Reason::EnvChanged { name });
     }
     for name in changed_keys(&before.vars, &now.vars) {
-        reasons.push(Reason::VarChanged { from: before.vars.get(&name).cloned(), to: now.vars.get(&name).cloned(), name });
+        reasons.push(Reason::VarChanged {
+            from: before.vars.get(&name).cloned(),
+            to: now.vars.get(&name).cloned(),
+            name,
+        });
     }
     for path in changed_keys(&before.inputs, &now.inputs) {
-        reasons.push(match (before.inputs.contains_key(&path), now.inputs.contains_key(&path)) {
-            (false, true) => Reason::InputAdded { path },
-            (true, false) => Reason::InputRemoved { path },
-            _ => Reason::InputChanged { path },
-        });
+        reasons.push(
+            match (
+                before.inputs.contains_key(&path),
+                now.inputs.contains_key(&path),
+            ) {
+                (false, true) => Reason::InputAdded { path },
+                (true, false) => Reason::InputRemoved { path },
+                _ => Reason::InputChanged { path },
+            },
+        );
     }
     for path in changed_keys(&before.templates, &now.templates) {
         reasons.push(Reason::TemplateChanged { path });
@@ -94,7 +146,12 @@ pub fn explain(before: Option<&KeyMaterial>, now: &KeyMaterial) -> Vec<Reason> {
 }
 
 fn changed_keys(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    let mut names: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    let mut names: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
     names.dedup();
     names.sort();
     names.dedup();
@@ -132,9 +189,17 @@ mod tests {
         assert_eq!(
             reasons,
             vec![
-                Reason::VarChanged { name: "v".into(), from: Some("1".into()), to: Some("2".into()) },
-                Reason::InputChanged { path: "a.sh".into() },
-                Reason::InputAdded { path: "b.sh".into() },
+                Reason::VarChanged {
+                    name: "v".into(),
+                    from: Some("1".into()),
+                    to: Some("2".into())
+                },
+                Reason::InputChanged {
+                    path: "a.sh".into()
+                },
+                Reason::InputAdded {
+                    path: "b.sh".into()
+                },
             ]
         );
         assert_eq!(reasons[0].to_string(), "var v changed (\"1\" -> \"2\")");

@@ -57,8 +57,15 @@ pub struct FingerprintCache {
 impl FingerprintCache {
     /// Loads the cache at `file`; a missing or unreadable cache is an empty one (it is only a cache).
     pub fn load(file: PathBuf) -> Self {
-        let entries = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        FingerprintCache { file: Some(file), entries: Mutex::new(entries), ..Default::default() }
+        let entries = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        FingerprintCache {
+            file: Some(file),
+            entries: Mutex::new(entries),
+            ..Default::default()
+        }
     }
 
     pub fn digest(&self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
@@ -70,9 +77,17 @@ impl FingerprintCache {
         }
         let sha256 = sha256_file(path)?;
         *self.reads.lock().unwrap() += 1;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
         if now - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS {
-            self.entries.lock().unwrap().insert(path.to_path_buf(), Known { stat, sha256: sha256.clone() });
+            self.entries.lock().unwrap().insert(
+                path.to_path_buf(),
+                Known {
+                    stat,
+                    sha256: sha256.clone(),
+                },
+            );
             *self.changed.lock().unwrap() = true;
         }
         Ok(sha256)
@@ -85,7 +100,9 @@ impl FingerprintCache {
             return;
         }
         let entries = self.entries.lock().unwrap();
-        let Ok(bytes) = serde_json::to_vec(&*entries) else { return };
+        let Ok(bytes) = serde_json::to_vec(&*entries) else {
+            return;
+        };
         let Some(dir) = file.parent() else { return };
         if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
             use std::io::Write;

@@ -67,7 +67,10 @@ pub fn stage_keys(env: &Environment, cache: &FingerprintCache) -> Result<Vec<Sta
         for stage in &machine.stages {
             let mut after = BTreeMap::new();
             for (m, s) in &stage.after {
-                let dep = keys.iter().find(|k| k.machine == *m && k.stage == *s).expect("spec ordered machines by their dependencies");
+                let dep = keys
+                    .iter()
+                    .find(|k| k.machine == *m && k.stage == *s)
+                    .expect("spec ordered machines by their dependencies");
                 after.insert(format!("{m}.{s}"), dep.key.clone());
             }
             let material = KeyMaterial {
@@ -84,11 +87,20 @@ pub fn stage_keys(env: &Environment, cache: &FingerprintCache) -> Result<Vec<Sta
                     .into_iter()
                     .map(|(path, text)| (path, sha256_bytes(text.as_bytes())))
                     .collect(),
-                sources: stage.sources.iter().map(|s| (s.name.clone(), s.sha256.clone())).collect(),
+                sources: stage
+                    .sources
+                    .iter()
+                    .map(|s| (s.name.clone(), s.sha256.clone()))
+                    .collect(),
             };
             let key = material.key();
             parent = Some(key.clone());
-            keys.push(StageKey { machine: machine.name.clone(), stage: stage.name.clone(), key, material });
+            keys.push(StageKey {
+                machine: machine.name.clone(),
+                stage: stage.name.clone(),
+                key,
+                material,
+            });
         }
     }
     Ok(keys)
@@ -104,15 +116,27 @@ fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
         let resolved = std::fs::canonicalize(tool).map_err(|_| Error::MissingTool {
             machine: machine.name.clone(),
             what: format!("host tool {}", tool.display()),
-            fix: format!("install the package that provides {} (see the machine's `requires`)", tool.display()),
+            fix: format!(
+                "install the package that provides {} (see the machine's `requires`)",
+                tool.display()
+            ),
         })?;
-        let meta = std::fs::metadata(&resolved).ctx(|| format!("reading {}", resolved.display()))?;
-        text.push_str(&format!("tool={}={}\n", resolved.display(), cache.digest(&resolved, &meta)?));
+        let meta =
+            std::fs::metadata(&resolved).ctx(|| format!("reading {}", resolved.display()))?;
+        text.push_str(&format!(
+            "tool={}={}\n",
+            resolved.display(),
+            cache.digest(&resolved, &meta)?
+        ));
     }
     Ok(sha256_bytes(text.as_bytes()))
 }
 
-fn input_digests(env: &Environment, stage: &Stage, cache: &FingerprintCache) -> Result<BTreeMap<String, String>> {
+fn input_digests(
+    env: &Environment,
+    stage: &Stage,
+    cache: &FingerprintCache,
+) -> Result<BTreeMap<String, String>> {
     let mut digests = BTreeMap::new();
     for input in &stage.inputs {
         let mut hash = |path: &Path, meta: &std::fs::Metadata| cache.digest(path, meta);
@@ -130,11 +154,16 @@ pub fn rendered_templates(env: &Environment, stage: &Stage) -> Result<Vec<(Strin
         .iter()
         .map(|relative| {
             let path = env.dir.join(relative);
-            let text = std::fs::read_to_string(&path).ctx(|| format!("reading template {}", path.display()))?;
-            let rendered = template::render(&text, |n| stage.vars.get(n).cloned())
-                .map_err(|e| Error::spec(crate::error::Location::at(&path, &text, e.offset), e.message))?;
+            let text = std::fs::read_to_string(&path)
+                .ctx(|| format!("reading template {}", path.display()))?;
+            let rendered =
+                template::render(&text, |n| stage.vars.get(n).cloned()).map_err(|e| {
+                    Error::spec(
+                        crate::error::Location::at(&path, &text, e.offset),
+                        e.message,
+                    )
+                })?;
             Ok((relative.clone(), rendered))
         })
         .collect()
 }
-

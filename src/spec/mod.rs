@@ -4,6 +4,7 @@
 //! names the file, line and column and says what is allowed; nothing past this module sees raw
 //! TOML.
 
+pub mod literal;
 pub mod model;
 pub mod raw;
 pub mod template;
@@ -73,17 +74,28 @@ pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<En
         return Err(Error::Input(format!(
             "no environment `{name}` in {}.\n  known environments: {}",
             dir.display(),
-            if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     }
     let source = std::fs::read_to_string(&file).ctx(|| format!("reading {}", file.display()))?;
-    Loader { file: &file, source: &source, dir: &dir.join(name) }.load(name, overrides)
+    Loader {
+        file: &file,
+        source: &source,
+        dir: &dir.join(name),
+    }
+    .load(name, overrides)
 }
 
 /// Parses `name=value` as given to `--var`.
 pub fn parse_var_override(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
         _ => Err(format!("`{text}` is not name=value")),
     }
 }
@@ -105,11 +117,14 @@ impl Scope<'_> {
         if self.vars.contains_key(name) {
             return true;
         }
-        let Some(ports) = self.ports else { return false };
+        let Some(ports) = self.ports else {
+            return false;
+        };
         if RUNTIME_NAMES.contains(&name) {
             return true;
         }
-        name.strip_prefix("ports.").is_some_and(|p| ports.iter().any(|port| port.name == p))
+        name.strip_prefix("ports.")
+            .is_some_and(|p| ports.iter().any(|port| port.name == p))
     }
 
     fn describe(&self) -> String {
@@ -118,7 +133,11 @@ impl Scope<'_> {
             names.extend(RUNTIME_NAMES.iter().map(|s| s.to_string()));
             names.extend(ports.iter().map(|p| format!("ports.{}", p.name)));
         }
-        if names.is_empty() { "nothing (declare vars in [vars])".into() } else { names.join(", ") }
+        if names.is_empty() {
+            "nothing (declare vars in [vars])".into()
+        } else {
+            names.join(", ")
+        }
     }
 }
 
@@ -131,12 +150,14 @@ impl Loader<'_> {
         Err(Error::spec(self.at(offset), message))
     }
 
-    /// Offset of character `index` inside the string literal spanning `span`.
+    /// Source offset of byte `index` of the decoded string whose literal spans `span`.
     fn inside(&self, span: std::ops::Range<usize>, index: usize) -> usize {
-        let literal = &self.source[span.start.min(self.source.len())..];
-        let quote = if literal.starts_with("\"\"\"") || literal.starts_with("'''") { 3 } else { 1 };
-        let newline = usize::from(literal[quote.min(literal.len())..].starts_with('\n'));
-        span.start + quote + newline + index
+        let offsets = literal::decoded_offsets(self.source, span.start);
+        offsets
+            .get(index)
+            .or(offsets.last())
+            .copied()
+            .unwrap_or(span.start)
     }
 
     fn load(&self, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
@@ -147,7 +168,10 @@ impl Loader<'_> {
         let vars = self.vars(&raw, overrides)?;
         let secrets = self.secrets(&raw)?;
         if raw.machines.is_empty() {
-            return self.err(0, "the environment defines no machines; add a [machines.NAME] table");
+            return self.err(
+                0,
+                "the environment defines no machines; add a [machines.NAME] table",
+            );
         }
         let mut machines = Vec::new();
         for (machine_name, raw_machine) in &raw.machines {
@@ -178,13 +202,26 @@ impl Loader<'_> {
         secrets: &BTreeMap<String, SecretSpec>,
     ) -> Result<Cloud> {
         let Some(machine) = machines.iter().find(|m| m.name == *raw.machine.get_ref()) else {
-            return self.err(raw.machine.span().start, format!("[cloud] names machine `{}`, which this environment does not define", raw.machine.get_ref()));
+            let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+            return self.err(
+                raw.machine.span().start,
+                format!("[cloud] names machine `{}`, which this environment does not define; machines: {}", raw.machine.get_ref(), known.join(", ")),
+            );
         };
-        self.check_placeholders(&raw.auth_url, &Scope { vars, ports: Some(&machine.ports) })?;
+        self.check_placeholders(
+            &raw.auth_url,
+            &Scope {
+                vars,
+                ports: Some(&machine.ports),
+            },
+        )?;
         if !secrets.contains_key(raw.password_secret.get_ref()) {
             return self.err(
                 raw.password_secret.span().start,
-                format!("[cloud] password_secret `{}` is not declared in [secrets]", raw.password_secret.get_ref()),
+                format!(
+                    "[cloud] password_secret `{}` is not declared in [secrets]",
+                    raw.password_secret.get_ref()
+                ),
             );
         }
         Ok(Cloud {
@@ -194,14 +231,24 @@ impl Loader<'_> {
             password_secret: raw.password_secret.get_ref().clone(),
             project: raw.project.clone(),
             user_domain: raw.user_domain.clone().unwrap_or_else(|| "Default".into()),
-            project_domain: raw.project_domain.clone().unwrap_or_else(|| "Default".into()),
+            project_domain: raw
+                .project_domain
+                .clone()
+                .unwrap_or_else(|| "Default".into()),
             region: raw.region.clone().unwrap_or_else(|| "RegionOne".into()),
         })
     }
 
     fn check_name(&self, name: &Name, what: &str) -> Result<()> {
-        let valid = name.get_ref().chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            && name.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let valid = name
+            .get_ref()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
+            && name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if valid {
             return Ok(());
         }
@@ -214,7 +261,11 @@ impl Loader<'_> {
         )
     }
 
-    fn vars(&self, raw: &RawEnvironment, overrides: &[(String, String)]) -> Result<BTreeMap<String, Var>> {
+    fn vars(
+        &self,
+        raw: &RawEnvironment,
+        overrides: &[(String, String)],
+    ) -> Result<BTreeMap<String, Var>> {
         let mut vars = BTreeMap::new();
         for (name, value) in &raw.vars {
             self.check_name(name, "var")?;
@@ -226,11 +277,21 @@ impl Loader<'_> {
                 other => {
                     return self.err(
                         value.span().start,
-                        format!("var `{}` is a {}; a var is a string, number or boolean", name.get_ref(), other.type_str()),
+                        format!(
+                            "var `{}` is a {}; a var is a string, number or boolean",
+                            name.get_ref(),
+                            other.type_str()
+                        ),
                     );
                 }
             };
-            vars.insert(name.get_ref().clone(), Var { value: text, overridden: false });
+            vars.insert(
+                name.get_ref().clone(),
+                Var {
+                    value: text,
+                    overridden: false,
+                },
+            );
         }
         for (name, value) in overrides {
             let Some(var) = vars.get_mut(name) else {
@@ -238,10 +299,17 @@ impl Loader<'_> {
                 return Err(Error::Input(format!(
                     "--var {name}: environment file {} declares no var `{name}`.\n  declared vars: {}",
                     self.file.display(),
-                    if declared.is_empty() { "(none)".into() } else { declared.join(", ") }
+                    if declared.is_empty() {
+                        "(none)".into()
+                    } else {
+                        declared.join(", ")
+                    }
                 )));
             };
-            *var = Var { value: value.clone(), overridden: true };
+            *var = Var {
+                value: value.clone(),
+                overridden: true,
+            };
         }
         Ok(vars)
     }
@@ -253,20 +321,39 @@ impl Loader<'_> {
             if secret.generate.get_ref() != "password" {
                 return self.err(
                     secret.generate.span().start,
-                    format!("unknown secret generator `{}`; allowed: \"password\"", secret.generate.get_ref()),
+                    format!(
+                        "unknown secret generator `{}`; allowed: \"password\"",
+                        secret.generate.get_ref()
+                    ),
                 );
             }
             let length = match &secret.length {
                 None => DEFAULT_SECRET_LENGTH,
                 Some(l) if (16..=128).contains(l.get_ref()) => *l.get_ref() as usize,
-                Some(l) => return self.err(l.span().start, "a secret's length must be between 16 and 128"),
+                Some(l) => {
+                    return self.err(
+                        l.span().start,
+                        "a secret's length must be between 16 and 128",
+                    );
+                }
             };
-            secrets.insert(name.get_ref().clone(), SecretSpec { length, description: secret.description.clone() });
+            secrets.insert(
+                name.get_ref().clone(),
+                SecretSpec {
+                    length,
+                    description: secret.description.clone(),
+                },
+            );
         }
         Ok(secrets)
     }
 
-    fn machine(&self, name: &Name, raw: &RawMachine, vars: &BTreeMap<String, Var>) -> Result<Machine> {
+    fn machine(
+        &self,
+        name: &Name,
+        raw: &RawMachine,
+        vars: &BTreeMap<String, Var>,
+    ) -> Result<Machine> {
         self.check_name(name, "machine")?;
         let backend = match &raw.backend {
             None => BackendKind::Local,
@@ -277,13 +364,19 @@ impl Loader<'_> {
                 other => {
                     return self.err(
                         b.span().start,
-                        format!("unknown backend `{other}`; allowed: {}", BackendKind::ALL.join(", ")),
+                        format!(
+                            "unknown backend `{other}`; allowed: {}",
+                            BackendKind::ALL.join(", ")
+                        ),
                     );
                 }
             },
         };
         let ports = self.ports(&raw.ports)?;
-        let runtime = Scope { vars, ports: Some(&ports) };
+        let runtime = Scope {
+            vars,
+            ports: Some(&ports),
+        };
         let mut prestart = Vec::new();
         for hook in &raw.prestart {
             self.check_placeholders(hook, &runtime)?;
@@ -291,17 +384,27 @@ impl Loader<'_> {
         }
         let mut stages = Vec::new();
         for stage in &raw.stages {
-            if let Some(first) = stages.iter().position(|s: &Stage| s.name == *stage.get_ref().name.get_ref()) {
+            if let Some(first) = stages
+                .iter()
+                .position(|s: &Stage| s.name == *stage.get_ref().name.get_ref())
+            {
                 let _ = first;
                 return self.err(
                     stage.get_ref().name.span().start,
-                    format!("machine `{}` has two stages named `{}`; stage names must be unique", name.get_ref(), stage.get_ref().name.get_ref()),
+                    format!(
+                        "machine `{}` has two stages named `{}`; stage names must be unique",
+                        name.get_ref(),
+                        stage.get_ref().name.get_ref()
+                    ),
                 );
             }
             stages.push(self.stage(stage.get_ref(), vars)?);
         }
         if stages.is_empty() && raw.services.is_empty() {
-            return self.err(name.span().start, format!("machine `{}` has no stages and no services", name.get_ref()));
+            return self.err(
+                name.span().start,
+                format!("machine `{}` has no stages and no services", name.get_ref()),
+            );
         }
         let mut services: Vec<Service> = Vec::new();
         for service in &raw.services {
@@ -310,7 +413,11 @@ impl Loader<'_> {
             if services.iter().any(|s| s.name == *service.name.get_ref()) {
                 return self.err(
                     service.name.span().start,
-                    format!("machine `{}` has two services named `{}`", name.get_ref(), service.name.get_ref()),
+                    format!(
+                        "machine `{}` has two services named `{}`",
+                        name.get_ref(),
+                        service.name.get_ref()
+                    ),
                 );
             }
             services.push(self.service(service, &runtime)?);
@@ -330,11 +437,16 @@ impl Loader<'_> {
     }
 
     fn base(&self, raw: Option<&Spanned<RawBase>>, backend: BackendKind) -> Result<Base> {
-        let Some(raw) = raw else { return Ok(Base::default()) };
+        let Some(raw) = raw else {
+            return Ok(Base::default());
+        };
         let mut base = Base::default();
         for tool in &raw.get_ref().host_tools {
             if !tool.get_ref().starts_with('/') {
-                return self.err(tool.span().start, "a host tool is an absolute path, e.g. \"/usr/bin/python3\"");
+                return self.err(
+                    tool.span().start,
+                    "a host tool is an absolute path, e.g. \"/usr/bin/python3\"",
+                );
             }
             base.host_tools.push(PathBuf::from(tool.get_ref()));
         }
@@ -343,12 +455,28 @@ impl Loader<'_> {
             (Some(url), Some(sha)) => {
                 self.check_sha256(sha)?;
                 if backend == BackendKind::Local {
-                    return self.err(url.span().start, "the local backend runs on this host and takes no image; use host_tools");
+                    return self.err(
+                        url.span().start,
+                        "the local backend runs on this host and takes no image; use host_tools",
+                    );
                 }
-                base.image = Some(PinnedImage { url: url.get_ref().clone(), sha256: sha.get_ref().to_lowercase() });
+                base.image = Some(PinnedImage {
+                    url: url.get_ref().clone(),
+                    sha256: sha.get_ref().to_lowercase(),
+                });
             }
-            (Some(url), None) => return self.err(url.span().start, "an image needs its sha256 pin: add sha256 = \"<64 hex digits>\""),
-            (None, Some(sha)) => return self.err(sha.span().start, "sha256 pins an image: add image = \"URL\""),
+            (Some(url), None) => {
+                return self.err(
+                    url.span().start,
+                    "an image needs its sha256 pin: add sha256 = \"<64 hex digits>\"",
+                );
+            }
+            (None, Some(sha)) => {
+                return self.err(
+                    sha.span().start,
+                    "sha256 pins an image: add image = \"URL\"",
+                );
+            }
         }
         Ok(base)
     }
@@ -358,11 +486,21 @@ impl Loader<'_> {
         if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
             return Ok(());
         }
-        self.err(sha.span().start, format!("`{s}` is not a sha256: expected 64 hexadecimal digits, got {} characters", s.len()))
+        self.err(
+            sha.span().start,
+            format!(
+                "`{s}` is not a sha256: expected 64 hexadecimal digits, got {} characters",
+                s.len()
+            ),
+        )
     }
 
     fn resources(&self, raw: Option<&RawResources>) -> Result<Resources> {
-        let mut resources = Resources { cpus: 1, memory_mib: 1024, disk_mib: 8192 };
+        let mut resources = Resources {
+            cpus: 1,
+            memory_mib: 1024,
+            disk_mib: 8192,
+        };
         let Some(raw) = raw else { return Ok(resources) };
         if let Some(cpus) = &raw.cpus {
             if !(1..=256).contains(cpus.get_ref()) {
@@ -391,7 +529,10 @@ impl Loader<'_> {
         };
         match (number.parse::<u64>(), factor) {
             (Ok(n), Some(f)) if n > 0 => Ok(n * f),
-            _ => self.err(text.span().start, format!("`{s}` is not a size: write e.g. \"512MiB\" or \"4GiB\"")),
+            _ => self.err(
+                text.span().start,
+                format!("`{s}` is not a size: write e.g. \"512MiB\" or \"4GiB\""),
+            ),
         }
     }
 
@@ -401,9 +542,15 @@ impl Loader<'_> {
                 let probe = match (&r.get_ref().program, &r.get_ref().command) {
                     (Some(p), None) => Probe::Program(p.get_ref().clone()),
                     (None, Some(c)) => Probe::Command(c.get_ref().clone()),
-                    _ => return self.err(r.span().start, "a requirement has exactly one of `program` or `command`, and a `package`"),
+                    _ => return self.err(
+                        r.span().start,
+                        "a requirement has exactly one of `program` or `command`, and a `package`",
+                    ),
                 };
-                Ok(Requirement { probe, package: r.get_ref().package.get_ref().clone() })
+                Ok(Requirement {
+                    probe,
+                    package: r.get_ref().package.get_ref().clone(),
+                })
             })
             .collect()
     }
@@ -417,13 +564,22 @@ impl Loader<'_> {
                 toml::Value::Integer(n) if (1..=65535).contains(n) => {
                     let n = *n as u16;
                     if ports.iter().any(|p| p.fixed == Some(n)) {
-                        return self.err(value.span().start, format!("port {n} is used twice in this machine"));
+                        return self.err(
+                            value.span().start,
+                            format!("port {n} is used twice in this machine"),
+                        );
                     }
                     Some(n)
                 }
-                _ => return self.err(value.span().start, "a port is \"auto\" (a free loopback port at up) or a number from 1 to 65535"),
+                _ => return self.err(
+                    value.span().start,
+                    "a port is \"auto\" (a free loopback port at up) or a number from 1 to 65535",
+                ),
             };
-            ports.push(Port { name: name.get_ref().clone(), fixed });
+            ports.push(Port {
+                name: name.get_ref().clone(),
+                fixed,
+            });
         }
         Ok(ports)
     }
@@ -445,7 +601,11 @@ impl Loader<'_> {
             if !scope.allows(&placeholder.name) {
                 return self.err(
                     self.inside(text.span(), placeholder.offset),
-                    format!("`{{{{ {} }}}}` names nothing defined here; allowed: {}", placeholder.name, scope.describe()),
+                    format!(
+                        "`{{{{ {} }}}}` names nothing defined here; allowed: {}",
+                        placeholder.name,
+                        scope.describe()
+                    ),
                 );
             }
             names.push(placeholder.name);
@@ -457,16 +617,28 @@ impl Loader<'_> {
         let p = Path::new(path.get_ref());
         let clean = !path.get_ref().is_empty()
             && p.is_relative()
-            && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !clean {
             return self.err(
                 path.span().start,
-                format!("{what} `{}` must be a relative path inside {} without `..`", path.get_ref(), self.dir.display()),
+                format!(
+                    "{what} `{}` must be a relative path inside {} without `..`",
+                    path.get_ref(),
+                    self.dir.display()
+                ),
             );
         }
         let full = self.dir.join(p);
         if std::fs::symlink_metadata(&full).is_err() {
-            return self.err(path.span().start, format!("{what} `{}` does not exist: expected {}", path.get_ref(), full.display()));
+            return self.err(
+                path.span().start,
+                format!(
+                    "{what} `{}` does not exist: expected {}",
+                    path.get_ref(),
+                    full.display()
+                ),
+            );
         }
         Ok(path.get_ref().trim_end_matches('/').to_string())
     }
@@ -477,18 +649,41 @@ impl Loader<'_> {
         let mut used = BTreeSet::new();
         for var in &raw.vars {
             if !vars.contains_key(var.get_ref()) {
-                return self.err(var.span().start, format!("stage uses var `{}` but [vars] does not declare it", var.get_ref()));
+                let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
+                return self.err(
+                    var.span().start,
+                    format!(
+                        "stage uses var `{}` but [vars] does not declare it; declared vars: {}",
+                        var.get_ref(),
+                        if declared.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ),
+                );
             }
             used.insert(var.get_ref().clone());
         }
         let mut after = Vec::new();
         for reference in &raw.after {
             match reference.get_ref().split_once('.') {
-                Some((m, s)) if !m.is_empty() && !s.is_empty() => after.push((m.to_string(), s.to_string())),
-                _ => return self.err(reference.span().start, "`after` names a stage of another machine as \"machine.stage\""),
+                Some((m, s)) if !m.is_empty() && !s.is_empty() => {
+                    after.push((m.to_string(), s.to_string()))
+                }
+                _ => {
+                    return self.err(
+                        reference.span().start,
+                        "`after` names a stage of another machine as \"machine.stage\"",
+                    );
+                }
             }
         }
-        let inputs = raw.inputs.iter().map(|i| self.relative_input(i, "input")).collect::<Result<Vec<_>>>()?;
+        let inputs = raw
+            .inputs
+            .iter()
+            .map(|i| self.relative_input(i, "input"))
+            .collect::<Result<Vec<_>>>()?;
         let mut templates = Vec::new();
         for template in &raw.templates {
             let relative = self.relative_input(template, "template")?;
@@ -500,18 +695,35 @@ impl Loader<'_> {
             let s = source.get_ref();
             self.check_sha256(&s.sha256)?;
             let url = s.url.get_ref();
-            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
-                return self.err(s.url.span().start, "a source url starts with https://, http:// or file://");
+            if !(url.starts_with("https://")
+                || url.starts_with("http://")
+                || url.starts_with("file://"))
+            {
+                return self.err(
+                    s.url.span().start,
+                    "a source url starts with https://, http:// or file://",
+                );
             }
             if s.name.get_ref().contains('/') || s.name.get_ref().starts_with('.') {
                 return self.err(s.name.span().start, "a source name is a plain file name");
             }
-            sources.push(Source { name: s.name.get_ref().clone(), url: url.clone(), sha256: s.sha256.get_ref().to_lowercase() });
+            sources.push(Source {
+                name: s.name.get_ref().clone(),
+                url: url.clone(),
+                sha256: s.sha256.get_ref().to_lowercase(),
+            });
         }
         let mut env = BTreeMap::new();
         for (key, value) in &raw.env {
-            let valid = key.get_ref().chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && key.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid = key
+                .get_ref()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid || key.get_ref().starts_with("ENVBUILD_") {
                 return self.err(key.span().start, format!("`{}` is not a usable variable name (letters, digits, `_`; ENVBUILD_ is reserved)", key.get_ref()));
             }
@@ -519,7 +731,13 @@ impl Loader<'_> {
             env.insert(key.get_ref().clone(), value.get_ref().clone());
         }
         if raw.steps.is_empty() {
-            return self.err(raw.name.span().start, format!("stage `{}` has no steps; add steps = [\"...\"]", raw.name.get_ref()));
+            return self.err(
+                raw.name.span().start,
+                format!(
+                    "stage `{}` has no steps; add steps = [\"...\"]",
+                    raw.name.get_ref()
+                ),
+            );
         }
         for step in &raw.steps {
             used.extend(self.check_placeholders(step, &scope)?);
@@ -533,7 +751,13 @@ impl Loader<'_> {
             inputs,
             templates,
             sources,
-            vars: used.into_iter().map(|n| { let v = vars[&n].value.clone(); (n, v) }).collect(),
+            vars: used
+                .into_iter()
+                .map(|n| {
+                    let v = vars[&n].value.clone();
+                    (n, v)
+                })
+                .collect(),
             env: env.iter().map(|(k, v)| (k.clone(), render(v))).collect(),
             steps: raw.steps.iter().map(|s| render(s.get_ref())).collect(),
             env_template: env,
@@ -543,21 +767,37 @@ impl Loader<'_> {
     }
 
     /// Vars named by a template file's placeholders; errors point into the template file itself.
-    fn template_file_vars(&self, relative: &str, declared: &Spanned<String>, scope: &Scope) -> Result<Vec<String>> {
+    fn template_file_vars(
+        &self,
+        relative: &str,
+        declared: &Spanned<String>,
+        scope: &Scope,
+    ) -> Result<Vec<String>> {
         let path = self.dir.join(relative);
         if !path.is_file() {
-            return self.err(declared.span().start, format!("template `{relative}` must be a file"));
+            return self.err(
+                declared.span().start,
+                format!("template `{relative}` must be a file"),
+            );
         }
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::spec(self.at(declared.span().start), format!("template `{relative}` is not readable UTF-8 text: {e}"))
+            Error::spec(
+                self.at(declared.span().start),
+                format!("template `{relative}` is not readable UTF-8 text: {e}"),
+            )
         })?;
-        let found = template::placeholders(&text).map_err(|e| Error::spec(Location::at(&path, &text, e.offset), e.message))?;
+        let found = template::placeholders(&text)
+            .map_err(|e| Error::spec(Location::at(&path, &text, e.offset), e.message))?;
         let mut names = Vec::new();
         for placeholder in found {
             if !scope.allows(&placeholder.name) {
                 return Err(Error::spec(
                     Location::at(&path, &text, placeholder.offset),
-                    format!("`{{{{ {} }}}}` is not a declared var; allowed: {}", placeholder.name, scope.describe()),
+                    format!(
+                        "`{{{{ {} }}}}` is not a declared var; allowed: {}",
+                        placeholder.name,
+                        scope.describe()
+                    ),
                 ));
             }
             names.push(placeholder.name);
@@ -592,22 +832,37 @@ impl Loader<'_> {
                     (None, Some(url), None) => {
                         self.check_placeholders(url, scope)?;
                         if !url.get_ref().starts_with("http://") {
-                            return self.err(url.span().start, "a readiness URL starts with http://");
+                            return self
+                                .err(url.span().start, "a readiness URL starts with http://");
                         }
                         let status = match &r.status {
                             None => 200,
                             Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
-                            Some(s) => return self.err(s.span().start, "status is an HTTP status code (100-599)"),
+                            Some(s) => {
+                                return self
+                                    .err(s.span().start, "status is an HTTP status code (100-599)");
+                            }
                         };
-                        ReadyCheck::Http { url: url.get_ref().clone(), status }
+                        ReadyCheck::Http {
+                            url: url.get_ref().clone(),
+                            status,
+                        }
                     }
                     (None, None, Some(command)) => {
                         self.check_placeholders(command, scope)?;
                         ReadyCheck::Command(command.get_ref().clone())
                     }
-                    _ => return self.err(ready.span().start, "a readiness check has exactly one of `tcp`, `http` or `command`"),
+                    _ => {
+                        return self.err(
+                            ready.span().start,
+                            "a readiness check has exactly one of `tcp`, `http` or `command`",
+                        );
+                    }
                 };
-                Some(Ready { check, timeout: self.duration(r.timeout.as_ref(), DEFAULT_READY_TIMEOUT)? })
+                Some(Ready {
+                    check,
+                    timeout: self.duration(r.timeout.as_ref(), DEFAULT_READY_TIMEOUT)?,
+                })
             }
         };
         if let Some(url) = &raw.url {
@@ -630,19 +885,32 @@ impl Loader<'_> {
             _ => None,
         };
         parsed.map_or_else(
-            || self.err(raw.span().start, "a duration is a positive number of seconds or a string like \"90s\", \"10m\", \"1h 30m\""),
+            || self.err(raw.span().start, format!("`{}` is not a duration: write a positive number of seconds or a string like \"90s\", \"10m\", \"1h 30m\"", raw.get_ref())),
             Ok,
         )
     }
 
     /// Checks `after` references and orders machines so that each follows those it waits for.
     fn order_machines(&self, machines: Vec<Machine>, raw: &RawEnvironment) -> Result<Vec<Machine>> {
-        let span_of = |machine: &str, stage: &str| -> usize {
+        // Where `machine.stage` says `after = [.., "target", ..]`; `target` None: its first entry.
+        let span_of = |machine: &str, stage: &str, target: Option<&str>| -> usize {
             raw.machines
                 .iter()
                 .find(|(n, _)| n.get_ref() == machine)
-                .and_then(|(_, m)| m.stages.iter().find(|s| s.get_ref().name.get_ref() == stage))
-                .and_then(|s| s.get_ref().after.first())
+                .and_then(|(_, m)| {
+                    m.stages
+                        .iter()
+                        .find(|s| s.get_ref().name.get_ref() == stage)
+                })
+                .and_then(|s| {
+                    let after = &s.get_ref().after;
+                    match target {
+                        Some(t) => after
+                            .iter()
+                            .find(|a| a.get_ref() == t || a.get_ref().split('.').next() == Some(t)),
+                        None => after.first(),
+                    }
+                })
                 .map_or(0, |a| a.span().start)
         };
         let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -650,7 +918,11 @@ impl Loader<'_> {
             let entry = deps.entry(machine.name.clone()).or_default();
             for stage in &machine.stages {
                 for (other, other_stage) in &stage.after {
-                    let at = span_of(&machine.name, &stage.name);
+                    let at = span_of(
+                        &machine.name,
+                        &stage.name,
+                        Some(&format!("{other}.{other_stage}")),
+                    );
                     if *other == machine.name {
                         return self.err(at, format!("`after = \"{other}.{other_stage}\"` names this machine; stages of one machine already run in order"));
                     }
@@ -659,8 +931,15 @@ impl Loader<'_> {
                         return self.err(at, format!("`after` names machine `{other}`, which this environment does not define; machines: {}", known.join(", ")));
                     };
                     if !target.stages.iter().any(|s| s.name == *other_stage) {
-                        let known: Vec<&str> = target.stages.iter().map(|s| s.name.as_str()).collect();
-                        return self.err(at, format!("machine `{other}` has no stage `{other_stage}`; its stages: {}", known.join(", ")));
+                        let known: Vec<&str> =
+                            target.stages.iter().map(|s| s.name.as_str()).collect();
+                        return self.err(
+                            at,
+                            format!(
+                                "machine `{other}` has no stage `{other_stage}`; its stages: {}",
+                                known.join(", ")
+                            ),
+                        );
                     }
                     entry.insert(other.clone());
                 }
@@ -669,17 +948,43 @@ impl Loader<'_> {
         let mut ordered: Vec<Machine> = Vec::new();
         let mut pending = machines;
         while !pending.is_empty() {
-            let ready = pending.iter().position(|m| deps[&m.name].iter().all(|d| ordered.iter().any(|o| o.name == *d)));
+            let ready = pending.iter().position(|m| {
+                deps[&m.name]
+                    .iter()
+                    .all(|d| ordered.iter().any(|o| o.name == *d))
+            });
             match ready {
                 Some(i) => ordered.push(pending.remove(i)),
                 None => {
-                    let stuck = &pending[0];
-                    let stage = stuck.stages.iter().find(|s| !s.after.is_empty()).map_or("", |s| s.name.as_str());
-                    let cycle: Vec<&str> = pending.iter().map(|m| m.name.as_str()).collect();
-                    return self.err(
-                        span_of(&stuck.name, stage),
-                        format!("machines wait for each other in a cycle ({}); remove one `after`", cycle.join(" -> ")),
-                    );
+                    // Walk from a stuck machine until a machine repeats: that loop is the cycle.
+                    let mut path: Vec<String> = vec![pending[0].name.clone()];
+                    loop {
+                        let current = path.last().expect("path starts non-empty");
+                        let next = deps[current]
+                            .iter()
+                            .find(|d| pending.iter().any(|p| p.name == **d))
+                            .expect("a stuck machine waits for a pending one")
+                            .clone();
+                        if let Some(at) = path.iter().position(|m| *m == next) {
+                            let mut cycle = path.split_off(at);
+                            cycle.push(next);
+                            let (from, to) = (&cycle[0], &cycle[1]);
+                            let machine = pending
+                                .iter()
+                                .find(|m| m.name == *from)
+                                .expect("cycle members are pending");
+                            let stage = machine
+                                .stages
+                                .iter()
+                                .find(|s| s.after.iter().any(|(m, _)| m == to))
+                                .expect("an edge has a stage");
+                            return self.err(
+                                span_of(from, &stage.name, Some(to)),
+                                format!("machines wait for each other in a cycle ({}); remove one `after`", cycle.join(" -> ")),
+                            );
+                        }
+                        path.push(next);
+                    }
                 }
             }
         }

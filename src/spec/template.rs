@@ -24,20 +24,31 @@ pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, TemplateError> {
     while let Some(open) = text[rest..].find("{{") {
         let start = rest + open;
         let Some(close) = text[start + 2..].find("}}") else {
-            return Err(TemplateError { offset: start, message: "`{{` is never closed by `}}`".into() });
+            return Err(TemplateError {
+                offset: start,
+                message: "`{{` is never closed by `}}`".into(),
+            });
         };
         let name = text[start + 2..start + 2 + close].trim();
         let valid = !name.is_empty()
             && name.split('.').all(|part| {
-                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             });
         if !valid {
             return Err(TemplateError {
                 offset: start,
-                message: format!("`{{{{{name}}}}}` is not a placeholder: write `{{{{ name }}}}` with a var name"),
+                message: format!(
+                    "`{{{{{name}}}}}` is not a placeholder: write `{{{{ name }}}}` with a var name"
+                ),
             });
         }
-        found.push(Placeholder { name: name.to_string(), offset: start });
+        found.push(Placeholder {
+            name: name.to_string(),
+            offset: start,
+        });
         rest = start + 2 + close + 2;
     }
     Ok(found)
@@ -45,7 +56,10 @@ pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, TemplateError> {
 
 /// Replaces every placeholder with `lookup(name)`. Callers validate names first, so a name the
 /// lookup does not know is a bug in the caller, reported as an empty string never happening.
-pub fn render(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, TemplateError> {
+pub fn render(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = 0;
     for placeholder in placeholders(text)? {
@@ -55,7 +69,10 @@ pub fn render(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             message: format!("`{}` is not defined here", placeholder.name),
         })?;
         out.push_str(&value);
-        let close = text[placeholder.offset..].find("}}").expect("placeholder was parsed") + 2;
+        let close = text[placeholder.offset..]
+            .find("}}")
+            .expect("placeholder was parsed")
+            + 2;
         rest = placeholder.offset + close;
     }
     out.push_str(&text[rest..]);
@@ -68,7 +85,8 @@ mod tests {
 
     #[test]
     fn finds_names_and_offsets() {
-        let found = placeholders("pip install keystone=={{ keystone_version }} {{ports.api1}}").unwrap();
+        let found =
+            placeholders("pip install keystone=={{ keystone_version }} {{ports.api1}}").unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].name, "keystone_version");
         assert_eq!(found[0].offset, 22);
@@ -85,8 +103,14 @@ mod tests {
     #[test]
     fn renders_and_reports_unknown() {
         let lookup = |n: &str| (n == "v").then(|| "1.2".to_string());
-        assert_eq!(render("x={{v}}; y={{ v }}", lookup).unwrap(), "x=1.2; y=1.2");
+        assert_eq!(
+            render("x={{v}}; y={{ v }}", lookup).unwrap(),
+            "x=1.2; y=1.2"
+        );
         assert_eq!(render("{{ w }}", lookup).unwrap_err().offset, 0);
-        assert_eq!(render("no placeholders", lookup).unwrap(), "no placeholders");
+        assert_eq!(
+            render("no placeholders", lookup).unwrap(),
+            "no placeholders"
+        );
     }
 }

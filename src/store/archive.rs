@@ -33,9 +33,14 @@ pub fn export(entries: &[Entry], out: impl Write) -> Result<()> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     for entry in entries {
-        builder.append_dir_all(&entry.name, &entry.dir).ctx(|| format!("archiving {}", entry.name))?;
+        builder
+            .append_dir_all(&entry.name, &entry.dir)
+            .ctx(|| format!("archiving {}", entry.name))?;
     }
-    builder.into_inner().and_then(|mut w| w.flush()).ctx(|| "writing the archive".into())?;
+    builder
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .ctx(|| "writing the archive".into())?;
     Ok(())
 }
 
@@ -64,7 +69,8 @@ fn escapes(link_path: &Path, target: &Path) -> bool {
 pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<String>> {
     let staging = store.tmp_path("import");
     std::fs::create_dir_all(&staging).ctx(|| format!("creating {}", staging.display()))?;
-    let result = unpack_checked(&staging, input, source).and_then(|names| check_entries(store, &staging, &names, source).map(|_| names));
+    let result = unpack_checked(&staging, input, source)
+        .and_then(|names| check_entries(store, &staging, &names, source).map(|_| names));
     let names = match result {
         Ok(names) => names,
         Err(e) => {
@@ -76,7 +82,8 @@ pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<Stri
     for name in &names {
         let target = entries.join(name);
         if !target.exists() {
-            std::fs::rename(staging.join(name), &target).ctx(|| format!("adding {}", target.display()))?;
+            std::fs::rename(staging.join(name), &target)
+                .ctx(|| format!("adding {}", target.display()))?;
         }
     }
     let _ = remove_tree(&staging);
@@ -84,33 +91,58 @@ pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<Stri
 }
 
 fn reject(source: &Path, why: String) -> Error {
-    Error::Input(format!("refusing archive {}: {why}. Nothing was imported.", source.display()))
+    Error::Input(format!(
+        "refusing archive {}: {why}. Nothing was imported.",
+        source.display()
+    ))
 }
 
 fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec<String>> {
     let mut archive = tar::Archive::new(input);
     let mut names: Vec<String> = Vec::new();
-    let members = archive.entries().map_err(|e| reject(source, format!("not a tar archive ({e})")))?;
+    let members = archive
+        .entries()
+        .map_err(|e| reject(source, format!("not a tar archive ({e})")))?;
     for member in members {
         let mut member = member.map_err(|e| reject(source, format!("unreadable member ({e})")))?;
-        let raw_path = member.path().map_err(|e| reject(source, format!("bad member name ({e})")))?.into_owned();
+        let raw_path = member
+            .path()
+            .map_err(|e| reject(source, format!("bad member name ({e})")))?
+            .into_owned();
         let shown = raw_path.display().to_string();
         let parts: Vec<&str> = raw_path
             .components()
             .map(|c| match c {
-                Component::Normal(p) => p.to_str().ok_or_else(|| reject(source, format!("member {shown} has a name that is not UTF-8"))),
-                _ => Err(reject(source, format!("member {shown} is not a plain relative path (absolute, `..` or `.`)"))),
+                Component::Normal(p) => p.to_str().ok_or_else(|| {
+                    reject(
+                        source,
+                        format!("member {shown} has a name that is not UTF-8"),
+                    )
+                }),
+                _ => Err(reject(
+                    source,
+                    format!("member {shown} is not a plain relative path (absolute, `..` or `.`)"),
+                )),
             })
             .collect::<Result<_>>()?;
         let Some(name) = parts.first() else { continue };
         if !is_entry_name(name) {
-            return Err(reject(source, format!("member {shown} is not inside an envbuild entry")));
+            return Err(reject(
+                source,
+                format!("member {shown} is not inside an envbuild entry"),
+            ));
         }
         if parts.len() > 1 && !ENTRY_FILES.contains(&parts[1]) {
-            return Err(reject(source, format!("member {shown} is not part of an entry's layout")));
+            return Err(reject(
+                source,
+                format!("member {shown} is not part of an entry's layout"),
+            ));
         }
         if parts.len() > 2 && parts[1] != "artifact" {
-            return Err(reject(source, format!("member {shown} is not part of an entry's layout")));
+            return Err(reject(
+                source,
+                format!("member {shown} is not part of an entry's layout"),
+            ));
         }
         if !names.iter().any(|n| n == name) {
             names.push(name.to_string());
@@ -123,19 +155,28 @@ fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec
             tar::EntryType::Directory => {
                 std::fs::create_dir_all(&out).ctx(|| format!("creating {}", out.display()))?;
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", out.display()))?;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode))
+                    .ctx(|| format!("chmod {}", out.display()))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&out)
-                    .map_err(|e| reject(source, format!("member {shown} cannot be written ({e}); duplicate?")))?;
+                    .map_err(|e| {
+                        reject(
+                            source,
+                            format!("member {shown} cannot be written ({e}); duplicate?"),
+                        )
+                    })?;
                 std::io::copy(&mut member, &mut file).ctx(|| format!("unpacking {shown}"))?;
                 use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(|| format!("chmod {}", out.display()))?;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .ctx(|| format!("chmod {}", out.display()))?;
                 if let Ok(mtime) = member.header().mtime() {
-                    let _ = file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
+                    let _ = file.set_modified(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime),
+                    );
                 }
             }
             tar::EntryType::Symlink => {
@@ -147,11 +188,25 @@ fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec
                     .into_owned();
                 let inside_artifact = parts.len() > 2;
                 if !inside_artifact || escapes(Path::new(&parts[2..].join("/")), &target) {
-                    return Err(reject(source, format!("link {shown} -> {} points outside its entry", target.display())));
+                    return Err(reject(
+                        source,
+                        format!(
+                            "link {shown} -> {} points outside its entry",
+                            target.display()
+                        ),
+                    ));
                 }
-                std::os::unix::fs::symlink(&target, &out).ctx(|| format!("creating link {}", out.display()))?;
+                std::os::unix::fs::symlink(&target, &out)
+                    .ctx(|| format!("creating link {}", out.display()))?;
             }
-            other => return Err(reject(source, format!("member {shown} is a {other:?}; only files, folders and links are accepted"))),
+            other => {
+                return Err(reject(
+                    source,
+                    format!(
+                        "member {shown} is a {other:?}; only files, folders and links are accepted"
+                    ),
+                ));
+            }
         }
     }
     if names.is_empty() {
@@ -163,19 +218,29 @@ fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec
 /// Refuses to write through a link: every folder between `staging` and `out` must be a real one.
 fn ensure_real_dirs(staging: &Path, out: &Path, source: &Path, shown: &str) -> Result<()> {
     let mut current = staging.to_path_buf();
-    let relative = out.strip_prefix(staging).expect("out is built under staging");
+    let relative = out
+        .strip_prefix(staging)
+        .expect("out is built under staging");
     let count = relative.components().count();
     for (i, component) in relative.components().enumerate() {
         current.push(component);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(reject(source, format!("member {shown} would be written through a link")));
+                return Err(reject(
+                    source,
+                    format!("member {shown} would be written through a link"),
+                ));
             }
             Ok(meta) if i + 1 < count && !meta.is_dir() => {
-                return Err(reject(source, format!("member {shown} is under something that is not a folder")));
+                return Err(reject(
+                    source,
+                    format!("member {shown} is under something that is not a folder"),
+                ));
             }
             Ok(_) => {}
-            Err(_) if i + 1 < count => std::fs::create_dir(&current).ctx(|| format!("creating {}", current.display()))?,
+            Err(_) if i + 1 < count => {
+                std::fs::create_dir(&current).ctx(|| format!("creating {}", current.display()))?
+            }
             Err(_) => {}
         }
     }
@@ -183,20 +248,39 @@ fn ensure_real_dirs(staging: &Path, out: &Path, source: &Path, shown: &str) -> R
 }
 
 fn is_entry_name(name: &str) -> bool {
-    name.len() > 65 && name.as_bytes()[64] == b'-' && name[..64].chars().all(|c| c.is_ascii_hexdigit())
+    name.len() > 65
+        && name.as_bytes()[64] == b'-'
+        && name[..64].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn check_entries(store: &Store, staging: &Path, names: &[String], source: &Path) -> Result<()> {
     for name in names {
-        let entry = Entry { name: name.clone(), dir: staging.join(name) };
+        let entry = Entry {
+            name: name.clone(),
+            dir: staging.join(name),
+        };
         let problems = store.verify(&entry);
         if !problems.is_empty() {
-            return Err(reject(source, format!("entry {name} does not match its digests: {}", problems.join("; "))));
+            return Err(reject(
+                source,
+                format!(
+                    "entry {name} does not match its digests: {}",
+                    problems.join("; ")
+                ),
+            ));
         }
         let manifest = entry.manifest()?;
-        let expected = super::entry_name(&manifest.key, &manifest.env, &manifest.machine, &manifest.stage);
+        let expected = super::entry_name(
+            &manifest.key,
+            &manifest.env,
+            &manifest.machine,
+            &manifest.stage,
+        );
         if expected != *name {
-            return Err(reject(source, format!("entry {name} is named differently from its manifest ({expected})")));
+            return Err(reject(
+                source,
+                format!("entry {name} is named differently from its manifest ({expected})"),
+            ));
         }
     }
     Ok(())
@@ -209,7 +293,10 @@ mod tests {
 
     #[test]
     fn links_that_leave_their_entry_are_caught() {
-        assert!(escapes(Path::new("venv/bin/python"), Path::new("/usr/bin/python3")));
+        assert!(escapes(
+            Path::new("venv/bin/python"),
+            Path::new("/usr/bin/python3")
+        ));
         assert!(escapes(Path::new("a"), Path::new("../x")));
         assert!(escapes(Path::new("venv/lib64"), Path::new("../../etc")));
         assert!(!escapes(Path::new("venv/lib64"), Path::new("lib")));

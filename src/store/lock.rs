@@ -27,7 +27,9 @@ impl FileLock {
     /// Takes the lock only if nobody holds it.
     pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         let file = open(path)?;
-        Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB).ok().map(|_| FileLock { _file: file }))
+        Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+            .ok()
+            .map(|_| FileLock { _file: file }))
     }
 }
 

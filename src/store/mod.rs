@@ -70,12 +70,14 @@ impl Entry {
     pub fn manifest(&self) -> Result<Manifest> {
         let path = self.dir.join("manifest.json");
         let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Failed(format!("{} is not a valid manifest: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Failed(format!("{} is not a valid manifest: {e}", path.display())))
     }
     pub fn tree(&self) -> Result<Vec<TreeEntry>> {
         let path = self.dir.join("tree.json");
         let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Failed(format!("{} is not a valid tree: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Failed(format!("{} is not a valid tree: {e}", path.display())))
     }
     pub fn artifact(&self) -> PathBuf {
         self.dir.join("artifact")
@@ -116,13 +118,17 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         let base = root.join(LAYOUT);
         for dir in ["entries", "tmp", "locks", "quarantine"] {
-            std::fs::create_dir_all(base.join(dir)).ctx(|| format!("creating store folder {}", base.join(dir).display()))?;
+            std::fs::create_dir_all(base.join(dir))
+                .ctx(|| format!("creating store folder {}", base.join(dir).display()))?;
         }
         let tag = root.join("CACHEDIR.TAG");
         if !tag.exists() {
             std::fs::write(&tag, CACHEDIR_TAG).ctx(|| format!("writing {}", tag.display()))?;
         }
-        let store = Store { root: root.to_path_buf(), base };
+        let store = Store {
+            root: root.to_path_buf(),
+            base,
+        };
         store.clean_leftovers()?;
         Ok(store)
     }
@@ -154,7 +160,10 @@ impl Store {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut parts = name.split('.');
-            let (owner, pid) = (parts.next().unwrap_or(""), parts.next().and_then(|p| p.parse::<i32>().ok()));
+            let (owner, pid) = (
+                parts.next().unwrap_or(""),
+                parts.next().and_then(|p| p.parse::<i32>().ok()),
+            );
             let stale = if owner.len() == 64 {
                 self.try_lock(owner)?.is_some()
             } else {
@@ -168,7 +177,10 @@ impl Store {
     }
 
     pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<FileLock> {
-        FileLock::acquire(&self.base.join("locks").join(format!("{key}.lock")), on_wait)
+        FileLock::acquire(
+            &self.base.join("locks").join(format!("{key}.lock")),
+            on_wait,
+        )
     }
 
     fn try_lock(&self, key: &str) -> Result<Option<FileLock>> {
@@ -183,7 +195,13 @@ impl Store {
             let item = item.ctx(|| format!("reading {}", dir.display()))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if name.len() > 65 && name.as_bytes()[64] == b'-' {
-                index.insert(name[..64].to_string(), Entry { name: name.clone(), dir: item.path() });
+                index.insert(
+                    name[..64].to_string(),
+                    Entry {
+                        name: name.clone(),
+                        dir: item.path(),
+                    },
+                );
             }
         }
         Ok(index)
@@ -201,7 +219,13 @@ impl Store {
 
     /// The newest entry built for (env, machine, stage), whatever its key: what `plan --explain`
     /// compares against.
-    pub fn newest_for(&self, index: &HashMap<String, Entry>, env: &str, machine: &str, stage: &str) -> Option<Manifest> {
+    pub fn newest_for(
+        &self,
+        index: &HashMap<String, Entry>,
+        env: &str,
+        machine: &str,
+        stage: &str,
+    ) -> Option<Manifest> {
         let suffix = format!("-{env}-{machine}-{stage}");
         index
             .values()
@@ -213,7 +237,9 @@ impl Store {
     /// A fresh path in tmp/ owned by this process: `<owner>.<pid>.<n>`.
     pub fn tmp_path(&self, owner: &str) -> PathBuf {
         let seq = PENDING_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.base.join("tmp").join(format!("{owner}.{}.{seq}", std::process::id()))
+        self.base
+            .join("tmp")
+            .join(format!("{owner}.{}.{seq}", std::process::id()))
     }
 
     pub fn entries_path(&self) -> PathBuf {
@@ -222,22 +248,43 @@ impl Store {
 
     pub fn begin(&self, key: &str) -> Result<Pending> {
         let dir = self.tmp_path(key);
-        std::fs::create_dir_all(dir.join("artifact")).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(Pending { dir, committed: false })
+        std::fs::create_dir_all(dir.join("artifact"))
+            .ctx(|| format!("creating {}", dir.display()))?;
+        Ok(Pending {
+            dir,
+            committed: false,
+        })
     }
 
     /// Writes the manifest and tree, syncs, and renames the pending folder into place.
-    pub fn commit(&self, mut pending: Pending, manifest: &Manifest, tree: &[TreeEntry]) -> Result<Entry> {
-        let name = entry_name(&manifest.key, &manifest.env, &manifest.machine, &manifest.stage);
-        write_synced(&pending.dir.join("tree.json"), &serde_json::to_vec(tree).expect("tree serializes"))?;
-        write_synced(&pending.dir.join("manifest.json"), &serde_json::to_vec_pretty(manifest).expect("manifest serializes"))?;
+    pub fn commit(
+        &self,
+        mut pending: Pending,
+        manifest: &Manifest,
+        tree: &[TreeEntry],
+    ) -> Result<Entry> {
+        let name = entry_name(
+            &manifest.key,
+            &manifest.env,
+            &manifest.machine,
+            &manifest.stage,
+        );
+        write_synced(
+            &pending.dir.join("tree.json"),
+            &serde_json::to_vec(tree).expect("tree serializes"),
+        )?;
+        write_synced(
+            &pending.dir.join("manifest.json"),
+            &serde_json::to_vec_pretty(manifest).expect("manifest serializes"),
+        )?;
         sync_filesystem(&pending.dir)?;
         let target = self.entries_dir().join(&name);
         if target.exists() {
             // Built twice by builds that did not share a lock (another store path?): keep the first.
             return Ok(Entry { name, dir: target });
         }
-        std::fs::rename(&pending.dir, &target).ctx(|| format!("committing {}", target.display()))?;
+        std::fs::rename(&pending.dir, &target)
+            .ctx(|| format!("committing {}", target.display()))?;
         pending.committed = true;
         sync_dir(&self.entries_dir())?;
         Ok(Entry { name, dir: target })
@@ -252,8 +299,12 @@ impl Store {
 
     /// Moves a damaged entry out of the way; it is never used again but kept for inspection.
     pub fn quarantine(&self, entry: &Entry) -> Result<PathBuf> {
-        let target = self.base.join("quarantine").join(format!("{}.{}", entry.name, now_unix()));
-        std::fs::rename(&entry.dir, &target).ctx(|| format!("quarantining {}", entry.dir.display()))?;
+        let target = self
+            .base
+            .join("quarantine")
+            .join(format!("{}.{}", entry.name, now_unix()));
+        std::fs::rename(&entry.dir, &target)
+            .ctx(|| format!("quarantining {}", entry.dir.display()))?;
         Ok(target)
     }
 
@@ -265,7 +316,9 @@ impl Store {
             Err(e) => return vec![e.to_string()],
         };
         if manifest.material.key() != manifest.key || entry.key() != manifest.key {
-            problems.push("the manifest's key does not match its key material or the entry name".to_string());
+            problems.push(
+                "the manifest's key does not match its key material or the entry name".to_string(),
+            );
         }
         let tree = match entry.tree() {
             Ok(t) => t,
@@ -278,13 +331,26 @@ impl Store {
         match digest::tree(&entry.artifact(), "", &mut hash) {
             Err(e) => problems.push(format!("artifact unreadable: {e}")),
             Ok(actual) => {
-                let actual: BTreeMap<String, String> =
-                    actual.iter().skip(1).map(|e| (e.path().trim_start_matches('/').to_string(), e.fingerprint())).collect();
-                let expected: BTreeMap<String, String> = tree.iter().map(|e| (e.path().to_string(), e.fingerprint())).collect();
+                let actual: BTreeMap<String, String> = actual
+                    .iter()
+                    .skip(1)
+                    .map(|e| {
+                        (
+                            e.path().trim_start_matches('/').to_string(),
+                            e.fingerprint(),
+                        )
+                    })
+                    .collect();
+                let expected: BTreeMap<String, String> = tree
+                    .iter()
+                    .map(|e| (e.path().to_string(), e.fingerprint()))
+                    .collect();
                 for (path, fingerprint) in &expected {
                     match actual.get(path) {
                         None => problems.push(format!("{path} is missing")),
-                        Some(f) if f != fingerprint => problems.push(format!("{path} was modified")),
+                        Some(f) if f != fingerprint => {
+                            problems.push(format!("{path} was modified"))
+                        }
                         Some(_) => {}
                     }
                 }
@@ -304,7 +370,11 @@ pub fn entry_name(key: &str, env: &str, machine: &str, stage: &str) -> String {
 /// Copies the folder `source` into `target` (a new folder), hashing every file on the way.
 /// A file with the same path and content in `previous` (the parent entry's artifact) is
 /// hard-linked instead of copied: entries never change, so sharing their files is safe.
-pub fn snapshot(source: &Path, target: &Path, previous: Option<(&Path, &[TreeEntry])>) -> Result<(Vec<TreeEntry>, u64)> {
+pub fn snapshot(
+    source: &Path,
+    target: &Path,
+    previous: Option<(&Path, &[TreeEntry])>,
+) -> Result<(Vec<TreeEntry>, u64)> {
     let previous_files: HashMap<&str, &str> = previous
         .map(|(_, tree)| {
             tree.iter()
@@ -325,21 +395,35 @@ pub fn snapshot(source: &Path, target: &Path, previous: Option<(&Path, &[TreeEnt
         if file_type.is_dir() {
             std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
             dirs.push((out, mode));
-            tree.push(TreeEntry::Dir { path: relative.to_string(), mode });
+            tree.push(TreeEntry::Dir {
+                path: relative.to_string(),
+                mode,
+            });
         } else if file_type.is_symlink() {
-            let link = std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
-            std::os::unix::fs::symlink(&link, &out).ctx(|| format!("creating link {}", out.display()))?;
-            tree.push(TreeEntry::Link { path: relative.to_string(), target: link.to_string_lossy().into_owned() });
+            let link =
+                std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
+            std::os::unix::fs::symlink(&link, &out)
+                .ctx(|| format!("creating link {}", out.display()))?;
+            tree.push(TreeEntry::Link {
+                path: relative.to_string(),
+                target: link.to_string_lossy().into_owned(),
+            });
         } else if file_type.is_file() {
             let sha256 = match (previous, previous_files.get(relative)) {
                 (Some((previous_dir, _)), Some(old)) if digest::sha256_file(full)? == **old => {
-                    std::fs::hard_link(previous_dir.join(relative), &out).ctx(|| format!("linking {}", out.display()))?;
+                    std::fs::hard_link(previous_dir.join(relative), &out)
+                        .ctx(|| format!("linking {}", out.display()))?;
                     old.to_string()
                 }
                 _ => copy_hashing(full, &out, mode, meta)?,
             };
             size += meta.size();
-            tree.push(TreeEntry::File { path: relative.to_string(), mode, size: meta.size(), sha256 });
+            tree.push(TreeEntry::File {
+                path: relative.to_string(),
+                mode,
+                size: meta.size(),
+                sha256,
+            });
         } else {
             return Err(Error::Failed(format!(
                 "{} is a socket, fifo or device; a machine snapshot holds only files, folders and links (stop the process that made it, or make it outside the machine root)",
@@ -349,7 +433,8 @@ pub fn snapshot(source: &Path, target: &Path, previous: Option<(&Path, &[TreeEnt
         Ok(())
     })?;
     for (dir, mode) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting mode of {}", dir.display()))?;
     }
     Ok((tree, size))
 }
@@ -373,11 +458,16 @@ pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
                 dirs.push((out, *mode));
             }
             TreeEntry::Link { target: link, .. } => {
-                std::os::unix::fs::symlink(link, &out).ctx(|| format!("creating link {}", out.display()))?;
+                std::os::unix::fs::symlink(link, &out)
+                    .ctx(|| format!("creating link {}", out.display()))?;
             }
-            TreeEntry::File { path, mode, sha256, .. } => {
+            TreeEntry::File {
+                path, mode, sha256, ..
+            } => {
                 let from = source.join(path);
-                let Ok(meta) = std::fs::symlink_metadata(&from) else { return Ok(false) };
+                let Ok(meta) = std::fs::symlink_metadata(&from) else {
+                    return Ok(false);
+                };
                 if !meta.is_file() || copy_hashing(&from, &out, *mode, &meta)? != *sha256 {
                     return Ok(false);
                 }
@@ -385,7 +475,8 @@ pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
         }
     }
     for (dir, mode) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting mode of {}", dir.display()))?;
     }
     Ok(true)
 }
@@ -408,9 +499,13 @@ fn copy_hashing(from: &Path, to: &Path, mode: u32, meta: &std::fs::Metadata) -> 
             Err(e) => return Err(e).ctx(|| format!("reading {}", from.display())),
         };
         hasher.update(&buffer[..n]);
-        output.write_all(&buffer[..n]).ctx(|| format!("writing {}", to.display()))?;
+        output
+            .write_all(&buffer[..n])
+            .ctx(|| format!("writing {}", to.display()))?;
     }
-    output.set_permissions(std::fs::Permissions::from_mode(mode)).ctx(|| format!("setting mode of {}", to.display()))?;
+    output
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx(|| format!("setting mode of {}", to.display()))?;
     if let Ok(modified) = meta.modified() {
         let _ = output.set_modified(modified);
     }
@@ -419,12 +514,16 @@ fn copy_hashing(from: &Path, to: &Path, mode: u32, meta: &std::fs::Metadata) -> 
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes).ctx(|| format!("writing {}", path.display()))?;
-    file.sync_all().ctx(|| format!("syncing {}", path.display()))
+    file.write_all(bytes)
+        .ctx(|| format!("writing {}", path.display()))?;
+    file.sync_all()
+        .ctx(|| format!("syncing {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing {}", dir.display()))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing {}", dir.display()))
 }
 
 /// One syncfs for the whole pending folder instead of an fsync per file: a venv has thousands.
@@ -459,11 +558,15 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
 
 pub fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn now_rfc3339() -> String {

@@ -79,14 +79,24 @@ impl Project {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| format!("{}:{}", s["stage"].as_str().unwrap(), s["action"].as_str().unwrap()))
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s["stage"].as_str().unwrap(),
+                    s["action"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
     pub fn entries(&self) -> Vec<String> {
         let dir = self.store().join("v1/entries");
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -94,21 +104,29 @@ impl Project {
 
     pub fn tmp_leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.store().join("v1/tmp"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
 /// Lines of a counter file that steps append to (one line per executed step).
 pub fn count_lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 /// Pids of processes whose command line contains `needle`.
 pub fn processes_with(needle: &str) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if text.contains(needle) && pid != std::process::id() as i32 {
