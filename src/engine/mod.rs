@@ -563,13 +563,24 @@ fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<P
     Ok(path)
 }
 
-/// Builds, then starts every machine's services (machines already running are left as they are).
+/// Builds, then starts every machine's services. An environment that is already up with its
+/// current build is left as it is; one running an older build must be taken down first.
 pub fn up(
     ws: &Workspace,
     env: &Environment,
     keys: &[StageKey],
     progress: &Progress,
 ) -> Result<(BuildReport, Vec<(String, RunningServices)>)> {
+    if let Some(running) = already_up(ws, env, keys)? {
+        progress.note(&format!("{} is already up", env.name));
+        return Ok((
+            BuildReport {
+                env: env.name.clone(),
+                ..Default::default()
+            },
+            running,
+        ));
+    }
     let report = build(ws, env, keys, progress)?;
     let secrets = ws.state.secrets(env)?;
     let vars: BTreeMap<String, String> = env
@@ -621,6 +632,41 @@ pub fn up(
             .map(|(name, _, running)| (name, running))
             .collect(),
     ))
+}
+
+/// The running services of `env` if every machine with services runs them all, from the build
+/// its spec describes now.
+fn already_up(
+    ws: &Workspace,
+    env: &Environment,
+    keys: &[StageKey],
+) -> Result<Option<Vec<(String, RunningServices)>>> {
+    let mut running = Vec::new();
+    for machine in env.machines.iter().filter(|m| !m.services.is_empty()) {
+        let state = ws.state.machine(&env.name, &machine.name)?;
+        let Some(services) = state.services() else {
+            return Ok(None);
+        };
+        if !services
+            .services
+            .iter()
+            .all(|s| crate::process::group_alive(s.pid))
+        {
+            return Ok(None);
+        }
+        let last = keys
+            .iter()
+            .rfind(|k| k.machine == machine.name)
+            .map(|k| k.key.as_str());
+        if last.is_some() && state.marker().key.as_deref() != last {
+            return Err(Error::Input(format!(
+                "{}/{} is running an older build; run `envbuild down {}` first",
+                env.name, machine.name, env.name
+            )));
+        }
+        running.push((machine.name.clone(), services));
+    }
+    Ok((!running.is_empty()).then_some(running))
 }
 
 /// Stops every service of `env`; returns (machine, service) pairs that had to be killed.

@@ -839,8 +839,10 @@ impl Loader<'_> {
                             None => 200,
                             Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
                             Some(s) => {
-                                return self
-                                    .err(s.span().start, "status is an HTTP status code (100-599)");
+                                return self.err(
+                                    s.span().start,
+                                    "status is an HTTP status code (100-599)",
+                                );
                             }
                         };
                         ReadyCheck::Http {

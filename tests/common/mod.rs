@@ -9,6 +9,25 @@ pub struct Project {
     pub dir: tempfile::TempDir,
 }
 
+/// A test that fails half-way must not leave services running: take every environment down.
+impl Drop for Project {
+    fn drop(&mut self) {
+        if !self.state().join("envs").is_dir() {
+            return;
+        }
+        for entry in std::fs::read_dir(self.envs())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(env) = name.strip_suffix(".toml") {
+                let _ = self.cmd().args(["down", env, "-q"]).output();
+            }
+        }
+    }
+}
+
 impl Project {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -130,6 +149,26 @@ pub fn processes_with(needle: &str) -> Vec<i32> {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if text.contains(needle) && pid != std::process::id() as i32 {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of processes whose command line or environment contains `needle` (services `exec` away
+/// their command line; their environment names the project's state folder).
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = processes_with(needle);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(environ) = std::fs::read(entry.path().join("environ")) {
+            if String::from_utf8_lossy(&environ).contains(needle)
+                && pid != std::process::id() as i32
+                && !found.contains(&pid)
+            {
                 found.push(pid);
             }
         }

@@ -1,0 +1,235 @@
+//! up/down/status/exec/creds with real services on loopback.
+
+mod common;
+
+use common::{Project, processes_mentioning};
+
+fn web_env(project: &Project, marker: &str) {
+    project.write(
+        "web.toml",
+        &format!(
+            r#"
+description = "a web server and a tcp echo"
+
+[secrets.admin_password]
+generate = "password"
+
+[machines.web]
+ports = {{ http = "auto", other = "auto" }}
+prestart = ["test -n \"$ENVBUILD_SECRET_ADMIN_PASSWORD\"", "echo $ENVBUILD_PORT_HTTP > $ENVBUILD_RUN/port"]
+
+[[machines.web.stages]]
+name = "site"
+steps = ["mkdir -p site && echo hello-from-envbuild > site/index.html"]
+
+[[machines.web.services]]
+name = "http"
+command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}} # {marker}"
+url = "http://127.0.0.1:{{{{ ports.http }}}}/"
+ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/index.html", status = 200, timeout = "30s" }}
+
+[[machines.web.services]]
+name = "second"
+command = "exec python3 -m http.server --bind 127.0.0.1 $ENVBUILD_PORT_OTHER # {marker}"
+ready = {{ tcp = "127.0.0.1:{{{{ ports.other }}}}" }}
+
+[cloud]
+machine = "web"
+auth_url = "http://127.0.0.1:{{{{ ports.http }}}}/v3"
+username = "admin"
+password_secret = "admin_password"
+project = "admin"
+"#
+        ),
+    );
+}
+
+fn get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    use std::io::{Read, Write};
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn up_serves_status_reports_and_down_leaves_nothing() {
+    let project = Project::new();
+    let marker = format!("envbuild-web-test-{}", std::process::id());
+    web_env(&project, &marker);
+    project.ok(&["up", "web"]);
+    let state = project.state().display().to_string();
+    assert_eq!(processes_mentioning(&state).len(), 2, "two services run");
+
+    let status = project.json(&["status", "web", "--json"]);
+    let machine = &status[0];
+    assert_eq!(machine["stage"], "site");
+    let services = machine["services"].as_array().unwrap();
+    assert!(services.iter().all(|s| s["running"] == true));
+    let url = services[0]["url"].as_str().unwrap().to_string();
+    assert!(
+        get(&url).contains("hello-from-envbuild"),
+        "the built site is served at {url}"
+    );
+    let port = machine["ports"]["http"].as_u64().unwrap();
+    let root_run = project.state().join("envs/web/web/run/port");
+    assert_eq!(
+        std::fs::read_to_string(root_run).unwrap().trim(),
+        port.to_string()
+    );
+
+    // A second up while running changes nothing; a build while running is refused.
+    let out = project.run(&["up", "web"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("web is already up"));
+    assert_eq!(processes_mentioning(&state).len(), 2);
+    let out = project.run(&["build", "web"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("envbuild down web"));
+
+    // creds: an openrc with the generated password, and a clouds.yaml readable only by us.
+    let openrc = project.ok(&["creds", "web"]);
+    assert!(
+        openrc.contains(&format!("export OS_AUTH_URL='http://127.0.0.1:{port}/v3'")),
+        "{openrc}"
+    );
+    assert!(openrc.contains("export OS_IDENTITY_API_VERSION=3"));
+    let secrets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(project.state().join("envs/web/secrets.json")).unwrap(),
+    )
+    .unwrap();
+    let password = secrets["admin_password"].as_str().unwrap();
+    assert_eq!(password.len(), 32);
+    assert!(openrc.contains(&format!("export OS_PASSWORD='{password}'")));
+    let clouds = project.state().join("envs/web/clouds.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&clouds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The password is in no spec, no store entry, no hash output.
+    assert!(!project.ok(&["hash", "web", "--json"]).contains(password));
+    let store_text = walk_text(&project.store());
+    assert!(!store_text.contains(password));
+
+    // exec runs in the machine with its runtime environment.
+    let out = project.ok(&[
+        "exec",
+        "web",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "cat site/index.html; echo port=$ENVBUILD_PORT_HTTP",
+    ]);
+    assert!(
+        out.contains("hello-from-envbuild") && out.contains(&format!("port={port}")),
+        "{out}"
+    );
+
+    project.ok(&["down", "web"]);
+    assert!(
+        processes_mentioning(&state).is_empty(),
+        "{:?}",
+        processes_mentioning(&state)
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok(),
+        "port {port} still taken"
+    );
+    assert!(!project.state().join("envs/web/web/run").exists());
+
+    // Up again: replayed from the cache, no step runs, a fresh password is not generated.
+    let again = project.json(&["up", "web", "--json"]);
+    assert_eq!(again["build"]["stages"][0]["action"], "restored");
+    project.ok(&["down", "web"]);
+    let secrets_after: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(project.state().join("envs/web/secrets.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(secrets_after["admin_password"], secrets["admin_password"]);
+}
+
+fn walk_text(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            text.push_str(&walk_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    text
+}
+
+#[test]
+fn a_service_that_never_gets_ready_fails_up_and_leaves_nothing() {
+    let project = Project::new();
+    let marker = format!("envbuild-notready-{}", std::process::id());
+    project.write(
+        "broken.toml",
+        &format!(
+            r#"
+[machines.m]
+ports = {{ p = "auto" }}
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "ok"
+command = "exec sleep 600 # {marker}"
+
+[[machines.m.services]]
+name = "never"
+command = "echo starting; exec sleep 600 # {marker}"
+ready = {{ tcp = "127.0.0.1:{{{{ ports.p }}}}", timeout = "2s" }}
+"#
+        ),
+    );
+    let out = project.run(&["up", "broken"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("service `never` of machine `m` did not become ready"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("starting"),
+        "shows the service's log: {stderr}"
+    );
+    let state = project.state().display().to_string();
+    assert!(
+        processes_mentioning(&state).is_empty(),
+        "{:?}",
+        processes_mentioning(&state)
+    );
+}
+
+#[test]
+fn missing_host_tool_names_the_package_and_exits_2() {
+    let project = Project::new();
+    project.write(
+        "needs.toml",
+        r#"
+[machines.m]
+requires = [{ program = "surely-not-installed-tool", package = "surely-not-installed" }]
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+"#,
+    );
+    let out = project.run(&["build", "needs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("apt-get install surely-not-installed"),
+        "{stderr}"
+    );
+    assert!(project.entries().is_empty());
+}
