@@ -17,7 +17,6 @@ use crate::store::{Entry, Pending};
 
 /// What a backend needs to run one stage's steps.
 pub struct StepContext<'a> {
-    pub machine: &'a Machine,
     pub state: &'a MachineState,
     /// The stage's inputs, templates and sources, as a read-only folder.
     pub inputs: &'a Path,

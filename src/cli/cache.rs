@@ -170,7 +170,7 @@ fn gc(global: &Global, ws: &crate::engine::Workspace, args: GcArgs) -> Result<i3
         .filter(|e| !referenced.contains(e.key()))
         .map(|e| (e.manifest().map_or(0, |m| m.created_unix), e))
         .collect();
-    unreferenced.sort_by(|a, b| b.0.cmp(&a.0));
+    unreferenced.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
     let doomed = unreferenced.iter().skip(args.keep_recent);
     let mut count = 0;
     for (_, entry) in doomed {

@@ -31,10 +31,16 @@ pub fn run(global: &Global, args: PlanArgs) -> Result<i32> {
         return Ok(0);
     }
     for machine in &plan.machines {
-        println!("{} ({})", machine.name, machine.backend);
+        let about = machine
+            .description
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        println!("{} ({}){about}", machine.name, machine.backend);
         for stage in &machine.stages {
             let state = if stage.cached { "cached" } else { "build " };
-            println!("  {state} {:<16} {}", stage.name, &stage.key[..16]);
+            let about = stage.description.as_deref().unwrap_or("");
+            println!("  {state} {:<16} {}  {about}", stage.name, &stage.key[..16]);
             for reason in &stage.reasons {
                 println!("         - {reason}");
             }

@@ -51,6 +51,7 @@ impl Workspace {
 
     pub fn keys(&self, env: &Environment) -> Result<Vec<StageKey>> {
         let keys = key::stage_keys(env, &self.fingerprints)?;
+        tracing::debug!(env = %env.name, files_read = *self.fingerprints.reads.lock().unwrap(), "computed stage keys");
         self.fingerprints.save();
         Ok(keys)
     }
@@ -79,13 +80,17 @@ pub struct Plan {
 #[derive(Debug, Clone, Serialize)]
 pub struct MachinePlan {
     pub name: String,
+    pub description: Option<String>,
     pub backend: String,
+    pub base: crate::spec::model::Base,
+    pub resources: crate::spec::model::Resources,
     pub stages: Vec<StagePlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StagePlan {
     pub name: String,
+    pub description: Option<String>,
     pub key: String,
     pub cached: bool,
     /// Why it will be built; filled for stages that are not cached when explaining.
@@ -105,7 +110,10 @@ pub fn plan(
         .iter()
         .map(|machine| MachinePlan {
             name: machine.name.clone(),
+            description: machine.description.clone(),
             backend: machine.backend.as_str().to_string(),
+            base: machine.base.clone(),
+            resources: machine.resources.clone(),
             stages: keys
                 .iter()
                 .filter(|k| k.machine == machine.name)
@@ -119,6 +127,11 @@ pub fn plan(
                     };
                     StagePlan {
                         name: k.stage.clone(),
+                        description: machine
+                            .stages
+                            .iter()
+                            .find(|s| s.name == k.stage)
+                            .and_then(|s| s.description.clone()),
                         key: k.key.clone(),
                         cached,
                         reasons,
@@ -408,7 +421,6 @@ fn build_stage(
     }
     step_env.extend(stage.env.clone());
     let ctx = StepContext {
-        machine,
         state,
         inputs: &inputs,
         env: step_env,

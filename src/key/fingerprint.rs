@@ -70,10 +70,10 @@ impl FingerprintCache {
 
     pub fn digest(&self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         let stat = Stat::of(meta);
-        if let Some(known) = self.entries.lock().unwrap().get(path) {
-            if known.stat == stat {
-                return Ok(known.sha256.clone());
-            }
+        if let Some(known) = self.entries.lock().unwrap().get(path)
+            && known.stat == stat
+        {
+            return Ok(known.sha256.clone());
         }
         let sha256 = sha256_file(path)?;
         *self.reads.lock().unwrap() += 1;

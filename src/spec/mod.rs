@@ -56,10 +56,10 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
         let path = entry.ctx(|| format!("reading {}", dir.display()))?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                names.push(stem.to_string());
-            }
+        if path.extension().is_some_and(|e| e == "toml")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_string());
         }
     }
     names.sort();
@@ -184,7 +184,6 @@ impl Loader<'_> {
         };
         Ok(Environment {
             name: name.to_string(),
-            file: self.file.to_path_buf(),
             dir: self.dir.to_path_buf(),
             description: raw.description,
             vars,
@@ -337,13 +336,7 @@ impl Loader<'_> {
                     );
                 }
             };
-            secrets.insert(
-                name.get_ref().clone(),
-                SecretSpec {
-                    length,
-                    description: secret.description.clone(),
-                },
-            );
+            secrets.insert(name.get_ref().clone(), SecretSpec { length });
         }
         Ok(secrets)
     }

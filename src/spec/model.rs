@@ -28,8 +28,6 @@ impl BackendKind {
 #[derive(Debug, Clone)]
 pub struct Environment {
     pub name: String,
-    /// The `name.toml` file.
-    pub file: PathBuf,
     /// The `name/` folder beside it; stage inputs are relative to it.
     pub dir: PathBuf,
     pub description: Option<String>,
@@ -63,7 +61,6 @@ pub struct Var {
 #[derive(Debug, Clone)]
 pub struct SecretSpec {
     pub length: usize,
-    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +77,7 @@ pub struct Machine {
     pub services: Vec<Service>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Base {
     /// Absolute host paths hashed into the base digest (for the local backend: the interpreters
     /// and tools the stages run).
@@ -88,13 +85,13 @@ pub struct Base {
     pub image: Option<PinnedImage>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PinnedImage {
     pub url: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Resources {
     pub cpus: u32,
     pub memory_mib: u64,

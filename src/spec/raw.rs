@@ -40,6 +40,8 @@ pub struct RawCloud {
 pub struct RawSecret {
     pub generate: Spanned<String>,
     pub length: Option<Spanned<i64>>,
+    /// Documentation only: what the secret is for.
+    #[allow(dead_code)]
     pub description: Option<String>,
 }
 

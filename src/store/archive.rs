@@ -20,13 +20,13 @@ const ENTRY_FILES: [&str; 4] = ["manifest.json", "tree.json", "log.txt", "artifa
 pub fn export(entries: &[Entry], out: impl Write) -> Result<()> {
     for entry in entries {
         for item in entry.tree()? {
-            if let TreeEntry::Link { path, target } = &item {
-                if escapes(Path::new(path), Path::new(target)) {
-                    return Err(Error::Input(format!(
-                        "entry {} holds the link {path} -> {target}, which points outside the entry; it cannot be moved to another machine.\n  fix: make the stage create a copy instead of the link (e.g. `python3 -m venv --copies`)",
-                        entry.name
-                    )));
-                }
+            if let TreeEntry::Link { path, target } = &item
+                && escapes(Path::new(path), Path::new(target))
+            {
+                return Err(Error::Input(format!(
+                    "entry {} holds the link {path} -> {target}, which points outside the entry; it cannot be moved to another machine.\n  fix: make the stage create a copy instead of the link (e.g. `python3 -m venv --copies`)",
+                    entry.name
+                )));
             }
         }
     }

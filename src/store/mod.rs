@@ -82,9 +82,6 @@ impl Entry {
     pub fn artifact(&self) -> PathBuf {
         self.dir.join("artifact")
     }
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("log.txt")
-    }
 }
 
 /// An entry being written in tmp/; dropped without `commit`, it is deleted.

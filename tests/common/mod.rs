@@ -164,13 +164,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if let Ok(environ) = std::fs::read(entry.path().join("environ")) {
-            if String::from_utf8_lossy(&environ).contains(needle)
-                && pid != std::process::id() as i32
-                && !found.contains(&pid)
-            {
-                found.push(pid);
-            }
+        if let Ok(environ) = std::fs::read(entry.path().join("environ"))
+            && String::from_utf8_lossy(&environ).contains(needle)
+            && pid != std::process::id() as i32
+            && !found.contains(&pid)
+        {
+            found.push(pid);
         }
     }
     found
