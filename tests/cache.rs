@@ -93,6 +93,9 @@ fn hostile_tar(path: &std::path::Path, members: &[(&str, tar::EntryType, &str)])
     builder.finish().unwrap();
 }
 
+/// An archive member: path, type, content (or link target).
+type Member = (String, tar::EntryType, String);
+
 #[test]
 fn hostile_archives_are_refused_whole() {
     let project = Project::new();
@@ -101,7 +104,7 @@ fn hostile_archives_are_refused_whole() {
     let entries_before = project.entries();
     let entry = entries_before[0].clone();
     let outside = project.path().join("outside-marker");
-    let cases: Vec<(&str, Vec<(String, tar::EntryType, String)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Member>, &str)> = vec![
         (
             "dotdot",
             vec![(
