@@ -22,6 +22,8 @@ fi
 # 2 sync workers per instance: 2 instances x 2 = 4 processes for 2 cores;
 # requests are short and mostly CPU (bcrypt, fernet). No --preload: each worker
 # builds its own app and DB engine after the fork.
+# The app is keystone.wsgi.api:application, loaded via keystone_wsgi.py (next
+# to this script), which hides gunicorn's argv from keystone's config parser.
 exec "$venv/bin/python" -m gunicorn "$@" \
     --bind "127.0.0.1:$port" --workers 2 --timeout 60 --graceful-timeout 10 \
-    keystone.wsgi.api:application
+    --pythonpath "$(dirname "$0")" keystone_wsgi:application

@@ -1,17 +1,21 @@
 #!/bin/sh
 # Stage "venv": build venv/ from wheels/ only (no network), then prove that
 # keystone's WSGI app module and gunicorn import.
+# Optional ENVBUILD_VAR_VENV_DIR (default venv): the upgrade test builds the
+# N+1 code into venv-next next to venv (wheels/ can hold both versions: the
+# lock file's pins + hashes pick the right files).
 set -eu
 cd "${ENVBUILD_ROOT:?}"
 req=${ENVBUILD_INPUTS:?}/requirements/keystone-${ENVBUILD_VAR_KEYSTONE_VERSION:?}.txt
 py=${ENVBUILD_VAR_PYTHON:-/usr/bin/python3}
+venv=${ENVBUILD_VAR_VENV_DIR:-venv}
 
 # Start clean so a rerun never mixes two versions. venv/bin/python is a symlink
 # to the host python, so the venv survives being moved; its console scripts
 # (absolute shebangs) do not and are never used: run `venv/bin/python -m ...`.
-rm -rf venv
-"$py" -m venv venv
-venv/bin/python -m pip install --quiet --no-cache-dir --no-index --find-links wheels \
+rm -rf "$venv"
+"$py" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --no-cache-dir --no-index --find-links wheels \
     --require-hashes --only-binary :all: -r "$req"
-venv/bin/python -m pip check
-venv/bin/python -c 'import keystone.server.wsgi, gunicorn'
+"$venv/bin/python" -m pip check
+"$venv/bin/python" -c 'import keystone.server.wsgi, gunicorn'
