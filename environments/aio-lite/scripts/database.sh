@@ -3,6 +3,7 @@
 # admin project, roles, RegionOne, identity service + endpoints).
 set -eu
 cd "${ENVBUILD_ROOT:?}"
+umask 077   # the DB holds password hashes: keep it private to the owner
 bin/keystone-manage db_sync
 
 # WAL journal (a persistent property of the DB file): in the default rollback
