@@ -48,8 +48,11 @@ def main():
             status = resp.status
             data = json.load(resp)
     except urllib.error.HTTPError as e:
-        detail = e.read(300).decode("utf-8", "replace").replace("\n", " ")
-        fail(f"HTTP {e.code} from {url}: {detail}")
+        try:  # keystone's errors are JSON; nginx's (502 while starting) are HTML
+            detail = json.load(e)["error"]["message"]
+        except Exception:
+            detail = e.reason
+        fail(f"HTTP {e.code} from {url}: {detail}".replace("\n", " "))
     except (urllib.error.URLError, OSError) as e:
         fail(f"cannot reach {url}: {getattr(e, 'reason', e)}")
     except ValueError as e:

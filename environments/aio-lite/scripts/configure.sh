@@ -23,6 +23,6 @@ chmod 755 bin/keystone-manage
 
 # Key repositories (0700 dirs, 0600 keys), owned by whoever runs the services.
 # Rerunning keeps existing keys: *_setup only fills an empty repository.
-owner="--keystone-user $(id -un) --keystone-group $(id -gn)"
-bin/keystone-manage fernet_setup $owner
-bin/keystone-manage credential_setup $owner
+set -- --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
+bin/keystone-manage fernet_setup "$@"
+bin/keystone-manage credential_setup "$@"
