@@ -51,7 +51,6 @@ impl Backend for LocalBackend {
 
     fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool> {
         let root = state.root();
-        remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;
         let sound = store::restore(entry, &root)?;
         if !sound {
             remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;

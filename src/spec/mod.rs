@@ -606,6 +606,26 @@ impl Loader<'_> {
         Ok(names)
     }
 
+    /// An input or template path with its `{{ var }}` placeholders rendered (e.g. a lock file
+    /// per version); the vars it names count as used by the stage.
+    fn rendered_path(
+        &self,
+        path: &Spanned<String>,
+        scope: &Scope,
+        used: &mut BTreeSet<String>,
+    ) -> Result<Spanned<String>> {
+        let names = self.check_placeholders(path, scope)?;
+        if names.is_empty() {
+            return Ok(path.clone());
+        }
+        used.extend(names);
+        let rendered = template::render(path.get_ref(), |n| {
+            scope.vars.get(n).map(|v| v.value.clone())
+        })
+        .expect("placeholders were validated");
+        Ok(Spanned::new(path.span(), rendered))
+    }
+
     fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<String> {
         let p = Path::new(path.get_ref());
         let clean = !path.get_ref().is_empty()
@@ -672,13 +692,14 @@ impl Loader<'_> {
                 }
             }
         }
-        let inputs = raw
-            .inputs
-            .iter()
-            .map(|i| self.relative_input(i, "input"))
-            .collect::<Result<Vec<_>>>()?;
+        let mut inputs = Vec::new();
+        for input in &raw.inputs {
+            let input = self.rendered_path(input, &scope, &mut used)?;
+            inputs.push(self.relative_input(&input, "input")?);
+        }
         let mut templates = Vec::new();
         for template in &raw.templates {
+            let template = &self.rendered_path(template, &scope, &mut used)?;
             let relative = self.relative_input(template, "template")?;
             used.extend(self.template_file_vars(&relative, template, &scope)?);
             templates.push(relative);

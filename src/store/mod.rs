@@ -436,36 +436,89 @@ pub fn snapshot(
     Ok((tree, size))
 }
 
-/// Restores an entry's artifact into `target` (which must not exist), checking every file
-/// against the entry's tree as it is copied. Returns `Ok(false)` if the entry is damaged: the
-/// caller quarantines it and builds instead.
+/// Makes `target` hold exactly the entry's artifact, and says whether the entry is sound.
+///
+/// Like rsync's quick check, a file already in `target` is kept when its size, mode and mtime
+/// equal those of the store's copy (restores and snapshots carry mtimes over) and the store's
+/// copy still has the size its tree records; every other file is copied from the store and its
+/// sha256 checked against the tree on the way. Paths the entry does not have are removed. So a
+/// machine that services changed in a few places (a database, a pid file) is brought back in
+/// milliseconds, and a store file that was rewritten (its mtime changes) is caught when it would
+/// be used. `Ok(false)`: the entry is damaged; the caller quarantines it and builds instead.
 pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
     let tree = match entry.tree() {
         Ok(tree) => tree,
         Err(_) => return Ok(false),
     };
     std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
+    let wanted: HashMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
+    let mut extra = Vec::new();
+    digest::walk(target, &mut |relative, full, meta| {
+        let keep = match wanted.get(relative) {
+            Some(TreeEntry::Dir { .. }) => meta.is_dir(),
+            Some(TreeEntry::Link { .. }) => meta.file_type().is_symlink(),
+            Some(TreeEntry::File { .. }) => meta.is_file(),
+            None => false,
+        };
+        if !keep {
+            extra.push(full.to_path_buf());
+        }
+        Ok(())
+    })?;
+    for path in extra {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                remove_tree(&path).ctx(|| format!("removing {}", path.display()))?
+            }
+            Ok(_) => std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?,
+            Err(_) => {} // inside a folder removed just before
+        }
+    }
     let source = entry.artifact();
     let mut dirs = Vec::new();
     for item in &tree {
         let out = target.join(item.path());
         match item {
             TreeEntry::Dir { mode, .. } => {
-                std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+                if !out.is_dir() {
+                    std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+                }
                 dirs.push((out, *mode));
             }
             TreeEntry::Link { target: link, .. } => {
+                if std::fs::read_link(&out)
+                    .is_ok_and(|current| current.as_os_str() == link.as_str())
+                {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&out);
                 std::os::unix::fs::symlink(link, &out)
                     .ctx(|| format!("creating link {}", out.display()))?;
             }
             TreeEntry::File {
-                path, mode, sha256, ..
+                path,
+                mode,
+                size,
+                sha256,
             } => {
                 let from = source.join(path);
-                let Ok(meta) = std::fs::symlink_metadata(&from) else {
+                let Ok(stored) = std::fs::symlink_metadata(&from) else {
                     return Ok(false);
                 };
-                if !meta.is_file() || copy_hashing(&from, &out, *mode, &meta)? != *sha256 {
+                if !stored.is_file() || stored.size() != *size {
+                    return Ok(false);
+                }
+                if let Ok(live) = std::fs::symlink_metadata(&out) {
+                    let same = live.size() == *size
+                        && live.permissions().mode() & 0o7777 == *mode
+                        && live.mtime() == stored.mtime()
+                        && live.mtime_nsec() == stored.mtime_nsec();
+                    if same {
+                        continue;
+                    }
+                    std::fs::remove_file(&out).ctx(|| format!("replacing {}", out.display()))?;
+                }
+                if copy_hashing(&from, &out, *mode, &stored)? != *sha256 {
                     return Ok(false);
                 }
             }

@@ -3,6 +3,7 @@
 # Usage: sh api.sh "$ENVBUILD_PORT_API1"   (cwd = machine root)
 # Stops on SIGTERM (graceful, up to --graceful-timeout) or SIGQUIT/SIGINT (fast).
 set -eu
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd: $0 may be relative
 cd "${ENVBUILD_ROOT:?}"
 port=${1:?usage: api.sh PORT}
 venv=${KEYSTONE_VENV:-venv}
@@ -10,7 +11,10 @@ venv=${KEYSTONE_VENV:-venv}
 # keystone's WSGI app reads $OS_KEYSTONE_CONFIG_DIR/keystone.conf (relative to
 # the cwd, the machine root, like every path inside keystone.conf).
 OS_KEYSTONE_CONFIG_DIR=etc/keystone
-export OS_KEYSTONE_CONFIG_DIR
+# Write no .pyc at run time: keystone_wsgi.py's dir may be the inputs or the
+# machine dir (the venv's .pyc files were all written at install time).
+PYTHONDONTWRITEBYTECODE=1
+export OS_KEYSTONE_CONFIG_DIR PYTHONDONTWRITEBYTECODE
 
 # gunicorn >= 25.1 opens a control socket under $HOME by default, and $HOME is
 # inside the machine dir (and shared by both API instances): switch it off.
@@ -26,4 +30,4 @@ fi
 # to this script), which hides gunicorn's argv from keystone's config parser.
 exec "$venv/bin/python" -m gunicorn "$@" \
     --bind "127.0.0.1:$port" --workers 2 --timeout 60 --graceful-timeout 10 \
-    --pythonpath "$(dirname "$0")" keystone_wsgi:application
+    --pythonpath "$here" keystone_wsgi:application

@@ -1,7 +1,10 @@
 #!/bin/sh
 # Prestart hook (every `up`): set the real admin password and endpoint URLs,
-# then render and test $ENVBUILD_RUN/nginx.conf.
+# then render and test $ENVBUILD_RUN/nginx.conf from ../templates/nginx.conf.in
+# (relative to this script: works from $ENVBUILD_INPUTS or from a copy of
+# scripts/ + templates/ inside the machine).
 set -eu
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd: $0 may be relative
 cd "${ENVBUILD_ROOT:?}"
 run=${ENVBUILD_RUN:?}
 : "${ENVBUILD_PORT_PUBLIC:?}" "${ENVBUILD_PORT_API1:?}" "${ENVBUILD_PORT_API2:?}"
@@ -29,6 +32,6 @@ sed -e "s|@RUN@|$(esc "$run")|g" \
     -e "s|@PORT_PUBLIC@|$ENVBUILD_PORT_PUBLIC|g" \
     -e "s|@PORT_API1@|$ENVBUILD_PORT_API1|g" \
     -e "s|@PORT_API2@|$ENVBUILD_PORT_API2|g" \
-    "${ENVBUILD_INPUTS:?}/templates/nginx.conf.in" >"$run/nginx.conf"
+    "$here/../templates/nginx.conf.in" >"$run/nginx.conf"
 # -e stderr: otherwise nginx first opens its compiled-in /var/log path.
 /usr/sbin/nginx -t -q -e stderr -p "$run/" -c "$run/nginx.conf"

@@ -10,11 +10,13 @@ req=${ENVBUILD_INPUTS:?}/requirements/keystone-${ENVBUILD_VAR_KEYSTONE_VERSION:?
 py=${ENVBUILD_VAR_PYTHON:-/usr/bin/python3}
 venv=${ENVBUILD_VAR_VENV_DIR:-venv}
 
-# Start clean so a rerun never mixes two versions. venv/bin/python is a symlink
-# to the host python, so the venv survives being moved; its console scripts
-# (absolute shebangs) do not and are never used: run `venv/bin/python -m ...`.
+# Start clean so a rerun never mixes two versions. The venv survives being moved
+# (pyvenv.cfg points at the host python's folder, not at the venv); its console
+# scripts (absolute shebangs) do not and are never used: run `venv/bin/python -m ...`.
 rm -rf "$venv"
-"$py" -m venv "$venv"
+# --copies: the venv holds its own python binary instead of a link to /usr/bin, so a cached
+# venv can be exported to another machine (links out of the machine are refused there).
+"$py" -m venv --copies "$venv"
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --no-index --find-links wheels \
     --require-hashes --only-binary :all: -r "$req"
 "$venv/bin/python" -m pip check

@@ -1,0 +1,192 @@
+//! aio-lite end to end: real keystone from PyPI, real NGINX, on loopback. Cold up, a token
+//! through NGINX with the generated credentials, down leaves nothing, warm up replays.
+//! Needs nginx and python3-venv (dev/setup installs them) and PyPI; fails, never skips, without.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::{Project, processes_mentioning};
+
+fn project() -> Project {
+    let project = Project::new();
+    std::fs::remove_dir(project.envs()).unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/environments"),
+        project.envs(),
+    )
+    .unwrap();
+    project
+}
+
+/// One HTTP/1.1 request over loopback; returns (status, headers, body).
+fn http(url: &str, method: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let mut request = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+/// Issues a token with the credentials `envbuild creds` prints; returns the token.
+fn issue_token(openrc: &str) -> (u16, Option<String>) {
+    let value = |name: &str| -> String {
+        let line = openrc
+            .lines()
+            .find(|l| l.starts_with(&format!("export {name}=")))
+            .unwrap();
+        line.split_once('=')
+            .unwrap()
+            .1
+            .trim_matches('\'')
+            .to_string()
+    };
+    let body = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": value("OS_USERNAME"), "domain": {"name": value("OS_USER_DOMAIN_NAME")}, "password": value("OS_PASSWORD")}}},
+        "scope": {"project": {"name": value("OS_PROJECT_NAME"), "domain": {"name": value("OS_PROJECT_DOMAIN_NAME")}}}
+    }});
+    let url = format!("{}/auth/tokens", value("OS_AUTH_URL"));
+    let (status, head, _) = http(
+        &url,
+        "POST",
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    );
+    let token = head.lines().find_map(|l| {
+        l.strip_prefix("X-Subject-Token: ")
+            .or_else(|| l.strip_prefix("x-subject-token: "))
+    });
+    (status, token.map(str::to_string))
+}
+
+#[test]
+fn aio_lite_up_token_down_and_warm_up() {
+    let project = project();
+
+    // Cold: everything is built from PyPI.
+    let cold = project.json(&["up", "aio-lite", "--json"]);
+    let stages = cold["build"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 5);
+    assert!(stages.iter().all(|s| s["action"] == "built"), "{cold}");
+    let services = cold["machines"][0]["services"].as_array().unwrap();
+    assert_eq!(services.len(), 3);
+
+    // A token through NGINX with the generated admin password, then an authenticated call.
+    let openrc = project.ok(&["creds", "aio-lite"]);
+    let public = cold["machines"][0]["ports"]["public"].as_u64().unwrap();
+    assert!(
+        openrc.contains(&format!("OS_AUTH_URL='http://127.0.0.1:{public}/v3'")),
+        "{openrc}"
+    );
+    let (status, token) = issue_token(&openrc);
+    assert_eq!(status, 201);
+    let token = token.expect("X-Subject-Token");
+    let (status, _, body) = http(
+        &format!("http://127.0.0.1:{public}/v3/projects"),
+        "GET",
+        &[("X-Auth-Token", &token)],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"name\": \"admin\"") || body.contains("\"name\":\"admin\""),
+        "{body}"
+    );
+    // A wrong password is refused (401), not an error.
+    let wrong = openrc
+        .lines()
+        .map(|l| {
+            if l.starts_with("export OS_PASSWORD=") {
+                "export OS_PASSWORD='wrong'"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(issue_token(&wrong).0, 401);
+
+    // Status lists each service with its URL.
+    let status = project.json(&["status", "aio-lite", "--json"]);
+    let listed = status[0]["services"].as_array().unwrap();
+    assert!(listed.iter().all(|s| s["running"] == true));
+    assert!(
+        listed
+            .iter()
+            .any(|s| s["url"] == format!("http://127.0.0.1:{public}/v3"))
+    );
+
+    // The password is nowhere in the store or the hash dump.
+    let password = openrc
+        .lines()
+        .find_map(|l| l.strip_prefix("export OS_PASSWORD="))
+        .unwrap()
+        .trim_matches('\'')
+        .to_string();
+    assert!(
+        !project
+            .ok(&["hash", "aio-lite", "--json"])
+            .contains(&password)
+    );
+    let grep = std::process::Command::new("grep")
+        .args(["-rqF", &password])
+        .arg(project.store())
+        .status()
+        .unwrap();
+    assert!(!grep.success(), "the admin password leaked into the store");
+
+    // Down: no process, no port.
+    project.ok(&["down", "aio-lite"]);
+    let state = project.state().display().to_string();
+    assert!(
+        processes_mentioning(&state).is_empty(),
+        "left running: {:?}",
+        processes_mentioning(&state)
+    );
+    for port in cold["machines"][0]["ports"].as_object().unwrap().values() {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port.as_u64().unwrap() as u16)).is_ok(),
+            "port {port} still taken"
+        );
+    }
+
+    // Warm: replayed from the cache, no step runs, a token works again (same password).
+    let warm = project.json(&["up", "aio-lite", "--json"]);
+    let actions: Vec<&str> = warm["build"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["cached", "cached", "cached", "cached", "restored"]
+    );
+    assert!(
+        warm["build"]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["steps_run"] == 0)
+    );
+    let openrc = project.ok(&["creds", "aio-lite"]);
+    assert!(openrc.contains(&password));
+    assert_eq!(issue_token(&openrc).0, 201);
+    project.ok(&["down", "aio-lite"]);
+    assert!(processes_mentioning(&state).is_empty());
+    project.ok(&["cache", "verify"]);
+}
