@@ -168,6 +168,51 @@ fn walk_text(dir: &std::path::Path) -> String {
 }
 
 #[test]
+fn up_after_down_restores_what_services_changed() {
+    let project = Project::new();
+    project.write(
+        "state.toml",
+        r#"
+[machines.m]
+prestart = ["echo runtime > built.txt; echo junk > junk.txt; mkdir -p junkdir/x; rm gone.txt"]
+[[machines.m.stages]]
+name = "s"
+steps = ["echo built > built.txt", "echo kept > gone.txt", "mkdir -p d && echo same > d/same.txt"]
+
+[[machines.m.services]]
+name = "idle"
+command = "exec sleep 600"
+"#,
+    );
+    let root = project.state().join("envs/state/m/root");
+    project.ok(&["up", "state"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("built.txt")).unwrap(),
+        "runtime\n"
+    );
+    project.ok(&["down", "state"]);
+    let same_inode =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join("d/same.txt")).unwrap());
+
+    // The next build brings the machine back to exactly its cached stage.
+    assert_eq!(project.build_actions("state", &[]), ["s:restored"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("built.txt")).unwrap(),
+        "built\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("gone.txt")).unwrap(),
+        "kept\n"
+    );
+    assert!(!root.join("junk.txt").exists() && !root.join("junkdir").exists());
+    // An unchanged file is not copied again.
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join("d/same.txt")).unwrap()),
+        same_inode
+    );
+}
+
+#[test]
 fn a_service_that_never_gets_ready_fails_up_and_leaves_nothing() {
     let project = Project::new();
     let marker = format!("envbuild-notready-{}", std::process::id());
