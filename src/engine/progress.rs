@@ -48,7 +48,8 @@ impl Progress {
                 ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
                     .expect("template is valid"),
             );
-            bar.set_prefix(format!("{label} {what}"));
+            bar.set_prefix(label.clone());
+            bar.set_message(what.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
@@ -75,7 +76,13 @@ impl StageProgress {
         let elapsed = self.started.elapsed().as_secs_f64();
         let text = format!("{}: {outcome} ({elapsed:.1}s)", self.label);
         match self.bar {
-            Some(bar) => bar.finish_with_message(format!("{outcome} ({elapsed:.1}s)")),
+            Some(bar) => {
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix:.bold} {wide_msg}")
+                        .expect("template is valid"),
+                );
+                bar.finish_with_message(format!("{outcome} ({elapsed:.1}s)"));
+            }
             None if !self.quiet => eprintln!("==> {text}"),
             None => {}
         }
