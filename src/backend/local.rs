@@ -12,11 +12,11 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Backend, RuntimeContext, StepContext};
+use super::{Backend, RuntimeContext, ServiceControl, StepContext};
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::TreeEntry;
 use crate::process::{self, StepEnd};
-use crate::spec::model::{Machine, Probe, ReadyCheck};
+use crate::spec::model::{Machine, Probe, ReadyCheck, Service};
 use crate::spec::{secret_env_name, template, var_env_name};
 use crate::state::{MachineState, RunningService, RunningServices};
 use crate::store::{self, Entry, Pending, remove_tree};
@@ -143,40 +143,47 @@ impl Backend for LocalBackend {
         }
 
         for service in &machine.services {
-            let log = ctx.state.logs().join(format!("{}.log", service.name));
-            let command = render(&service.command)?;
-            let pid = process::spawn_service(&command, &root, &env, &log)?;
-            running.services.push(RunningService {
-                name: service.name.clone(),
-                pid,
-                stop_signal: service.stop_signal,
-                log: log.clone(),
-                url: service.url.as_deref().map(render).transpose()?,
-            });
-            ctx.state.set_services(Some(&running))?;
-            if let Some(ready) = &service.ready {
-                let check = match &ready.check {
-                    ReadyCheck::Tcp(address) => ReadyCheck::Tcp(render(address)?),
-                    ReadyCheck::Http { url, status } => ReadyCheck::Http {
-                        url: render(url)?,
-                        status: *status,
-                    },
-                    ReadyCheck::Command(command) => ReadyCheck::Command(render(command)?),
-                };
-                if let Err(why) = wait_ready(&check, ready.timeout, pid, &root, &env) {
-                    self.stop(ctx.state, &running);
-                    ctx.state.set_services(None)?;
-                    return Err(Error::Failed(format!(
-                        "service `{}` of machine `{}` did not become ready: {why}.\n  last lines of its log:\n{}\n  full log: {}",
-                        service.name,
-                        machine.name,
-                        process::tail(&log, 15),
-                        log.display()
-                    )));
-                }
+            if let Err(e) = start_service(ctx, service, &env, &ports, &mut running) {
+                self.stop(ctx.state, &running);
+                ctx.state.set_services(None)?;
+                return Err(e);
             }
         }
         Ok(running)
+    }
+
+    fn control(
+        &self,
+        ctx: &RuntimeContext,
+        control: ServiceControl,
+        names: &[String],
+        extra_env: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let mut running = ctx
+            .state
+            .services()
+            .ok_or_else(|| Error::Failed(format!("machine `{}` is not up", ctx.machine.name)))?;
+        let mut env = runtime_env(ctx, &running.ports);
+        env.extend(extra_env.clone());
+        for name in names {
+            if control != ServiceControl::Start
+                && let Some(at) = running.services.iter().position(|s| s.name == *name)
+            {
+                let old = running.services.remove(at);
+                process::stop_group(old.pid, old.stop_signal, STOP_GRACE);
+                ctx.state.set_services(Some(&running))?;
+            }
+            if control != ServiceControl::Stop {
+                let service = ctx
+                    .machine
+                    .services
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .expect("spec checked service names");
+                start_service(ctx, service, &env, &running.ports.clone(), &mut running)?;
+            }
+        }
+        Ok(())
     }
 
     fn stop(&self, state: &MachineState, running: &RunningServices) -> Vec<String> {
@@ -190,6 +197,51 @@ impl Backend for LocalBackend {
         let _ = remove_tree(&state.run_dir());
         killed
     }
+}
+
+/// Starts one service, records it in `running` (and services.json), and waits until it is
+/// ready; on failure its process group is stopped and the error says why, with its log.
+fn start_service(
+    ctx: &RuntimeContext,
+    service: &Service,
+    env: &BTreeMap<String, String>,
+    ports: &BTreeMap<String, u16>,
+    running: &mut RunningServices,
+) -> Result<()> {
+    let root = ctx.state.root();
+    let lookup = |name: &str| runtime_lookup(ctx, ports, name);
+    let render = |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
+    let log = ctx.state.logs().join(format!("{}.log", service.name));
+    let command = render(&service.command)?;
+    let pid = process::spawn_service(&command, &root, env, &log)?;
+    running.services.push(RunningService {
+        name: service.name.clone(),
+        pid,
+        stop_signal: service.stop_signal,
+        log: log.clone(),
+        url: service.url.as_deref().map(render).transpose()?,
+    });
+    ctx.state.set_services(Some(running))?;
+    let Some(ready) = &service.ready else {
+        return Ok(());
+    };
+    let check = match &ready.check {
+        ReadyCheck::Tcp(address) => ReadyCheck::Tcp(render(address)?),
+        ReadyCheck::Http { url, status } => ReadyCheck::Http {
+            url: render(url)?,
+            status: *status,
+        },
+        ReadyCheck::Command(command) => ReadyCheck::Command(render(command)?),
+    };
+    wait_ready(&check, ready.timeout, pid, &root, env).map_err(|why| {
+        Error::Failed(format!(
+            "service `{}` of machine `{}` did not become ready: {why}.\n  last lines of its log:\n{}\n  full log: {}",
+            service.name,
+            ctx.machine.name,
+            process::tail(&log, 15),
+            log.display()
+        ))
+    })
 }
 
 /// Picks a free loopback port for each "auto" port; fixed ports must be free.

@@ -55,8 +55,24 @@ pub trait Backend: Sync {
     ) -> Result<(Vec<TreeEntry>, u64)>;
     /// Runs prestart hooks and starts services, waiting for each to be ready.
     fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices>;
+    /// Stops, starts or restarts some services of a running machine, one at a time, with extra
+    /// environment (a rolling upgrade restarts each API on the new code this way).
+    fn control(
+        &self,
+        ctx: &RuntimeContext,
+        control: ServiceControl,
+        names: &[String],
+        extra_env: &BTreeMap<String, String>,
+    ) -> Result<()>;
     /// Stops what `start` started. Returns the names of services that had to be killed.
     fn stop(&self, state: &MachineState, running: &RunningServices) -> Vec<String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceControl {
+    Stop,
+    Start,
+    Restart,
 }
 
 pub fn for_kind(kind: BackendKind) -> Result<&'static dyn Backend> {

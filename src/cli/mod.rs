@@ -9,6 +9,7 @@ mod hash;
 mod list;
 mod plan;
 mod status;
+mod test;
 
 use std::path::PathBuf;
 
@@ -74,6 +75,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Run a command inside a machine (its root, its runtime environment)
     Exec(exec::ExecArgs),
+    /// Run a test flow (e.g. a rolling upgrade under live probes) and write its results
+    Test(test::TestArgs),
     /// Print the stage keys of an environment
     Hash(hash::HashArgs),
     /// Print an openrc for the environment's cloud and write a clouds.yaml
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Down(args) => build::run_down(global, args),
         Command::Status(args) => status::run(global, args),
         Command::Exec(args) => exec::run(global, args),
+        Command::Test(args) => test::run(global, args),
         Command::Hash(args) => hash::run(global, args),
         Command::Creds(args) => creds::run(global, args),
         Command::Cache(command) => cache::run(global, command),

@@ -110,11 +110,21 @@ struct Loader<'a> {
 struct Scope<'a> {
     vars: &'a BTreeMap<String, Var>,
     ports: Option<&'a [Port]>,
+    /// Probes only: `{{ token }}` and `{{ secrets.NAME }}` (rendered in memory, never logged).
+    probe_secrets: Option<&'a BTreeMap<String, SecretSpec>>,
 }
 
 impl Scope<'_> {
     fn allows(&self, name: &str) -> bool {
         if self.vars.contains_key(name) {
+            return true;
+        }
+        if let Some(secrets) = self.probe_secrets
+            && (name == "token"
+                || name
+                    .strip_prefix("secrets.")
+                    .is_some_and(|s| secrets.contains_key(s)))
+        {
             return true;
         }
         let Some(ports) = self.ports else {
@@ -178,6 +188,19 @@ impl Loader<'_> {
             machines.push(self.machine(machine_name, raw_machine, &vars)?);
         }
         let machines = self.order_machines(machines, &raw)?;
+        let mut flows = Vec::new();
+        for (flow_name, raw_flow) in &raw.flows {
+            flows.push(self.flow(flow_name, raw_flow, &machines, &vars, &secrets)?);
+        }
+        if flows.iter().filter(|f| f.default).count() > 1 {
+            let second = raw
+                .flows
+                .iter()
+                .filter(|(_, f)| f.default)
+                .nth(1)
+                .map_or(0, |(n, _)| n.span().start);
+            return self.err(second, "only one flow may be `default = true`");
+        }
         let cloud = match &raw.cloud {
             None => None,
             Some(cloud) => Some(self.cloud(cloud.get_ref(), &machines, &vars, &secrets)?),
@@ -190,6 +213,262 @@ impl Loader<'_> {
             secrets,
             machines,
             cloud,
+            flows,
+        })
+    }
+
+    fn flow(
+        &self,
+        name: &Name,
+        raw: &RawFlow,
+        machines: &[Machine],
+        vars: &BTreeMap<String, Var>,
+        secrets: &BTreeMap<String, SecretSpec>,
+    ) -> Result<Flow> {
+        self.check_name(name, "flow")?;
+        let find_machine = |m: &Name| -> Result<&Machine> {
+            machines.iter().find(|x| x.name == *m.get_ref()).map_or_else(
+                || {
+                    let known: Vec<&str> = machines.iter().map(|x| x.name.as_str()).collect();
+                    self.err(m.span().start, format!("flow names machine `{}`, which this environment does not define; machines: {}", m.get_ref(), known.join(", ")))
+                },
+                Ok,
+            )
+        };
+        let default_machine = match &raw.machine {
+            Some(m) => find_machine(m)?,
+            None if machines.len() == 1 => &machines[0],
+            None => return self.err(name.span().start, "this environment has several machines: say which one the flow acts on with `machine = \"NAME\"`"),
+        };
+        let stage_scope = Scope {
+            vars,
+            ports: None,
+            probe_secrets: None,
+        };
+        let version = |v: &Option<Spanned<String>>| -> Result<Option<String>> {
+            let Some(v) = v else { return Ok(None) };
+            self.check_placeholders(v, &stage_scope)?;
+            Ok(Some(
+                template::render(v.get_ref(), |n| vars.get(n).map(|x| x.value.clone()))
+                    .expect("validated"),
+            ))
+        };
+        let mut phases: Vec<Phase> = Vec::new();
+        for raw_phase in &raw.phases {
+            let p = raw_phase.get_ref();
+            self.check_name(&p.name, "phase")?;
+            if phases.iter().any(|x| x.name == *p.name.get_ref()) {
+                return self.err(
+                    p.name.span().start,
+                    format!(
+                        "flow `{}` has two phases named `{}`",
+                        name.get_ref(),
+                        p.name.get_ref()
+                    ),
+                );
+            }
+            let machine = match &p.machine {
+                Some(m) => find_machine(m)?,
+                None => default_machine,
+            };
+            let runtime = Scope {
+                vars,
+                ports: Some(&machine.ports),
+                probe_secrets: None,
+            };
+            let services = |list: &[Name]| -> Result<Vec<String>> {
+                if list.is_empty() {
+                    return self.err(
+                        p.action.span().start,
+                        format!("`{}` needs services = [\"NAME\", ...]", p.action.get_ref()),
+                    );
+                }
+                list.iter()
+                    .map(|s| {
+                        if machine.services.iter().any(|x| x.name == *s.get_ref()) {
+                            Ok(s.get_ref().clone())
+                        } else {
+                            let known: Vec<&str> =
+                                machine.services.iter().map(|x| x.name.as_str()).collect();
+                            self.err(
+                                s.span().start,
+                                format!(
+                                    "machine `{}` has no service `{}`; its services: {}",
+                                    machine.name,
+                                    s.get_ref(),
+                                    known.join(", ")
+                                ),
+                            )
+                        }
+                    })
+                    .collect()
+            };
+            for command in &p.run {
+                self.check_placeholders(command, &runtime)?;
+            }
+            let action =
+                match p.action.get_ref().as_str() {
+                    "up" => PhaseAction::Up,
+                    "down" => PhaseAction::Down,
+                    "run" if !p.run.is_empty() => {
+                        PhaseAction::Run(p.run.iter().map(|c| c.get_ref().clone()).collect())
+                    }
+                    "run" => {
+                        return self.err(
+                            p.action.span().start,
+                            "a `run` phase needs run = [\"command\", ...]",
+                        );
+                    }
+                    "stop" => PhaseAction::Stop(services(&p.services)?),
+                    "start" => PhaseAction::Start(services(&p.services)?),
+                    "restart" => PhaseAction::Restart(services(&p.services)?),
+                    other => return self.err(
+                        p.action.span().start,
+                        format!(
+                            "unknown action `{other}`; allowed: up, down, run, stop, start, restart"
+                        ),
+                    ),
+                };
+            let mut env = BTreeMap::new();
+            for (key, value) in &p.env {
+                self.check_placeholders(value, &runtime)?;
+                env.insert(key.get_ref().clone(), value.get_ref().clone());
+            }
+            for step in &p.cleanup {
+                self.check_placeholders(step, &runtime)?;
+            }
+            let resume = match &p.resume {
+                None => phases.len(),
+                Some(target) => match phases.iter().position(|x| x.name == *target.get_ref()) {
+                    Some(i) => i,
+                    None if target.get_ref() == p.name.get_ref() => phases.len(),
+                    None => {
+                        return self.err(
+                            target.span().start,
+                            format!(
+                                "resume names `{}`, which is not an earlier phase of this flow",
+                                target.get_ref()
+                            ),
+                        );
+                    }
+                },
+            };
+            phases.push(Phase {
+                name: p.name.get_ref().clone(),
+                description: p.description.clone(),
+                action,
+                machine: machine.name.clone(),
+                env,
+                probes: p.probes,
+                retries: p.retries,
+                cleanup: p.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+                resume,
+                timeout: self.duration(p.timeout.as_ref(), Duration::from_secs(3600))?,
+            });
+        }
+        if phases.is_empty() {
+            return self.err(
+                name.span().start,
+                format!("flow `{}` has no phases", name.get_ref()),
+            );
+        }
+        let mut probes: Vec<HttpProbe> = Vec::new();
+        let probe_scope = Scope {
+            vars,
+            ports: Some(&default_machine.ports),
+            probe_secrets: Some(secrets),
+        };
+        for raw_probe in &raw.probes {
+            let r = raw_probe.get_ref();
+            self.check_name(&r.name, "probe")?;
+            if probes.iter().any(|x| x.name == *r.name.get_ref()) {
+                return self.err(
+                    r.name.span().start,
+                    format!(
+                        "flow `{}` has two probes named `{}`",
+                        name.get_ref(),
+                        r.name.get_ref()
+                    ),
+                );
+            }
+            self.check_placeholders(&r.url, &probe_scope)?;
+            if !r.url.get_ref().starts_with("http://") {
+                return self.err(r.url.span().start, "a probe URL starts with http://");
+            }
+            for value in r.headers.values() {
+                self.check_placeholders(value, &probe_scope)?;
+            }
+            if let Some(body) = &r.body {
+                self.check_placeholders(body, &probe_scope)?;
+            }
+            let method = r
+                .method
+                .as_ref()
+                .map_or("GET".to_string(), |m| m.get_ref().to_uppercase());
+            if !["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"].contains(&method.as_str()) {
+                return self.err(
+                    r.method.as_ref().unwrap().span().start,
+                    "method is one of GET, POST, PUT, DELETE, HEAD, PATCH",
+                );
+            }
+            let expect = match &r.expect {
+                None => 200,
+                Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+                Some(s) => {
+                    return self.err(s.span().start, "expect is an HTTP status code (100-599)");
+                }
+            };
+            let rate_hz = match &r.rate {
+                None => 1.0,
+                Some(rate) if *rate.get_ref() > 0.0 && *rate.get_ref() <= 1000.0 => *rate.get_ref(),
+                Some(rate) => {
+                    return self.err(
+                        rate.span().start,
+                        "rate is requests per second, above 0 and at most 1000",
+                    );
+                }
+            };
+            probes.push(HttpProbe {
+                name: r.name.get_ref().clone(),
+                method,
+                url: r.url.get_ref().clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect(),
+                body: r.body.as_ref().map(|b| b.get_ref().clone()),
+                expect,
+                rate_hz,
+                timeout: self.duration(r.timeout.as_ref(), Duration::from_secs(5))?,
+                machine: default_machine.name.clone(),
+            });
+        }
+        if !probes.is_empty() && !phases.iter().any(|p| p.probes) {
+            return self.err(
+                name.span().start,
+                "the flow declares probes but no phase has `probes = true`",
+            );
+        }
+        Ok(Flow {
+            name: name.get_ref().clone(),
+            description: raw.description.clone(),
+            default: raw.default,
+            from_version: version(&raw.from_version)?,
+            to_version: version(&raw.to_version)?,
+            max_failed_requests: match &raw.max_failed_requests {
+                None => None,
+                Some(n) if *n.get_ref() >= 0 => Some(*n.get_ref() as u64),
+                Some(n) => {
+                    return self.err(
+                        n.span().start,
+                        "max_failed_requests is a number of requests, 0 or more",
+                    );
+                }
+            },
+            cleanup: raw.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+            phases,
+            probes,
         })
     }
 
@@ -212,6 +491,7 @@ impl Loader<'_> {
             &Scope {
                 vars,
                 ports: Some(&machine.ports),
+                probe_secrets: None,
             },
         )?;
         if !secrets.contains_key(raw.password_secret.get_ref()) {
@@ -369,6 +649,7 @@ impl Loader<'_> {
         let runtime = Scope {
             vars,
             ports: Some(&ports),
+            probe_secrets: None,
         };
         let mut prestart = Vec::new();
         for hook in &raw.prestart {
@@ -582,7 +863,7 @@ impl Loader<'_> {
             .map_err(|e| Error::spec(self.at(self.inside(text.span(), e.offset)), e.message))?;
         let mut names = Vec::new();
         for placeholder in found {
-            if placeholder.name.starts_with("secrets.") {
+            if placeholder.name.starts_with("secrets.") && scope.probe_secrets.is_none() {
                 return self.err(
                     self.inside(text.span(), placeholder.offset),
                     format!(
@@ -658,7 +939,11 @@ impl Loader<'_> {
 
     fn stage(&self, raw: &RawStage, vars: &BTreeMap<String, Var>) -> Result<Stage> {
         self.check_name(&raw.name, "stage")?;
-        let scope = Scope { vars, ports: None };
+        let scope = Scope {
+            vars,
+            ports: None,
+            probe_secrets: None,
+        };
         let mut used = BTreeSet::new();
         for var in &raw.vars {
             if !vars.contains_key(var.get_ref()) {

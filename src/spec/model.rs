@@ -36,6 +36,7 @@ pub struct Environment {
     /// In dependency order: a machine comes after every machine its stages wait for.
     pub machines: Vec<Machine>,
     pub cloud: Option<Cloud>,
+    pub flows: Vec<Flow>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,5 +174,76 @@ pub struct Ready {
 impl Environment {
     pub fn machine(&self, name: &str) -> Option<&Machine> {
         self.machines.iter().find(|m| m.name == name)
+    }
+}
+
+/// A test flow (docs/harness.md): phases in order, probes during some of them.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub name: String,
+    pub description: Option<String>,
+    pub default: bool,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub max_failed_requests: Option<u64>,
+    pub cleanup: Vec<String>,
+    pub phases: Vec<Phase>,
+    pub probes: Vec<HttpProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseAction {
+    Up,
+    Down,
+    Run(Vec<String>),
+    Stop(Vec<String>),
+    Start(Vec<String>),
+    Restart(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub name: String,
+    pub description: Option<String>,
+    pub action: PhaseAction,
+    pub machine: String,
+    pub env: BTreeMap<String, String>,
+    pub probes: bool,
+    pub retries: u32,
+    pub cleanup: Vec<String>,
+    /// Index of the phase a retry starts from.
+    pub resume: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    pub name: String,
+    pub method: String,
+    /// These hold runtime placeholders (ports, `token`, `secrets.x`), rendered when probes start.
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub expect: u16,
+    pub rate_hz: f64,
+    pub timeout: Duration,
+    pub machine: String,
+}
+
+impl Environment {
+    /// The flow called `name`, or the default one.
+    pub fn flow(&self, name: Option<&str>) -> Option<&Flow> {
+        match name {
+            Some(name) => self.flows.iter().find(|f| f.name == name),
+            None => self
+                .flows
+                .iter()
+                .find(|f| f.default)
+                .or(if self.flows.len() == 1 {
+                    self.flows.first()
+                } else {
+                    None
+                }),
+        }
     }
 }

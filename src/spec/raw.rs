@@ -19,6 +19,76 @@ pub struct RawEnvironment {
     #[serde(default)]
     pub machines: BTreeMap<Name, RawMachine>,
     pub cloud: Option<Spanned<RawCloud>>,
+    #[serde(default)]
+    pub flows: BTreeMap<Name, RawFlow>,
+}
+
+/// A test flow: ordered phases over the environment, probes during some of them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlow {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+    /// The machine `run`, `stop`, `start` and `restart` phases act on unless they name another.
+    pub machine: Option<Name>,
+    pub from_version: Option<Spanned<String>>,
+    pub to_version: Option<Spanned<String>>,
+    /// A probe with more failed requests than this fails the run (default: report only).
+    pub max_failed_requests: Option<Spanned<i64>>,
+    /// Runs at the end whatever happened (unless --keep): e.g. ["down"].
+    #[serde(default)]
+    pub cleanup: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub phases: Vec<Spanned<RawPhase>>,
+    #[serde(default)]
+    pub probes: Vec<Spanned<RawProbe>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPhase {
+    pub name: Name,
+    pub description: Option<String>,
+    /// up | down | run | stop | start | restart
+    pub action: Spanned<String>,
+    pub machine: Option<Name>,
+    /// Commands for `run` (in the machine, with its runtime environment and $ENVBUILD_OUT).
+    #[serde(default)]
+    pub run: Vec<Spanned<String>>,
+    /// Services for stop/start/restart.
+    #[serde(default)]
+    pub services: Vec<Name>,
+    /// Extra environment for `run` commands and for services (re)started by this phase.
+    #[serde(default)]
+    pub env: BTreeMap<Name, Spanned<String>>,
+    /// Probes run while this phase runs (from the first such phase to the last).
+    #[serde(default)]
+    pub probes: bool,
+    #[serde(default)]
+    pub retries: u32,
+    /// What to do before a retry: "down", or a command run in the machine.
+    #[serde(default)]
+    pub cleanup: Vec<Spanned<String>>,
+    /// Where a retry starts again (an earlier phase); default: this phase.
+    pub resume: Option<Name>,
+    pub timeout: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub name: Name,
+    pub method: Option<Spanned<String>>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: Option<Spanned<String>>,
+    /// Expected HTTP status.
+    pub expect: Option<Spanned<i64>>,
+    /// Requests per second (default 1).
+    pub rate: Option<Spanned<f64>>,
+    pub timeout: Option<Spanned<toml::Value>>,
 }
 
 /// The OpenStack cloud the environment runs, for `envbuild creds`.

@@ -3,7 +3,8 @@
 # into wheels/, so that the "venv" stage can install fully offline.
 set -eu
 cd "${ENVBUILD_ROOT:?}"
-req=${ENVBUILD_INPUTS:?}/requirements/keystone-${ENVBUILD_VAR_KEYSTONE_VERSION:?}.txt
+# KEYSTONE_VERSION (stage env) picks another release than the var: the N+1 stages use it.
+req=${ENVBUILD_INPUTS:?}/requirements/keystone-${KEYSTONE_VERSION:-${ENVBUILD_VAR_KEYSTONE_VERSION:?}}.txt
 py=${ENVBUILD_VAR_PYTHON:-/usr/bin/python3}
 
 # pip comes from a throwaway venv outside the machine dir: the host python may

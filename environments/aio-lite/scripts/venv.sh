@@ -1,14 +1,15 @@
 #!/bin/sh
 # Stage "venv": build venv/ from wheels/ only (no network), then prove that
 # keystone's WSGI app module and gunicorn import.
-# Optional ENVBUILD_VAR_VENV_DIR (default venv): the upgrade test builds the
+# Optional VENV_DIR (stage env, default venv): the upgrade test builds the
 # N+1 code into venv-next next to venv (wheels/ can hold both versions: the
 # lock file's pins + hashes pick the right files).
 set -eu
 cd "${ENVBUILD_ROOT:?}"
-req=${ENVBUILD_INPUTS:?}/requirements/keystone-${ENVBUILD_VAR_KEYSTONE_VERSION:?}.txt
+# KEYSTONE_VERSION (stage env) picks another release than the var: the N+1 stages use it.
+req=${ENVBUILD_INPUTS:?}/requirements/keystone-${KEYSTONE_VERSION:-${ENVBUILD_VAR_KEYSTONE_VERSION:?}}.txt
 py=${ENVBUILD_VAR_PYTHON:-/usr/bin/python3}
-venv=${ENVBUILD_VAR_VENV_DIR:-venv}
+venv=${VENV_DIR:-venv}
 
 # Start clean so a rerun never mixes two versions. The venv survives being moved
 # (pyvenv.cfg points at the host python's folder, not at the venv); its console

@@ -1,0 +1,182 @@
+#!/bin/sh
+# tempest-smoke.sh OUT — Tempest identity smoke tests against this aio-lite.
+#
+# Runtime script (test time, cwd = machine root, a running aio-lite):
+#   needs ENVBUILD_PORT_PUBLIC, ENVBUILD_SECRET_ADMIN_PASSWORD, ENVBUILD_RUN
+#   (e.g. `envbuild exec aio-lite controller -- sh .../tempest-smoke.sh OUT`),
+#   and venv-tempest/ from the "tempest" stage (TEMPEST_VENV overrides).
+# Writes OUT/tempest/:
+#   results.json     {passed, failed, skipped, tests: [{name, status, duration}]}
+#   results.subunit  the raw subunit v2 stream of the run
+#   .stestr/         stestr's repository (the workspace is OUT/tempest itself)
+#   run.log          tempest run's console output; tempest.log: tempest's own log
+#   tempest.conf     the configuration used, password replaced by ***
+# The real tempest.conf (it holds the admin password) lives in a private dir under
+# $ENVBUILD_RUN and is deleted at exit. Companions (found next to this script):
+# tempest-exclude.txt (exclusions, one regex per line, see ../README.md) and
+# subunit2json.py.
+# Exit status: 0 if tests ran and none failed; 1 if a test failed or none ran;
+# 2 for a usage or setup error.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
+[ $# -eq 1 ] || { echo "usage: tempest-smoke.sh OUT" >&2; exit 2; }
+mkdir -p "$1"
+out=$(cd "$1" && pwd)/tempest
+root=${ENVBUILD_ROOT:-$(pwd)}
+cd "$root"
+port=${ENVBUILD_PORT_PUBLIC:?}
+run=${ENVBUILD_RUN:?}
+: "${ENVBUILD_SECRET_ADMIN_PASSWORD:?}"
+venv=${TEMPEST_VENV:-venv-tempest}
+py=$root/$venv/bin/python
+[ -x "$py" ] || { echo "tempest-smoke.sh: no $venv in $root (tempest stage)" >&2; exit 2; }
+auth_url=http://127.0.0.1:$port/v3
+# Default: the smoke-tagged identity tests (tempest's --smoke and --regex are
+# mutually exclusive, so the smoke attribute is part of the regex).
+regex=${TEMPEST_REGEX:-'^tempest\.api\.identity\..*\bsmoke\b'}
+concurrency=${TEMPEST_CONCURRENCY:-2}
+
+rm -rf "$out"
+mkdir -p "$out"
+# Private, per-run: tempest.conf (password), HOME (stestr reads ~/.stestr.yaml,
+# tempest may create ~/.tempest), the oslo.concurrency lock dir (tempest's
+# default, /tmp/tempest-lock, is shared by every tempest on the host).
+mkdir -p "$run"
+priv=$(mktemp -d "$run/tempest.XXXXXX")
+trap 'rm -rf "$priv"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$priv/etc" "$priv/home" "$priv/lock"
+
+# Written with a python here-doc so the password never reaches argv (ps) and
+# needs no quoting: oslo.config would interpolate $ in values, so escape as $$.
+umask 077
+"$py" - "$priv/etc/tempest.conf" "$auth_url" "$out" "$priv/lock" <<'EOF'
+import os, sys
+path, auth_url, out, lock = sys.argv[1:]
+pw = os.environ["ENVBUILD_SECRET_ADMIN_PASSWORD"].replace("$", "$$")
+conf = f"""\
+[DEFAULT]
+log_dir = {out}
+log_file = tempest.log
+debug = true
+use_stderr = false
+# Names of everything tempest creates (dynamic credentials, resources).
+resource_name_prefix = tempest
+
+[oslo_concurrency]
+lock_path = {lock}
+
+[auth]
+# Dynamic credentials: each test class gets its own project and user(s),
+# created and deleted with the admin account below.
+use_dynamic_credentials = true
+admin_username = admin
+admin_password = {pw}
+admin_project_name = admin
+admin_domain_name = Default
+admin_user_domain_name = Default
+admin_project_domain_name = Default
+# keystone-manage bootstrap gives admin the admin role on the system too.
+admin_system = all
+default_credentials_domain_name = Default
+# No neutron: no networks for the dynamic projects.
+create_isolated_networks = false
+tempest_roles =
+
+[identity]
+uri_v3 = {auth_url}
+auth_version = v3
+region = RegionOne
+v3_endpoint_type = public
+admin_role = admin
+default_domain_id = default
+admin_domain_scope = false
+catalog_type = identity
+
+[identity-feature-enabled]
+# keystone 28 as configured by aio-lite (templates/keystone.conf): v3 only,
+# trusts and application credentials (with access rules) on, default project
+# tags; no security compliance (lockout, password history) settings, no
+# domain-specific drivers, SQL (writable) identity backend.
+api_v2 = false
+api_v2_admin = false
+api_v3 = true
+trust = true
+access_rules = true
+security_compliance = false
+domain_specific_drivers = false
+immutable_user_source = false
+api_extensions = all
+
+[enforce_scope]
+# keystone 28 runs oslo.policy's defaults: enforce_scope and
+# enforce_new_defaults are both true.
+keystone = true
+
+[service_available]
+cinder = false
+neutron = false
+glance = false
+swift = false
+nova = false
+horizon = false
+
+[validation]
+run_validation = false
+
+[compute-feature-enabled]
+console_output = false
+
+[service-clients]
+http_timeout = 60
+"""
+with open(path, "w") as f:
+    f.write(conf)
+EOF
+umask 022
+# The copy kept in OUT, without the password.
+sed 's/^admin_password = .*/admin_password = ***/' "$priv/etc/tempest.conf" >"$out/tempest.conf"
+
+# The workspace: OUT/tempest with a .stestr.conf pointing at this venv's tempest
+# (written at every run, so a relocated venv is found where it is now).
+tempest_dir=$("$py" -c 'import os, tempest; print(os.path.dirname(os.path.dirname(tempest.__file__)))')
+printf '[DEFAULT]\ntest_path=%s\ntop_dir=%s\ngroup_regex=([^\\.]*\\.)*\n' \
+    "$tempest_dir/tempest/test_discover" "$tempest_dir" >"$out/.stestr.conf"
+
+# PYTHON: the interpreter stestr starts its workers with (tempest would set it
+# to sys.executable too). PYTHONDONTWRITEBYTECODE: no __pycache__ in the venv.
+export TEMPEST_CONFIG_DIR="$priv/etc" TEMPEST_CONFIG=tempest.conf \
+    HOME="$priv/home" PYTHON="$py" PYTHONDONTWRITEBYTECODE=1
+unset OS_CLOUD OS_AUTH_URL OS_USERNAME OS_PASSWORD OS_PROJECT_NAME || true
+
+cd "$out"
+"$py" -m stestr init >/dev/null
+start=$(date +%s)
+rc=0
+"$py" -m tempest.cmd.main run --regex "$regex" \
+    --exclude-list "$here/tempest-exclude.txt" \
+    --concurrency "$concurrency" --parallel >"$out/run.log" 2>&1 || rc=$?
+end=$(date +%s)
+"$py" -m stestr last --subunit >"$out/results.subunit" 2>/dev/null || true
+"$py" "$here/subunit2json.py" "$out/results.subunit" "$out/results.json" \
+    "$((end - start))" || rc=1
+
+# The password must not have leaked into anything kept.
+printf '%s\n' "$ENVBUILD_SECRET_ADMIN_PASSWORD" >"$priv/pw"
+if grep -rqF -f "$priv/pw" "$out"; then
+    echo "tempest-smoke.sh: the admin password appears in $out" >&2
+    rc=1
+fi
+
+# Verdict from the results, not only from tempest's exit code.
+"$py" - "$out/results.json" "$rc" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rc = int(sys.argv[2])
+print(f"tempest: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped "
+      f"in {r['wall_seconds']} s (tempest exit {rc})")
+for t in r["tests"]:
+    if t["status"] == "failed":
+        print(f"  FAILED {t['name']}")
+sys.exit(0 if r["failed"] == 0 and r["passed"] > 0 and rc == 0 else 1)
+EOF

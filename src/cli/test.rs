@@ -1,0 +1,167 @@
+//! `envbuild test ENV [FLOW]`: run a test flow (deploy, validate, probes, upgrade, validate,
+//! report, clean up) and write its results folder.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{Global, VarArgs, load};
+use crate::error::{Error, IoContext, Result};
+use crate::harness::flow;
+use crate::report::json::Verdict;
+use crate::report::{es, html, json, junit};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Environment name
+    env: String,
+    /// Flow name [default: the flow marked default]
+    flow: Option<String>,
+    /// Results folder [default: STATE/runs/ENV/<time>-FLOW]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Leave the environment up at the end instead of running the flow's clean-up
+    #[arg(long)]
+    keep: bool,
+    /// Push the summary and every probe sample to ElasticSearch (bulk API) at this URL
+    #[arg(long, value_name = "URL")]
+    es_url: Option<String>,
+    /// ElasticSearch index for the summary [default: ENV_upgrade_test]
+    #[arg(long, value_name = "NAME")]
+    es_summary_index: Option<String>,
+    /// ElasticSearch index for probe samples [default: ENV_upgrade_status_log]
+    #[arg(long, value_name = "NAME")]
+    es_status_index: Option<String>,
+    #[command(flatten)]
+    vars: VarArgs,
+}
+
+pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
+    let ws = global.workspace()?;
+    let env = load(&ws, &args.env, &args.vars)?;
+    let flow = env.flow(args.flow.as_deref()).ok_or_else(|| {
+        let known: Vec<&str> = env.flows.iter().map(|f| f.name.as_str()).collect();
+        Error::Input(match &args.flow {
+            Some(name) => format!(
+                "environment `{}` has no flow `{name}`; flows: {}",
+                env.name,
+                if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            None => format!(
+                "environment `{}` has no default flow; name one of: {}",
+                env.name,
+                if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        })
+    })?;
+    let keys = ws.keys(&env)?;
+    let stamp = crate::store::now_rfc3339().replace(':', "");
+    let out = args.out.clone().unwrap_or_else(|| {
+        ws.state
+            .root
+            .join("runs")
+            .join(&env.name)
+            .join(format!("{stamp}-{}", flow.name))
+    });
+    let progress = global.progress();
+    progress.note(&format!(
+        "{} {}: {}",
+        env.name,
+        flow.name,
+        flow.description.as_deref().unwrap_or("(no description)")
+    ));
+    let outcome = flow::run(&ws, &env, flow, &keys, &out, args.keep, &progress)?;
+    let summary = &outcome.summary;
+
+    json::write_summary(&out, summary)?;
+    json::write_status_jsonl(&out, &outcome.samples)?;
+    let junit_path = out.join("junit.xml");
+    std::fs::write(
+        &junit_path,
+        junit::junit_xml(summary, flow.max_failed_requests.unwrap_or(u64::MAX)),
+    )
+    .ctx(|| format!("writing {}", junit_path.display()))?;
+    let html_path = out.join("report.html");
+    std::fs::write(
+        &html_path,
+        html::html_report(summary, &outcome.samples, &outcome.marks),
+    )
+    .ctx(|| format!("writing {}", html_path.display()))?;
+
+    if let Some(url) = &args.es_url {
+        let (default_summary, default_status) = es::default_indices(&env.name);
+        let run_id = format!("{}-{}-{stamp}", env.name, flow.name);
+        let body = es::bulk_body(
+            summary,
+            &outcome.samples,
+            args.es_summary_index.as_deref().unwrap_or(&default_summary),
+            args.es_status_index.as_deref().unwrap_or(&default_status),
+            &run_id,
+        )?;
+        match es::post_bulk(url, &body) {
+            Ok(pushed) => eprintln!("pushed {} documents to {url}", pushed.items),
+            Err(e) => eprintln!(
+                "warning: pushing results to ElasticSearch failed: {e}\n  the results in {} are complete",
+                out.display()
+            ),
+        }
+    }
+
+    println!(
+        "{} {}: {} ({:.0}s)",
+        env.name,
+        flow.name,
+        summary.verdict.as_str().to_uppercase(),
+        summary.duration_s
+    );
+    for phase in &summary.phases {
+        let attempts = if phase.attempts > 1 {
+            format!(", {} attempts", phase.attempts)
+        } else {
+            String::new()
+        };
+        println!(
+            "  phase {:<22} {:<8} {:>6.1}s{attempts}",
+            phase.name,
+            phase.status.as_str(),
+            phase.duration_s
+        );
+    }
+    for probe in &summary.probes {
+        println!(
+            "  probe {:<22} uptime {:>6.2}%  {} of {} failed  down {:.1}s  p95 {:.0} ms",
+            probe.probe,
+            probe.uptime_pct,
+            probe.failed,
+            probe.total,
+            probe.down_time_ms as f64 / 1000.0,
+            probe.latency_p95_ms.unwrap_or(0.0)
+        );
+    }
+    if !summary.complete {
+        let skipped: Vec<&str> = summary
+            .phases
+            .iter()
+            .filter(|p| p.status.as_str() != "passed")
+            .map(|p| p.name.as_str())
+            .collect();
+        println!(
+            "  INCOMPLETE: phases that did not pass: {}",
+            skipped.join(", ")
+        );
+    }
+    println!("  results: {}", out.display());
+    Ok(if summary.verdict == Verdict::Passed {
+        0
+    } else {
+        1
+    })
+}

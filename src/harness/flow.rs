@@ -1,0 +1,572 @@
+//! Runs a flow: its phases in order, with retries that resume at a chosen phase (a cached stage
+//! makes resuming cheap), probes during the phases that ask for them, clean-up that always runs,
+//! and a result folder that says everything that happened (docs/harness.md).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::backend::local::runtime_env;
+use crate::backend::{self, RuntimeContext, ServiceControl};
+use crate::engine::{self, Workspace, progress::Progress};
+use crate::error::{Error, IoContext, Result};
+use crate::key::StageKey;
+use crate::process::{self, StepEnd};
+use crate::report::json::{
+    PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, StageUse, TestCounts,
+    Verdict,
+};
+use crate::spec::model::{Environment, Flow, Phase, PhaseAction};
+use crate::spec::template;
+use crate::store::now_rfc3339;
+
+use super::probe::{self, ResolvedProbe, RunningProbes};
+use super::stats::{Sample, summarize_all};
+
+/// Set by SIGINT/SIGTERM: the flow stops after the current phase and cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Names a phase whose first attempt fails on purpose (tests of the retry policy).
+pub const FAIL_ONCE_VAR: &str = "ENVBUILD_FAIL_ONCE";
+
+pub struct Outcome {
+    pub summary: RunSummary,
+    pub samples: Vec<Sample>,
+    /// Phase boundaries for plots: (phase name, ms since start).
+    pub marks: Vec<(String, u64)>,
+}
+
+struct Runner<'a> {
+    ws: &'a Workspace,
+    env: &'a Environment,
+    flow: &'a Flow,
+    keys: &'a [StageKey],
+    progress: &'a Progress,
+    out: &'a Path,
+    t0: Instant,
+    secrets: BTreeMap<String, String>,
+    vars: BTreeMap<String, String>,
+    cache: Vec<StageUse>,
+    smoke: Smoke,
+    resources: Vec<ResourceCheck>,
+    rally: Rally,
+}
+
+/// Runs `flow` and returns what happened; writes logs into `out/logs`. Reports are written by
+/// the caller from the outcome.
+pub fn run(
+    ws: &Workspace,
+    env: &Environment,
+    flow: &Flow,
+    keys: &[StageKey],
+    out: &Path,
+    keep: bool,
+    progress: &Progress,
+) -> Result<Outcome> {
+    std::fs::create_dir_all(out.join("logs")).ctx(|| format!("creating {}", out.display()))?;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let started = now_rfc3339();
+    let mut runner = Runner {
+        ws,
+        env,
+        flow,
+        keys,
+        progress,
+        out,
+        t0: Instant::now(),
+        secrets: ws.state.secrets(env)?,
+        vars: env
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+        cache: Vec::new(),
+        smoke: Smoke::default(),
+        resources: Vec::new(),
+        rally: Rally::default(),
+    };
+    let phases = &flow.phases;
+    let mut results: Vec<PhaseResult> = phases
+        .iter()
+        .map(|p| PhaseResult {
+            name: p.name.clone(),
+            status: PhaseStatus::Skipped,
+            duration_s: 0.0,
+            attempts: 0,
+            error: None,
+        })
+        .collect();
+    let first_probed = phases.iter().position(|p| p.probes);
+    let last_probed = phases.iter().rposition(|p| p.probes);
+    let mut fail_once = std::env::var(FAIL_ONCE_VAR).ok();
+    let mut probes: Option<RunningProbes> = None;
+    let mut samples = Vec::new();
+    let mut marks = Vec::new();
+    let mut failed_at = None;
+    let mut i = 0;
+    while i < phases.len() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            progress.note("interrupted: stopping after the current phase and cleaning up");
+            break;
+        }
+        let phase = &phases[i];
+        if Some(i) == first_probed && probes.is_none() && !flow.probes.is_empty() {
+            match runner.resolve_probes() {
+                Ok(resolved) => {
+                    progress.note(&format!(
+                        "probes started: {}",
+                        resolved
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    probes = Some(probe::start(resolved, runner.t0));
+                }
+                Err(e) => {
+                    results[i].error = Some(format!("probes could not start: {e}"));
+                    results[i].status = PhaseStatus::Failed;
+                    failed_at = Some(i);
+                    break;
+                }
+            }
+        }
+        marks.push((phase.name.clone(), runner.t0.elapsed().as_millis() as u64));
+        results[i].attempts += 1;
+        let about = phase
+            .description
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        let bar = progress.stage(
+            format!("{}/{}", flow.name, phase.name),
+            &format!("attempt {}{about}", results[i].attempts),
+        );
+        let started_phase = Instant::now();
+        let attempt = if fail_once.as_deref() == Some(phase.name.as_str()) {
+            fail_once = None;
+            Err(Error::Failed(format!(
+                "injected failure ({FAIL_ONCE_VAR}={})",
+                phase.name
+            )))
+        } else {
+            runner.run_phase(phase)
+        };
+        results[i].duration_s += started_phase.elapsed().as_secs_f64();
+        match attempt {
+            Ok(()) => {
+                bar.finish("passed");
+                results[i].status = PhaseStatus::Passed;
+                results[i].error = None;
+                if Some(i) == last_probed
+                    && let Some(running) = probes.take()
+                {
+                    samples.extend(running.stop());
+                    progress.note("probes stopped");
+                }
+                i += 1;
+            }
+            Err(e) => {
+                bar.finish("failed");
+                results[i].error = Some(e.to_string());
+                if results[i].attempts <= phase.retries && !INTERRUPTED.load(Ordering::SeqCst) {
+                    progress.note(&format!(
+                        "phase {} failed (attempt {} of {}): {e}\n  cleaning up and resuming at phase {}",
+                        phase.name,
+                        results[i].attempts,
+                        phase.retries + 1,
+                        phases[phase.resume].name
+                    ));
+                    for step in &phase.cleanup {
+                        if let Err(e) = runner.cleanup_step(step, phase) {
+                            progress.note(&format!("warning: clean-up `{step}` failed: {e}"));
+                        }
+                    }
+                    if first_probed.is_some_and(|f| phase.resume < f)
+                        && let Some(running) = probes.take()
+                    {
+                        samples.extend(running.stop());
+                    }
+                    i = phase.resume;
+                    continue;
+                }
+                results[i].status = PhaseStatus::Failed;
+                failed_at = Some(i);
+                break;
+            }
+        }
+    }
+    if let Some(running) = probes.take() {
+        samples.extend(running.stop());
+    }
+    marks.push(("end".to_string(), runner.t0.elapsed().as_millis() as u64));
+    if keep {
+        progress.note("--keep: leaving the environment as it is (run `envbuild down` when done)");
+    } else {
+        for step in &flow.cleanup {
+            if let Err(e) = runner.cleanup_step(step, &phases[0]) {
+                progress.note(&format!("warning: clean-up `{step}` failed: {e}"));
+            }
+        }
+    }
+
+    let complete = results.iter().all(|r| r.status == PhaseStatus::Passed);
+    let probes_summary = summarize_all(&samples);
+    let probes_ok = flow
+        .max_failed_requests
+        .is_none_or(|max| probes_summary.iter().all(|p| p.failed <= max));
+    let verdict = match failed_at {
+        None if complete && probes_ok => Verdict::Passed,
+        None if complete => Verdict::Failed,
+        // A failure before the upgrade started (deploying, validating N) says nothing about the
+        // upgrade: the run is incomplete and should be run again, as the seed's flow intends.
+        Some(at) if first_probed.is_some_and(|f| at < f) => Verdict::Incomplete,
+        None => Verdict::Incomplete,
+        Some(_) => Verdict::Failed,
+    };
+    let finished = now_rfc3339();
+    let stage_keys = runner
+        .keys
+        .iter()
+        .map(|k| (format!("{}/{}", k.machine, k.stage), k.key.clone()))
+        .collect();
+    let summary = RunSummary {
+        env: env.name.clone(),
+        flow: flow.name.clone(),
+        from_version: flow.from_version.clone().unwrap_or_default(),
+        to_version: flow.to_version.clone().unwrap_or_default(),
+        started,
+        finished,
+        duration_s: runner.t0.elapsed().as_secs_f64(),
+        verdict,
+        complete,
+        phases: results,
+        probes: probes_summary,
+        smoke: runner.smoke,
+        resources: runner.resources,
+        rally: runner.rally,
+        cache: runner.cache,
+        envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+        stage_keys,
+    };
+    Ok(Outcome {
+        summary,
+        samples,
+        marks,
+    })
+}
+
+impl Runner<'_> {
+    fn machine_context<'m>(
+        &'m self,
+        phase: &Phase,
+        state: &'m crate::state::MachineState,
+    ) -> RuntimeContext<'m> {
+        RuntimeContext {
+            machine: self
+                .env
+                .machine(&phase.machine)
+                .expect("spec checked the machine"),
+            state,
+            vars: self.vars.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    fn render(
+        &self,
+        text: &str,
+        ports: &BTreeMap<String, u16>,
+        root: &Path,
+        run: &Path,
+    ) -> Result<String> {
+        template::render(text, |name| match name {
+            "root" => Some(root.display().to_string()),
+            "run" => Some(run.display().to_string()),
+            _ => match name.strip_prefix("ports.") {
+                Some(port) => ports.get(port).map(u16::to_string),
+                None => self.vars.get(name).cloned(),
+            },
+        })
+        .map_err(|e| Error::Failed(format!("`{text}`: {}", e.message)))
+    }
+
+    fn run_phase(&mut self, phase: &Phase) -> Result<()> {
+        match &phase.action {
+            PhaseAction::Up => {
+                let (report, _) = engine::up(self.ws, self.env, self.keys, self.progress)?;
+                if self.cache.is_empty() && !report.stages.is_empty() {
+                    self.cache = report
+                        .stages
+                        .iter()
+                        .map(|s| StageUse {
+                            machine: s.machine.clone(),
+                            stage: s.stage.clone(),
+                            key: s.key.clone(),
+                            action: serde_json::to_value(s.action)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                }
+                Ok(())
+            }
+            PhaseAction::Down => engine::down(self.ws, self.env).map(|_| ()),
+            PhaseAction::Run(commands) => {
+                for command in commands {
+                    self.run_command(phase, command)?;
+                }
+                self.collect_results(phase);
+                Ok(())
+            }
+            PhaseAction::Stop(names) | PhaseAction::Start(names) | PhaseAction::Restart(names) => {
+                let control = match &phase.action {
+                    PhaseAction::Stop(_) => ServiceControl::Stop,
+                    PhaseAction::Start(_) => ServiceControl::Start,
+                    _ => ServiceControl::Restart,
+                };
+                let state = self.ws.state.machine(&self.env.name, &phase.machine)?;
+                let ctx = self.machine_context(phase, &state);
+                let ports = state.services().map(|s| s.ports).unwrap_or_default();
+                let mut env = BTreeMap::new();
+                for (key, value) in &phase.env {
+                    env.insert(
+                        key.clone(),
+                        self.render(value, &ports, &state.root(), &state.run_dir())?,
+                    );
+                }
+                let backend = backend::for_kind(ctx.machine.backend)?;
+                backend.control(&ctx, control, names, &env)
+            }
+        }
+    }
+
+    /// Runs one command in the phase's machine, with its runtime environment, ENVBUILD_OUT (the
+    /// run folder) and ENVBUILD_RESULT (where the command may leave results for the summary).
+    fn run_command(&self, phase: &Phase, command: &str) -> Result<()> {
+        let state = self.ws.state.machine(&self.env.name, &phase.machine)?;
+        let ctx = self.machine_context(phase, &state);
+        let ports = state.services().map(|s| s.ports).unwrap_or_default();
+        let mut env = runtime_env(&ctx, &ports);
+        for (key, value) in &phase.env {
+            env.insert(
+                key.clone(),
+                self.render(value, &ports, &state.root(), &state.run_dir())?,
+            );
+        }
+        env.insert("ENVBUILD_OUT".into(), self.out.display().to_string());
+        env.insert("ENVBUILD_PHASE".into(), phase.name.clone());
+        env.insert(
+            "ENVBUILD_RESULT".into(),
+            self.result_file(phase).display().to_string(),
+        );
+        let command = self.render(command, &ports, &state.root(), &state.run_dir())?;
+        let log_path = self.out.join("logs").join(format!("{}.log", phase.name));
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ctx(|| format!("opening {}", log_path.display()))?;
+        let _ = writeln!(log, "--- {} $ {command}", now_rfc3339());
+        let end = process::run_step(
+            &command,
+            &state.root(),
+            &env,
+            Instant::now() + phase.timeout,
+            |line| {
+                let _ = writeln!(log, "{line}");
+            },
+        )?;
+        match end {
+            StepEnd::Exited(0) => Ok(()),
+            other => Err(Error::Failed(format!(
+                "`{command}` {}.\n  last lines:\n{}\n  full log: {}",
+                match other {
+                    StepEnd::TimedOut => format!("timed out after {}s", phase.timeout.as_secs()),
+                    StepEnd::Exited(code) => format!("exited with status {code}"),
+                },
+                process::tail(&log_path, 12),
+                log_path.display()
+            ))),
+        }
+    }
+
+    fn result_file(&self, phase: &Phase) -> PathBuf {
+        self.out
+            .join("results")
+            .join(format!("{}.json", phase.name))
+    }
+
+    /// Reads what a phase left in $ENVBUILD_RESULT: smoke counts, resource checks, Rally figures.
+    fn collect_results(&mut self, phase: &Phase) {
+        let Ok(bytes) = std::fs::read(self.result_file(phase)) else {
+            return;
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            self.progress.note(&format!(
+                "warning: {} is not JSON; ignored",
+                self.result_file(phase).display()
+            ));
+            return;
+        };
+        let after = value.get("when").and_then(|w| w.as_str()) == Some("after");
+        if let Some(smoke) = value
+            .get("smoke")
+            .and_then(|s| serde_json::from_value::<TestCounts>(s.clone()).ok())
+        {
+            if after {
+                self.smoke.after = Some(smoke)
+            } else {
+                self.smoke.before = Some(smoke)
+            }
+        }
+        if let Some(rally) = value.get("rally") {
+            if after {
+                self.rally.after = Some(rally.clone())
+            } else {
+                self.rally.before = Some(rally.clone())
+            }
+        }
+        if let Some(items) = value.get("resources").and_then(|r| r.as_array()) {
+            for item in items {
+                self.resources.push(ResourceCheck {
+                    phase: phase.name.clone(),
+                    resource: item
+                        .get("resource")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                        .to_string(),
+                    ok: item.get("ok").and_then(|v| v.as_bool()).unwrap_or(false),
+                    detail: item
+                        .get("detail")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                });
+            }
+        }
+    }
+
+    /// A clean-up step: "down" takes the environment down; anything else runs in the machine.
+    fn cleanup_step(&self, step: &str, phase: &Phase) -> Result<()> {
+        if step == "down" {
+            return engine::down(self.ws, self.env).map(|_| ());
+        }
+        self.run_command(phase, step)
+    }
+
+    /// Renders the probes against the running machine: ports, vars, secrets and, if a probe
+    /// names `{{ token }}`, a token issued now with the environment's [cloud] credentials.
+    fn resolve_probes(&self) -> Result<Vec<ResolvedProbe>> {
+        let machine = &self.flow.probes[0].machine;
+        let state = self.ws.state.machine(&self.env.name, machine)?;
+        let ports = state
+            .services()
+            .map(|s| s.ports)
+            .ok_or_else(|| Error::Failed(format!("machine `{machine}` is not up")))?;
+        let names_token = |text: &str| {
+            template::placeholders(text).is_ok_and(|found| found.iter().any(|p| p.name == "token"))
+        };
+        let needs_token = self.flow.probes.iter().any(|p| {
+            names_token(&p.url)
+                || p.headers.values().any(|v| names_token(v))
+                || p.body.as_deref().is_some_and(names_token)
+        });
+        let token = if needs_token {
+            Some(self.issue_token(&ports)?)
+        } else {
+            None
+        };
+        let lookup = |name: &str| -> Option<String> {
+            match name {
+                "token" => token.clone(),
+                _ => match (name.strip_prefix("ports."), name.strip_prefix("secrets.")) {
+                    (Some(port), _) => ports.get(port).map(u16::to_string),
+                    (_, Some(secret)) => self.secrets.get(secret).cloned(),
+                    _ => self.vars.get(name).cloned(),
+                },
+            }
+        };
+        let render =
+            |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
+        self.flow
+            .probes
+            .iter()
+            .map(|p| {
+                Ok(ResolvedProbe {
+                    name: p.name.clone(),
+                    method: p.method.clone(),
+                    url: render(&p.url)?,
+                    headers: p
+                        .headers
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), render(v)?)))
+                        .collect::<Result<_>>()?,
+                    body: p.body.as_deref().map(render).transpose()?,
+                    expect: p.expect,
+                    interval: Duration::from_secs_f64(1.0 / p.rate_hz),
+                    timeout: p.timeout,
+                })
+            })
+            .collect()
+    }
+
+    fn issue_token(&self, ports: &BTreeMap<String, u16>) -> Result<String> {
+        let cloud = self.env.cloud.as_ref().ok_or_else(|| {
+            Error::Input("a probe uses {{ token }} but the environment declares no [cloud]".into())
+        })?;
+        let auth_url = template::render(&cloud.auth_url, |n| match n.strip_prefix("ports.") {
+            Some(p) => ports.get(p).map(u16::to_string),
+            None => self.vars.get(n).cloned(),
+        })
+        .map_err(|e| Error::Failed(e.message))?;
+        let body = serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": cloud.username, "domain": {"name": cloud.user_domain},
+                "password": self.secrets.get(&cloud.password_secret).cloned().unwrap_or_default()}}},
+            "scope": {"project": {"name": cloud.project, "domain": {"name": cloud.project_domain}}}}});
+        let request = ResolvedProbe {
+            name: "token".into(),
+            method: "POST".into(),
+            url: format!("{}/auth/tokens", auth_url.trim_end_matches('/')),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: Some(body.to_string()),
+            expect: 201,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+        };
+        let (status, head) = probe::exchange(&request)
+            .map_err(|e| Error::Failed(format!("issuing a token for the probes: {e}")))?;
+        if status != 201 {
+            return Err(Error::Failed(format!(
+                "issuing a token for the probes: HTTP {status}"
+            )));
+        }
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-subject-token"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .ok_or_else(|| {
+                Error::Failed("issuing a token for the probes: no X-Subject-Token".into())
+            })
+    }
+}

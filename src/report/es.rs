@@ -1,0 +1,655 @@
+//! Results to ElasticSearch through its bulk API: one summary document per run and one document
+//! per probe sample, in two indices (`<env>_upgrade_test`, `<env>_upgrade_status_log`), as the
+//! original CI's Kibana dashboards expect.
+//!
+//! The client is a plain HTTP/1.1 POST over `std::net::TcpStream`: ElasticSearch in the lab
+//! listens on plain http, and one request per run does not justify an HTTP stack.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::harness::stats::Sample;
+use crate::report::json::RunSummary;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// ElasticSearch indexes a bulk request before it answers; thousands of samples take seconds.
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+// Caps on an answer, against a peer that is not ElasticSearch. A bulk answer is about 150 bytes
+// per document.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 200;
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// `(<env>_upgrade_test, <env>_upgrade_status_log)`. Environment names are lowercase letters,
+/// digits, `-` and `_`, all valid in an index name.
+pub fn default_indices(env: &str) -> (String, String) {
+    (
+        format!("{env}_upgrade_test"),
+        format!("{env}_upgrade_status_log"),
+    )
+}
+
+#[derive(Serialize)]
+struct Action<'a> {
+    index: Target<'a>,
+}
+
+#[derive(Serialize)]
+struct Target<'a> {
+    _index: &'a str,
+    _id: String,
+}
+
+#[derive(Serialize)]
+struct SummaryDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: &'a str,
+    run_id: &'a str,
+    #[serde(flatten)]
+    summary: &'a RunSummary,
+}
+
+#[derive(Serialize)]
+struct SampleDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    run_id: &'a str,
+    env: &'a str,
+    probe: &'a str,
+    t_ms: u64,
+    ok: bool,
+    status: Option<u16>,
+    latency_ms: f64,
+    error: Option<&'a str>,
+}
+
+/// The bulk request body: the summary, then every sample, each as an action line and a document
+/// line, every line ending in `\n` (ElasticSearch refuses a body whose last line has none).
+///
+/// Documents have ids (`<run_id>` and `<run_id>-<n>`), so that posting the same run again
+/// replaces its documents instead of counting its samples twice. A sample's `@timestamp` is the
+/// run's `started` plus its `t_ms`, to the millisecond.
+pub fn bulk_body(
+    summary: &RunSummary,
+    samples: &[Sample],
+    summary_index: &str,
+    status_index: &str,
+    run_id: &str,
+) -> Result<String> {
+    let started = humantime::parse_rfc3339_weak(&summary.started).map_err(|e| {
+        Error::Input(format!(
+            "run start `{}` is not an RFC 3339 time: {e}",
+            summary.started
+        ))
+    })?;
+    let mut body = String::new();
+    push_line(
+        &mut body,
+        &Action {
+            index: Target {
+                _index: summary_index,
+                _id: run_id.to_string(),
+            },
+        },
+    );
+    push_line(
+        &mut body,
+        &SummaryDoc {
+            timestamp: &summary.started,
+            run_id,
+            summary,
+        },
+    );
+    for (n, sample) in samples.iter().enumerate() {
+        push_line(
+            &mut body,
+            &Action {
+                index: Target {
+                    _index: status_index,
+                    _id: format!("{run_id}-{n}"),
+                },
+            },
+        );
+        push_line(
+            &mut body,
+            &SampleDoc {
+                timestamp: humantime::format_rfc3339_millis(
+                    started + Duration::from_millis(sample.t_ms),
+                )
+                .to_string(),
+                run_id,
+                env: &summary.env,
+                probe: &sample.probe,
+                t_ms: sample.t_ms,
+                ok: sample.ok,
+                status: sample.status,
+                latency_ms: sample.latency_ms,
+                error: sample.error.as_deref(),
+            },
+        );
+    }
+    Ok(body)
+}
+
+fn push_line(body: &mut String, value: &impl Serialize) {
+    body.push_str(&serde_json::to_string(value).expect("bulk documents always serialize"));
+    body.push('\n');
+}
+
+/// What ElasticSearch answered to a bulk request it fully accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub status: u16,
+    /// Documents indexed.
+    pub items: usize,
+    pub took_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error("`{url}` is not an ElasticSearch URL envbuild can use: {reason}")]
+    Url { url: String, reason: &'static str },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ElasticSearch answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("ElasticSearch rejected {failed} of {total} documents; the first because: {first}")]
+    Rejected {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("ElasticSearch's answer is not a bulk response: {0}")]
+    Answer(String),
+}
+
+/// POSTs `body` to `<url>/_bulk`. Fails unless ElasticSearch indexed every document: a 2xx
+/// answer with `"errors": true` is a failure too, naming the first rejected document's reason.
+pub fn post_bulk(url: &str, body: &str) -> std::result::Result<BulkOutcome, BulkError> {
+    let endpoint = Endpoint::parse(url)?;
+    let io = |context: String| move |source| BulkError::Io { context, source };
+    let mut stream = endpoint.connect()?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(io(format!("configuring the connection to {url}")))?;
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: envbuild/{}\r\nAccept: application/json\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        endpoint.path,
+        endpoint.host_header,
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .and_then(|()| stream.flush())
+        .map_err(io(format!("sending the bulk request to {url}")))?;
+    let (status, answer) =
+        read_response(stream).map_err(io(format!("reading ElasticSearch's answer from {url}")))?;
+    let answer = String::from_utf8_lossy(&answer);
+    if !(200..300).contains(&status) {
+        return Err(BulkError::Status {
+            status,
+            body: answer.chars().take(500).collect(),
+        });
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| BulkError::Answer(e.to_string()))?;
+    let items = json["items"]
+        .as_array()
+        .ok_or_else(|| BulkError::Answer("no `items` list".into()))?;
+    // Each item is `{"<op>": {"status": ..., "error": {...}}}`.
+    let errors: Vec<&serde_json::Value> = items
+        .iter()
+        .filter_map(|item| item.as_object()?.values().next())
+        .filter(|result| !result["error"].is_null() || result["status"].as_u64() >= Some(300))
+        .collect();
+    if json["errors"] == true || !errors.is_empty() {
+        let first = errors.first().map_or("(not said)".to_string(), |result| {
+            let error = &result["error"];
+            match (error["type"].as_str(), error["reason"].as_str()) {
+                (Some(kind), Some(reason)) => format!("{kind}: {reason}"),
+                _ => error.to_string(),
+            }
+        });
+        return Err(BulkError::Rejected {
+            failed: errors.len(),
+            total: items.len(),
+            first,
+        });
+    }
+    Ok(BulkOutcome {
+        status,
+        items: items.len(),
+        took_ms: json["took"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Where `http://host[:port][/prefix]` sends a bulk request.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    /// Host to connect to, without IPv6 brackets.
+    host: String,
+    port: u16,
+    host_header: String,
+    /// `<prefix>/_bulk`, plus the URL's query (`?refresh=true`, say).
+    path: String,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> std::result::Result<Endpoint, BulkError> {
+        let invalid = |reason| BulkError::Url {
+            url: url.to_string(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| invalid("only http:// is supported"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') {
+            return Err(invalid("credentials in the URL are not supported"));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| invalid("unclosed `[` in the host"))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        let port = match port {
+            None => 80,
+            Some(port) => port
+                .parse()
+                .map_err(|_| invalid("the port is not a number from 0 to 65535"))?,
+        };
+        let mut path = format!("{}/_bulk", prefix.trim_end_matches('/'));
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            host_header: authority.to_string(),
+            path,
+        })
+    }
+
+    fn connect(&self) -> std::result::Result<TcpStream, BulkError> {
+        let context = || format!("connecting to {}", self.host_header);
+        let addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|source| BulkError::Io {
+                context: context(),
+                source,
+            })?;
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(BulkError::Io {
+            context: context(),
+            source: last,
+        })
+    }
+}
+
+/// Reads an HTTP/1.1 answer: status code and body (by Content-Length, chunked, or to the end).
+fn read_response(stream: TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut reader = BufReader::new(stream);
+    let status_line = read_line(&mut reader)?;
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid(format!("not an HTTP answer: {status_line:?}")))?;
+    let (mut length, mut chunked) = (None, false);
+    for _ in 0..MAX_HEADERS {
+        let line = read_line(&mut reader)?;
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                let bytes = value.parse::<usize>().ok().filter(|n| *n <= MAX_BODY_BYTES);
+                length = Some(bytes.ok_or_else(|| invalid(format!("Content-Length {value}")))?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size_line = read_line(&mut reader)?;
+            let size = size_line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16)
+                .ok()
+                .filter(|n| body.len() + n <= MAX_BODY_BYTES)
+                .ok_or_else(|| invalid(format!("chunk size {size_line:?}")))?;
+            if size == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            read_line(&mut reader)?;
+        }
+    } else if let Some(length) = length {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.take(MAX_BODY_BYTES as u64).read_to_end(&mut body)?;
+    }
+    Ok((status, body))
+}
+
+/// One line without its CRLF; at most `MAX_LINE_BYTES`, against a peer that is not HTTP.
+fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    let mut line = String::new();
+    reader
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64)
+        .read_line(&mut line)?;
+    if line.len() == MAX_LINE_BYTES && !line.ends_with('\n') {
+        return Err(invalid("a line of more than 64 KiB".into()));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::json::{Rally, Smoke, Verdict};
+    use std::collections::BTreeMap;
+    use std::net::TcpListener;
+
+    fn small_run() -> (RunSummary, Vec<Sample>) {
+        let summary = RunSummary {
+            env: "aio".into(),
+            flow: "upgrade".into(),
+            from_version: "28".into(),
+            to_version: "29".into(),
+            started: "2025-03-01T10:00:00Z".into(),
+            finished: "2025-03-01T10:00:05Z".into(),
+            duration_s: 5.0,
+            verdict: Verdict::Passed,
+            complete: true,
+            phases: vec![],
+            probes: vec![],
+            smoke: Smoke::default(),
+            resources: vec![],
+            rally: Rally::default(),
+            cache: vec![],
+            envbuild_version: "0.1.0".into(),
+            stage_keys: BTreeMap::new(),
+        };
+        let samples = vec![
+            Sample {
+                t_ms: 250,
+                probe: "keystone".into(),
+                ok: true,
+                status: Some(200),
+                latency_ms: 12.5,
+                error: None,
+            },
+            Sample {
+                t_ms: 61_001,
+                probe: "keystone".into(),
+                ok: false,
+                status: None,
+                latency_ms: 1000.0,
+                error: Some("connection \"refused\"".into()),
+            },
+        ];
+        (summary, samples)
+    }
+
+    const SMALL_BODY: &str = concat!(
+        r#"{"index":{"_index":"aio_upgrade_test","_id":"run-1"}}"#,
+        "\n",
+        r#"{"@timestamp":"2025-03-01T10:00:00Z","run_id":"run-1","env":"aio","flow":"upgrade","from_version":"28","to_version":"29","started":"2025-03-01T10:00:00Z","finished":"2025-03-01T10:00:05Z","duration_s":5.0,"verdict":"passed","complete":true,"phases":[],"probes":[],"smoke":{"before":null,"after":null},"resources":[],"rally":{"before":null,"after":null},"cache":[],"envbuild_version":"0.1.0","stage_keys":{}}"#,
+        "\n",
+        r#"{"index":{"_index":"aio_upgrade_status_log","_id":"run-1-0"}}"#,
+        "\n",
+        r#"{"@timestamp":"2025-03-01T10:00:00.250Z","run_id":"run-1","env":"aio","probe":"keystone","t_ms":250,"ok":true,"status":200,"latency_ms":12.5,"error":null}"#,
+        "\n",
+        r#"{"index":{"_index":"aio_upgrade_status_log","_id":"run-1-1"}}"#,
+        "\n",
+        r#"{"@timestamp":"2025-03-01T10:01:01.001Z","run_id":"run-1","env":"aio","probe":"keystone","t_ms":61001,"ok":false,"status":null,"latency_ms":1000.0,"error":"connection \"refused\""}"#,
+        "\n",
+    );
+
+    fn small_body() -> String {
+        let (summary, samples) = small_run();
+        let (summary_index, status_index) = default_indices(&summary.env);
+        bulk_body(&summary, &samples, &summary_index, &status_index, "run-1").unwrap()
+    }
+
+    #[test]
+    fn bulk_body_is_exact_ndjson() {
+        assert_eq!(small_body(), SMALL_BODY);
+    }
+
+    #[test]
+    fn bulk_body_of_a_full_run_is_one_pair_per_document() {
+        let (summary, samples) = crate::report::json::tests::run();
+        let body = bulk_body(&summary, &samples, "s", "l", "r").unwrap();
+        assert!(body.ends_with("}\n"));
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2 * (1 + samples.len()));
+        assert_eq!(lines[1]["probes"][0]["down_time_ms"], 4000);
+        assert_eq!(lines[1]["run_id"], "r");
+        assert_eq!(lines[3]["@timestamp"], "2025-03-01T10:00:00.000Z");
+        assert_eq!(lines[5]["@timestamp"], "2025-03-01T10:00:00.500Z");
+    }
+
+    #[test]
+    fn a_start_that_is_not_rfc3339_is_refused() {
+        let (mut summary, samples) = small_run();
+        summary.started = "yesterday".into();
+        let error = bulk_body(&summary, &samples, "s", "l", "r").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("`yesterday` is not an RFC 3339 time")
+        );
+    }
+
+    struct Request {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    /// A one-shot HTTP server on loopback that records the request and sends `answer`.
+    fn serve_once(answer: String) -> (String, std::thread::JoinHandle<Request>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/es/", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            Request { head, body }
+        });
+        (url, server)
+    }
+
+    fn answer(status: &str, json: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+            json.len()
+        )
+    }
+
+    #[test]
+    fn posts_ndjson_to_the_bulk_endpoint() {
+        let ok = r#"{"took":7,"errors":false,"items":[
+            {"index":{"_index":"aio_upgrade_test","_id":"run-1","status":201}},
+            {"index":{"_index":"aio_upgrade_status_log","_id":"run-1-0","status":201}},
+            {"index":{"_index":"aio_upgrade_status_log","_id":"run-1-1","status":200}}]}"#;
+        let (url, server) = serve_once(answer("200 OK", ok));
+        let outcome = post_bulk(&url, &small_body()).unwrap();
+        assert_eq!(
+            outcome,
+            BulkOutcome {
+                status: 200,
+                items: 3,
+                took_ms: 7
+            }
+        );
+        let request = server.join().unwrap();
+        let mut head = request.head.lines();
+        assert_eq!(head.next(), Some("POST /es/_bulk HTTP/1.1"));
+        let headers: Vec<&str> = head.collect();
+        assert!(headers.contains(&"Content-Type: application/x-ndjson"));
+        assert!(headers.contains(&format!("Host: {}", &url[7..url.len() - 4]).as_str()));
+        assert_eq!(request.body, SMALL_BODY.as_bytes());
+    }
+
+    #[test]
+    fn an_error_status_is_a_failure() {
+        let (url, server) = serve_once(answer(
+            "500 Internal Server Error",
+            r#"{"error":"boom","status":500}"#,
+        ));
+        match post_bulk(&url, &small_body()) {
+            Err(BulkError::Status { status, body }) => {
+                assert_eq!(status, 500);
+                assert!(body.contains("boom"));
+            }
+            other => panic!("expected a status error, got {other:?}"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn rejected_documents_are_a_failure_even_with_200() {
+        // Chunked, as ElasticSearch answers when compressing or streaming.
+        let json = r#"{"took":3,"errors":true,"items":[
+            {"index":{"_id":"run-1","status":201}},
+            {"index":{"_id":"run-1-0","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [status]"}}},
+            {"index":{"_id":"run-1-1","status":201}}]}"#;
+        let (head, tail) = json.split_at(20);
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{head}\r\n{:x}\r\n{tail}\r\n0\r\n\r\n",
+            head.len(),
+            tail.len()
+        );
+        let (url, server) = serve_once(chunked);
+        match post_bulk(&url, &small_body()) {
+            Err(error @ BulkError::Rejected { .. }) => assert_eq!(
+                error.to_string(),
+                "ElasticSearch rejected 1 of 3 documents; the first because: \
+                 mapper_parsing_exception: failed to parse field [status]"
+            ),
+            other => panic!("expected rejected documents, got {other:?}"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_is_not_elasticsearch_is_an_error() {
+        let (url, server) = serve_once("SSH-2.0-OpenSSH_9.2\r\n".into());
+        let error = post_bulk(&url, &small_body()).unwrap_err();
+        assert!(matches!(error, BulkError::Io { .. }), "{error}");
+        assert!(error.to_string().contains("not an HTTP answer"), "{error}");
+        server.join().unwrap();
+
+        let (url, server) = serve_once(answer("200 OK", "<html>proxy login</html>"));
+        let error = post_bulk(&url, &small_body()).unwrap_err();
+        assert!(matches!(error, BulkError::Answer(_)), "{error}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_port_is_an_io_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let error = post_bulk(&format!("http://127.0.0.1:{port}"), "x\n").unwrap_err();
+        assert!(matches!(error, BulkError::Io { .. }), "{error}");
+    }
+
+    #[test]
+    fn parses_http_urls_only() {
+        let endpoint = |url| Endpoint::parse(url).map_err(|e| e.to_string());
+        assert_eq!(
+            endpoint("http://127.0.0.1:9200"),
+            Ok(Endpoint {
+                host: "127.0.0.1".into(),
+                port: 9200,
+                host_header: "127.0.0.1:9200".into(),
+                path: "/_bulk".into(),
+            })
+        );
+        assert_eq!(
+            endpoint("http://[::1]:9201/es/?refresh=true"),
+            Ok(Endpoint {
+                host: "::1".into(),
+                port: 9201,
+                host_header: "[::1]:9201".into(),
+                path: "/es/_bulk?refresh=true".into(),
+            })
+        );
+        assert_eq!(endpoint("http://localhost").unwrap().port, 80);
+        for (url, reason) in [
+            ("https://es:9200", "only http:// is supported"),
+            ("es:9200", "only http:// is supported"),
+            ("http://:9200", "no host"),
+            ("http://es:92000", "the port is not a number"),
+            ("http://u:p@es:9200", "credentials in the URL"),
+            ("http://[::1:9200", "unclosed `[`"),
+        ] {
+            let error = endpoint(url).unwrap_err();
+            assert!(error.contains(reason), "{url}: {error}");
+        }
+    }
+}
