@@ -7,12 +7,14 @@ action=${1:?usage: upstream.sh drain|enable PORT}
 port=${2:?usage: upstream.sh drain|enable PORT}
 run=${ENVBUILD_RUN:?}
 conf=$run/nginx.conf
+grep -q "server 127.0.0.1:$port " "$conf" || { echo "upstream.sh: no server on port $port in $conf" >&2; exit 1; }
+# The server line is `server 127.0.0.1:PORT max_fails=0;`, plus ` down` while drained.
+sed -i "/server 127\.0\.0\.1:$port /s/ down;/;/" "$conf"
 case $action in
-    drain)  sed -i "s|^\(\s*server 127\.0\.0\.1:$port\);|\1 down;|" "$conf" ;;
-    enable) sed -i "s|^\(\s*server 127\.0\.0\.1:$port\) down;|\1;|" "$conf" ;;
+    drain)  sed -i "/server 127\.0\.0\.1:$port /s/;\s*\$/ down;/" "$conf" ;;
+    enable) ;;
     *) echo "upstream.sh: unknown action $action" >&2; exit 2 ;;
 esac
-grep -q "server 127.0.0.1:$port" "$conf" || { echo "upstream.sh: no server on port $port in $conf" >&2; exit 1; }
 /usr/sbin/nginx -t -q -e stderr -p "$run/" -c "$conf"
 /usr/sbin/nginx -s reload -e stderr -p "$run/" -c "$conf"
 # The reload is asynchronous: wait until the master has started workers with the new config
