@@ -69,7 +69,9 @@ pub fn run(
     keep: bool,
     progress: &Progress,
 ) -> Result<Outcome> {
-    std::fs::create_dir_all(out.join("logs")).ctx(|| format!("creating {}", out.display()))?;
+    for dir in ["logs", "results"] {
+        std::fs::create_dir_all(out.join(dir)).ctx(|| format!("creating {}", out.join(dir).display()))?;
+    }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(

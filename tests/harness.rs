@@ -1,0 +1,249 @@
+//! `envbuild test` on a small real environment (a Python HTTP server on loopback): phases,
+//! probes at 20 Hz, retries that resume at an earlier phase, clean-up on failure, results and
+//! the ElasticSearch push.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::{Project, count_lines, processes_mentioning};
+
+fn web_flow(project: &Project, extra_phase: &str) -> std::path::PathBuf {
+    let counter = project.path().join("phases-run");
+    project.write(
+        "web.toml",
+        &format!(
+            r#"
+[secrets.admin_password]
+generate = "password"
+
+[machines.web]
+ports = {{ http = "auto" }}
+
+[[machines.web.stages]]
+name = "site"
+steps = ["mkdir -p site && echo ok > site/index.html"]
+
+[[machines.web.services]]
+name = "http"
+command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}}"
+ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/", status = 200 }}
+
+[flows.check]
+default = true
+description = "a flow over a web server"
+from_version = "1"
+to_version = "2"
+cleanup = ["down"]
+
+[[flows.check.probes]]
+name = "index"
+url = "http://127.0.0.1:{{{{ ports.http }}}}/index.html"
+rate = 20.0
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+
+[[flows.check.phases]]
+name = "prepare"
+action = "run"
+run = ["echo prepare >> {c}"]
+
+[[flows.check.phases]]
+name = "probed"
+action = "run"
+run = ["echo probed >> {c}", "sleep 1"]
+probes = true
+retries = 1
+resume = "prepare"
+cleanup = ["echo cleanup >> {c}"]
+
+[[flows.check.phases]]
+name = "restart"
+action = "restart"
+services = ["http"]
+probes = true
+
+[[flows.check.phases]]
+name = "report"
+action = "run"
+run = ["echo '{{\"smoke\": {{\"passed\": 3, \"failed\": 0, \"skipped\": 1}}, \"when\": \"after\"}}' > $ENVBUILD_RESULT"]
+{extra_phase}
+"#,
+            c = counter.display()
+        ),
+    );
+    counter
+}
+
+fn summary(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_passing_flow_writes_every_result_and_cleans_up() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let out = project.path().join("run");
+    let stdout = project.ok(&["test", "web", "--out", out.to_str().unwrap()]);
+    assert!(stdout.contains("web check: PASSED"), "{stdout}");
+    let s = summary(&out);
+    for field in [
+        "env", "flow", "from_version", "to_version", "started", "finished", "verdict", "complete", "phases", "probes", "smoke", "resources",
+        "rally", "cache", "envbuild_version", "stage_keys",
+    ] {
+        assert!(s.get(field).is_some(), "summary.json lacks {field}");
+    }
+    assert_eq!(s["verdict"], "passed");
+    assert_eq!(s["complete"], true);
+    assert_eq!(s["smoke"]["after"]["passed"], 3);
+    assert_eq!(s["cache"][0]["stage"], "site");
+    // 20 Hz probes over the probed phases (a second of sleep and a restart at least).
+    let probe = &s["probes"][0];
+    assert!(probe["total"].as_u64().unwrap() >= 10, "{probe}");
+    let lines = std::fs::read_to_string(out.join("status.jsonl")).unwrap();
+    assert_eq!(lines.lines().count() as u64, probe["total"].as_u64().unwrap());
+    // JUnit that a strict XML parser reads, one case per phase at least.
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys,xml.etree.ElementTree as E; print(len(list(E.parse(sys.argv[1]).getroot().iter('testcase'))))"])
+        .arg(out.join("junit.xml"))
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let cases: usize = String::from_utf8_lossy(&parsed.stdout).trim().parse().unwrap();
+    assert!(cases >= 5, "{cases} test cases");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("PASSED") && html.contains("<svg"));
+    // Clean-up ran: nothing of the environment is left running.
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+}
+
+#[test]
+fn a_phase_that_fails_once_is_retried_from_its_resume_phase() {
+    let project = Project::new();
+    let counter = web_flow(&project, "");
+    let out = project.path().join("run");
+    let result = project.cmd().env("ENVBUILD_FAIL_ONCE", "probed").args(["test", "web", "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    // prepare ran twice (resume), the failed attempt's clean-up ran, probed ran once for real.
+    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "prepare\ncleanup\nprepare\nprobed\n");
+    let s = summary(&out);
+    let phase = |name: &str| s["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(phase("probed")["attempts"], 2);
+    assert_eq!(phase("probed")["status"], "passed");
+    assert_eq!(phase("prepare")["attempts"], 2);
+    assert_eq!(phase("deploy")["attempts"], 1, "deploy is before the resume point and not redone");
+    assert_eq!(s["verdict"], "passed");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains("2 attempts"), "{stdout}");
+}
+
+#[test]
+fn a_failing_phase_fails_the_run_and_still_cleans_up() {
+    let project = Project::new();
+    web_flow(
+        &project,
+        r#"
+[[flows.check.phases]]
+name = "breaks"
+action = "run"
+run = ["echo going down; exit 7"]
+retries = 1
+
+[[flows.check.phases]]
+name = "never"
+action = "run"
+run = ["true"]
+"#,
+    );
+    let out = project.path().join("run");
+    let result = project.run(&["test", "web", "--out", out.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(1));
+    let s = summary(&out);
+    assert_eq!(s["verdict"], "failed");
+    assert_eq!(s["complete"], false);
+    let phases = s["phases"].as_array().unwrap();
+    let breaks = phases.iter().find(|p| p["name"] == "breaks").unwrap();
+    assert_eq!(breaks["status"], "failed");
+    assert_eq!(breaks["attempts"], 2);
+    assert!(breaks["error"].as_str().unwrap().contains("exited with status 7"));
+    assert_eq!(phases.iter().find(|p| p["name"] == "never").unwrap()["status"], "skipped");
+    assert!(String::from_utf8_lossy(&result.stdout).contains("INCOMPLETE"));
+    assert!(std::fs::read_to_string(out.join("logs/breaks.log")).unwrap().contains("going down"));
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty(), "clean-up ran after the failure");
+}
+
+/// A loopback stand-in for ElasticSearch's bulk endpoint: answers `answer` and hands back the
+/// request it got.
+fn fake_es(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 65536];
+        loop {
+            let n = stream.read(&mut buffer).unwrap();
+            request.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                    .unwrap();
+                if body.len() >= length {
+                    break;
+                }
+            }
+        }
+        write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len()).unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    (url, handle)
+}
+
+#[test]
+fn results_are_pushed_to_elasticsearch_with_the_bulk_api() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let out = project.path().join("run");
+    let (url, server) = fake_es(r#"{"took":3,"errors":false,"items":[]}"#);
+    let result = project.run(&["test", "web", "--out", out.to_str().unwrap(), "--es-url", &url]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let request = server.join().unwrap();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /_bulk HTTP/1.1\r\n"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/x-ndjson"));
+    let lines: Vec<&str> = body.split_terminator('\n').collect();
+    assert!(body.ends_with('\n'));
+    let samples = count_lines(&out.join("status.jsonl"));
+    assert_eq!(lines.len(), 2 + 2 * samples, "an action and a document per summary and sample");
+    assert!(lines[0].contains("\"_index\":\"web_upgrade_test\""), "{}", lines[0]);
+    assert!(lines[2].contains("\"_index\":\"web_upgrade_status_log\""), "{}", lines[2]);
+    let summary_doc: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(summary_doc["verdict"], "passed");
+}
+
+#[test]
+fn a_failed_push_is_reported_and_the_results_stay() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let out = project.path().join("run");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let result = project.run(&["test", "web", "--out", out.to_str().unwrap(), "--es-url", &format!("http://127.0.0.1:{closed}")]);
+    assert!(result.status.success(), "the verdict decides the exit code, not the push");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("pushing results to ElasticSearch failed"), "{stderr}");
+    assert_eq!(summary(&out)["verdict"], "passed");
+    assert!(out.join("junit.xml").is_file() && out.join("report.html").is_file());
+}
+
+#[test]
+fn unknown_flow_is_bad_input() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let result = project.run(&["test", "web", "nope"]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("has no flow `nope`; flows: check"));
+}
