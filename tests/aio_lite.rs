@@ -8,7 +8,13 @@ use std::io::{Read, Write};
 
 use common::{Project, processes_mentioning};
 
-fn project() -> Project {
+/// The tests here run one at a time: keystone on 2 cores is slow enough without three
+/// deployments competing for the cores (and for the probes' latency). The upgrade tests share
+/// one store: the first builds, the others replay.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn project() -> (Project, std::sync::MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let project = Project::new();
     std::fs::remove_dir(project.envs()).unwrap();
     std::os::unix::fs::symlink(
@@ -16,7 +22,11 @@ fn project() -> Project {
         project.envs(),
     )
     .unwrap();
-    project
+    (project, guard)
+}
+
+fn shared_store() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("aio-lite-store")
 }
 
 /// One HTTP/1.1 request over loopback; returns (status, headers, body).
@@ -75,12 +85,12 @@ fn issue_token(openrc: &str) -> (u16, Option<String>) {
 
 #[test]
 fn aio_lite_up_token_down_and_warm_up() {
-    let project = project();
+    let (project, _serial) = project();
 
-    // Cold: everything is built from PyPI.
+    // Its own store: the cold build really builds everything from PyPI.
     let cold = project.json(&["up", "aio-lite", "--json"]);
     let stages = cold["build"]["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 5);
+    assert_eq!(stages.len(), 7);
     assert!(stages.iter().all(|s| s["action"] == "built"), "{cold}");
     let services = cold["machines"][0]["services"].as_array().unwrap();
     assert_eq!(services.len(), 3);
@@ -174,7 +184,9 @@ fn aio_lite_up_token_down_and_warm_up() {
         .collect();
     assert_eq!(
         actions,
-        ["cached", "cached", "cached", "cached", "restored"]
+        [
+            "cached", "cached", "cached", "cached", "cached", "cached", "restored"
+        ]
     );
     assert!(
         warm["build"]["stages"]
@@ -189,4 +201,113 @@ fn aio_lite_up_token_down_and_warm_up() {
     project.ok(&["down", "aio-lite"]);
     assert!(processes_mentioning(&state).is_empty());
     project.ok(&["cache", "verify"]);
+}
+
+fn test_run(
+    project: &Project,
+    flow: &str,
+    out: &std::path::Path,
+) -> (std::process::Output, serde_json::Value) {
+    let result = project
+        .cmd()
+        .env("ENVBUILD_STORE", shared_store())
+        .args(["test", "aio-lite", flow, "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let summary =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
+            .unwrap();
+    (result, summary)
+}
+
+#[test]
+fn rolling_upgrade_keeps_keystone_up_and_the_second_run_builds_nothing() {
+    let (project, _serial) = project();
+    let first_out = project.path().join("run-1");
+    let (result, first) = test_run(&project, "rolling-upgrade", &first_out);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(first["verdict"], "passed");
+    assert_eq!(first["complete"], true);
+    assert_eq!(first["from_version"], "28.1.0");
+    assert_eq!(first["to_version"], "29.1.0");
+    // Every probe saw every request succeed (max_failed_requests = 0 made that the verdict).
+    let probes = first["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 3);
+    for probe in probes {
+        assert_eq!(probe["failed"], 0, "{probe}");
+        assert_eq!(probe["uptime_pct"], 100.0);
+        assert!(probe["total"].as_u64().unwrap() > 10, "{probe}");
+    }
+    // The persistent resources were created before, verified after (the application credential
+    // authenticates on N+1) and deleted.
+    let resources = first["resources"].as_array().unwrap();
+    assert!(
+        resources.iter().any(|r| r["phase"] == "resources-verify"
+            && r["resource"] == "application_credential"
+            && r["ok"] == true),
+        "{resources:?}"
+    );
+    assert!(resources.iter().all(|r| r["ok"] == true), "{resources:?}");
+    // The expand step really migrated the schema (28 -> 29 has pending expand steps).
+    let expand = std::fs::read_to_string(first_out.join("logs/expand.log")).unwrap();
+    assert!(expand.contains("Running upgrade"), "{expand}");
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys,xml.etree.ElementTree as E; print(len(list(E.parse(sys.argv[1]).getroot().iter('testcase'))))"])
+        .arg(first_out.join("junit.xml"))
+        .output()
+        .unwrap();
+    assert!(parsed.status.success());
+    assert!(
+        std::fs::read_to_string(first_out.join("report.html"))
+            .unwrap()
+            .contains("PASSED")
+    );
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+
+    // Second run: every stage before the upgrade comes from the cache.
+    let second_out = project.path().join("run-2");
+    let (result, second) = test_run(&project, "rolling-upgrade", &second_out);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stdout)
+    );
+    let cache = second["cache"].as_array().unwrap();
+    assert_eq!(cache.len(), 7);
+    assert!(cache.iter().all(|s| s["action"] != "built"), "{cache:?}");
+    eprintln!(
+        "rolling-upgrade wall time: first {:.0} s, second {:.0} s",
+        first["duration_s"], second["duration_s"]
+    );
+}
+
+#[test]
+fn all_at_once_upgrade_measures_the_outage() {
+    let (project, _serial) = project();
+    let out = project.path().join("run");
+    let (result, summary) = test_run(&project, "all-at-once", &out);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let probes = summary["probes"].as_array().unwrap();
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["down_time_ms"].as_u64().unwrap() > 0),
+        "stopping every API must show: {probes:?}"
+    );
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["uptime_pct"].as_f64().unwrap() < 100.0)
+    );
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
 }

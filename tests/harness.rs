@@ -90,8 +90,22 @@ fn a_passing_flow_writes_every_result_and_cleans_up() {
     assert!(stdout.contains("web check: PASSED"), "{stdout}");
     let s = summary(&out);
     for field in [
-        "env", "flow", "from_version", "to_version", "started", "finished", "verdict", "complete", "phases", "probes", "smoke", "resources",
-        "rally", "cache", "envbuild_version", "stage_keys",
+        "env",
+        "flow",
+        "from_version",
+        "to_version",
+        "started",
+        "finished",
+        "verdict",
+        "complete",
+        "phases",
+        "probes",
+        "smoke",
+        "resources",
+        "rally",
+        "cache",
+        "envbuild_version",
+        "stage_keys",
     ] {
         assert!(s.get(field).is_some(), "summary.json lacks {field}");
     }
@@ -103,15 +117,25 @@ fn a_passing_flow_writes_every_result_and_cleans_up() {
     let probe = &s["probes"][0];
     assert!(probe["total"].as_u64().unwrap() >= 10, "{probe}");
     let lines = std::fs::read_to_string(out.join("status.jsonl")).unwrap();
-    assert_eq!(lines.lines().count() as u64, probe["total"].as_u64().unwrap());
+    assert_eq!(
+        lines.lines().count() as u64,
+        probe["total"].as_u64().unwrap()
+    );
     // JUnit that a strict XML parser reads, one case per phase at least.
     let parsed = std::process::Command::new("python3")
         .args(["-c", "import sys,xml.etree.ElementTree as E; print(len(list(E.parse(sys.argv[1]).getroot().iter('testcase'))))"])
         .arg(out.join("junit.xml"))
         .output()
         .unwrap();
-    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
-    let cases: usize = String::from_utf8_lossy(&parsed.stdout).trim().parse().unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let cases: usize = String::from_utf8_lossy(&parsed.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert!(cases >= 5, "{cases} test cases");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("PASSED") && html.contains("<svg"));
@@ -124,16 +148,40 @@ fn a_phase_that_fails_once_is_retried_from_its_resume_phase() {
     let project = Project::new();
     let counter = web_flow(&project, "");
     let out = project.path().join("run");
-    let result = project.cmd().env("ENVBUILD_FAIL_ONCE", "probed").args(["test", "web", "--out", out.to_str().unwrap()]).output().unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = project
+        .cmd()
+        .env("ENVBUILD_FAIL_ONCE", "probed")
+        .args(["test", "web", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     // prepare ran twice (resume), the failed attempt's clean-up ran, probed ran once for real.
-    assert_eq!(std::fs::read_to_string(&counter).unwrap(), "prepare\ncleanup\nprepare\nprobed\n");
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap(),
+        "prepare\ncleanup\nprepare\nprobed\n"
+    );
     let s = summary(&out);
-    let phase = |name: &str| s["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    let phase = |name: &str| {
+        s["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(phase("probed")["attempts"], 2);
     assert_eq!(phase("probed")["status"], "passed");
     assert_eq!(phase("prepare")["attempts"], 2);
-    assert_eq!(phase("deploy")["attempts"], 1, "deploy is before the resume point and not redone");
+    assert_eq!(
+        phase("deploy")["attempts"],
+        1,
+        "deploy is before the resume point and not redone"
+    );
     assert_eq!(s["verdict"], "passed");
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(stdout.contains("2 attempts"), "{stdout}");
@@ -167,11 +215,26 @@ run = ["true"]
     let breaks = phases.iter().find(|p| p["name"] == "breaks").unwrap();
     assert_eq!(breaks["status"], "failed");
     assert_eq!(breaks["attempts"], 2);
-    assert!(breaks["error"].as_str().unwrap().contains("exited with status 7"));
-    assert_eq!(phases.iter().find(|p| p["name"] == "never").unwrap()["status"], "skipped");
+    assert!(
+        breaks["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 7")
+    );
+    assert_eq!(
+        phases.iter().find(|p| p["name"] == "never").unwrap()["status"],
+        "skipped"
+    );
     assert!(String::from_utf8_lossy(&result.stdout).contains("INCOMPLETE"));
-    assert!(std::fs::read_to_string(out.join("logs/breaks.log")).unwrap().contains("going down"));
-    assert!(processes_mentioning(&project.state().display().to_string()).is_empty(), "clean-up ran after the failure");
+    assert!(
+        std::fs::read_to_string(out.join("logs/breaks.log"))
+            .unwrap()
+            .contains("going down")
+    );
+    assert!(
+        processes_mentioning(&project.state().display().to_string()).is_empty(),
+        "clean-up ran after the failure"
+    );
 }
 
 /// A loopback stand-in for ElasticSearch's bulk endpoint: answers `answer` and hands back the
@@ -190,7 +253,11 @@ fn fake_es(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let length: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap();
                 if body.len() >= length {
                     break;
@@ -209,18 +276,44 @@ fn results_are_pushed_to_elasticsearch_with_the_bulk_api() {
     web_flow(&project, "");
     let out = project.path().join("run");
     let (url, server) = fake_es(r#"{"took":3,"errors":false,"items":[]}"#);
-    let result = project.run(&["test", "web", "--out", out.to_str().unwrap(), "--es-url", &url]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = project.run(&[
+        "test",
+        "web",
+        "--out",
+        out.to_str().unwrap(),
+        "--es-url",
+        &url,
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let request = server.join().unwrap();
     let (head, body) = request.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("POST /_bulk HTTP/1.1\r\n"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/x-ndjson"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-ndjson")
+    );
     let lines: Vec<&str> = body.split_terminator('\n').collect();
     assert!(body.ends_with('\n'));
     let samples = count_lines(&out.join("status.jsonl"));
-    assert_eq!(lines.len(), 2 + 2 * samples, "an action and a document per summary and sample");
-    assert!(lines[0].contains("\"_index\":\"web_upgrade_test\""), "{}", lines[0]);
-    assert!(lines[2].contains("\"_index\":\"web_upgrade_status_log\""), "{}", lines[2]);
+    assert_eq!(
+        lines.len(),
+        2 + 2 * samples,
+        "an action and a document per summary and sample"
+    );
+    assert!(
+        lines[0].contains("\"_index\":\"web_upgrade_test\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[2].contains("\"_index\":\"web_upgrade_status_log\""),
+        "{}",
+        lines[2]
+    );
     let summary_doc: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(summary_doc["verdict"], "passed");
 }
@@ -230,11 +323,28 @@ fn a_failed_push_is_reported_and_the_results_stay() {
     let project = Project::new();
     web_flow(&project, "");
     let out = project.path().join("run");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let result = project.run(&["test", "web", "--out", out.to_str().unwrap(), "--es-url", &format!("http://127.0.0.1:{closed}")]);
-    assert!(result.status.success(), "the verdict decides the exit code, not the push");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let result = project.run(&[
+        "test",
+        "web",
+        "--out",
+        out.to_str().unwrap(),
+        "--es-url",
+        &format!("http://127.0.0.1:{closed}"),
+    ]);
+    assert!(
+        result.status.success(),
+        "the verdict decides the exit code, not the push"
+    );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.contains("pushing results to ElasticSearch failed"), "{stderr}");
+    assert!(
+        stderr.contains("pushing results to ElasticSearch failed"),
+        "{stderr}"
+    );
     assert_eq!(summary(&out)["verdict"], "passed");
     assert!(out.join("junit.xml").is_file() && out.join("report.html").is_file());
 }

@@ -70,7 +70,8 @@ pub fn run(
     progress: &Progress,
 ) -> Result<Outcome> {
     for dir in ["logs", "results"] {
-        std::fs::create_dir_all(out.join(dir)).ctx(|| format!("creating {}", out.join(dir).display()))?;
+        std::fs::create_dir_all(out.join(dir))
+            .ctx(|| format!("creating {}", out.join(dir).display()))?;
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {

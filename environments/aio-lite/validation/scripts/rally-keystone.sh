@@ -1,0 +1,163 @@
+#!/bin/sh
+# rally-keystone.sh OUT — a small Rally Keystone task against this aio-lite.
+#
+# Runtime script (test time, cwd = machine root, a running aio-lite):
+#   needs ENVBUILD_PORT_PUBLIC, ENVBUILD_SECRET_ADMIN_PASSWORD, ENVBUILD_RUN
+#   (e.g. `envbuild exec aio-lite controller -- sh .../rally-keystone.sh OUT`),
+#   and venv-rally/ from the "rally" stage (RALLY_VENV overrides).
+# Optional: RALLY_TASK_ARGS, a JSON/YAML dict for rally-keystone-task.yaml
+#   (auth_times, auth_concurrency, users_times, users_concurrency).
+# Writes OUT/rally/:
+#   report.json    rally's own JSON report (`rally task report --json`)
+#   report.html    the same, as rally's self-contained HTML
+#   summary.json   {scenarios: [{name, iterations, failures, duration_avg,
+#                  duration_p95}], sla_passed, task_id, leftovers}
+#   sla.json       `rally task sla-check --json`
+#   task.yaml      the task file; rally.log: rally's console output
+# The rally DB (sqlite) and rally's HOME (~/.rally/globals) hold the admin
+# password: they live in a private dir under $ENVBUILD_RUN, deleted at exit.
+# Users and projects rally creates are deleted by rally's cleanup contexts;
+# anything named rally_*/s_rally_*/c_rally_* still there afterwards is deleted
+# too and counted in summary.json.
+# Exit status: 0 if the task finished and every SLA passed; 1 otherwise; 2 for
+# a usage or setup error.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
+[ $# -eq 1 ] || { echo "usage: rally-keystone.sh OUT" >&2; exit 2; }
+mkdir -p "$1"
+out=$(cd "$1" && pwd)/rally
+root=${ENVBUILD_ROOT:-$(pwd)}
+cd "$root"
+port=${ENVBUILD_PORT_PUBLIC:?}
+run=${ENVBUILD_RUN:?}
+: "${ENVBUILD_SECRET_ADMIN_PASSWORD:?}"
+venv=${RALLY_VENV:-venv-rally}
+py=$root/$venv/bin/python
+[ -x "$py" ] || { echo "rally-keystone.sh: no $venv in $root (rally stage)" >&2; exit 2; }
+
+rm -rf "$out"
+mkdir -p "$out" "$run"
+priv=$(mktemp -d "$run/rally.XXXXXX")
+trap 'rm -rf "$priv"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$priv/home"
+# Rally's DB defaults to $TMPDIR/rally.sqlite (shared by every rally on the
+# host) and its config to ~/.rally/rally.conf or /etc/rally/rally.conf: pin both.
+cat >"$priv/rally.conf" <<EOF
+[DEFAULT]
+use_stderr = true
+[database]
+connection = sqlite:///$priv/rally.sqlite
+EOF
+cp "$here/rally-keystone-task.yaml" "$out/task.yaml"
+
+# Every rally command: this venv's python (console scripts are not relocatable),
+# this config, a private HOME (rally writes ~/.rally/globals), no bytecode.
+rally() {
+    HOME="$priv/home" PYTHONDONTWRITEBYTECODE=1 \
+        "$py" -m rally.cli.main --config-file "$priv/rally.conf" "$@"
+}
+
+# The deployment ("existing cloud") from OS_* variables: the password travels
+# in the environment, never in argv.
+export OS_AUTH_URL="http://127.0.0.1:$port/v3" OS_USERNAME=admin \
+    OS_PASSWORD="$ENVBUILD_SECRET_ADMIN_PASSWORD" OS_PROJECT_NAME=admin \
+    OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default \
+    OS_REGION_NAME=RegionOne OS_INTERFACE=public OS_IDENTITY_API_VERSION=3
+unset OS_CLOUD OS_TENANT_NAME OS_ENDPOINT_TYPE OS_CACERT OS_INSECURE || true
+
+log=$out/rally.log
+start=$(date +%s)
+{
+    rally db create
+    rally deployment create --fromenv --name aio-lite
+    rally deployment check
+} >>"$log" 2>&1 || { echo "rally-keystone.sh: rally setup failed, see $log" >&2; exit 2; }
+unset OS_PASSWORD
+
+before=$("$py" "$here/keystone-leftovers.py" rally_ s_rally_ c_rally_)
+rc=0
+rally task start --task "$out/task.yaml" --task-args "${RALLY_TASK_ARGS:-{\}}" \
+    --tag aio-lite >>"$log" 2>&1 || rc=$?
+task_id=$(rally task list --uuids-only 2>>"$log" | tail -n 1)
+[ -n "$task_id" ] || { echo "rally-keystone.sh: no task was created, see $log" >&2; exit 1; }
+rally task report --uuid "$task_id" --json --out "$out/report.json" >>"$log" 2>&1 || rc=1
+rally task report --uuid "$task_id" --html-static --out "$out/report.html" >>"$log" 2>&1 || true
+sla=0
+rally task sla-check --uuid "$task_id" --json >"$out/sla.json" 2>>"$log" || sla=$?
+end=$(date +%s)
+
+# Leftovers (a cleanup that failed): delete them, and say so.
+"$py" "$here/keystone-leftovers.py" --delete rally_ s_rally_ c_rally_ \
+    >"$priv/leftovers.json" 2>>"$log" || rc=1
+
+printf '%s\n' "$ENVBUILD_SECRET_ADMIN_PASSWORD" >"$priv/pw"
+if grep -rqF -f "$priv/pw" "$out"; then
+    echo "rally-keystone.sh: the admin password appears in $out" >&2
+    rc=1
+fi
+
+"$py" - "$out" "$task_id" "$rc" "$sla" "$((end - start))" "$before" \
+    "$priv/leftovers.json" "${ENVBUILD_RESULT:-}" "${VALIDATION_WHEN:-before}" <<'EOF'
+import json, math, os, sys
+out, task_id, rc, sla, wall, before, leftovers, result, when = sys.argv[1:]
+report = json.load(open(os.path.join(out, "report.json")))
+task = next(t for t in report["tasks"] if t["uuid"] == task_id)
+
+
+def p95(values):
+    # nearest-rank percentile, as rally's own "95%ile" column
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[max(0, math.ceil(0.95 * len(s)) - 1)], 3)
+
+
+scenarios = []
+for sub in task["subtasks"]:
+    for w in sub["workloads"]:
+        its = w["data"]
+        ok = [i["duration"] for i in its if not i.get("error")]
+        scenarios.append({
+            "name": w["name"],
+            "iterations": len(its),
+            "failures": sum(1 for i in its if i.get("error")),
+            "duration_avg": round(sum(ok) / len(ok), 3) if ok else None,
+            "duration_p95": p95(ok),
+            "runner": w["runner"],
+            "sla_passed": w["pass_sla"],
+        })
+after = json.load(open(leftovers))
+summary = {
+    "task_id": task_id,
+    "status": task["status"],
+    "sla_passed": bool(task["pass_sla"]) and int(sla) == 0,
+    "scenarios": scenarios,
+    "wall_seconds": int(wall),
+    "users_before": json.loads(before)["users_total"],
+    "leftovers": after,
+}
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+for s in scenarios:
+    print(f"rally: {s['name']}: {s['iterations']} iterations, {s['failures']} failed, "
+          f"avg {s['duration_avg']} s, p95 {s['duration_p95']} s")
+print(f"rally: task {task_id} {task['status']}, SLA "
+      f"{'passed' if summary['sla_passed'] else 'FAILED'}, {wall} s; leftovers "
+      f"deleted: {sum(after['deleted'].values())}")
+if result:
+    doc = {}
+    if os.path.exists(result):
+        try:
+            doc = json.load(open(result))
+        except ValueError:
+            pass
+    doc["rally"] = {s["name"]: {k: s[k] for k in ("iterations", "failures",
+                    "duration_avg", "duration_p95")} for s in scenarios}
+    doc["rally"]["sla_passed"] = summary["sla_passed"]
+    doc["when"] = when
+    os.makedirs(os.path.dirname(result) or ".", exist_ok=True)
+    json.dump(doc, open(result, "w"))
+ok = (summary["sla_passed"] and task["status"] == "finished" and int(rc) == 0
+      and all(s["iterations"] > 0 for s in scenarios))
+sys.exit(0 if ok else 1)
+EOF
