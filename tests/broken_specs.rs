@@ -68,6 +68,12 @@ const CASES: &[Case] = &[
     Case { name: "template-unclosed-placeholder", args: &[], location: Some("template-unclosed-placeholder/templates/nginx.conf.in:3:10"), phrases: &["`{{` is never closed by `}}`"] },
     // Secrets and cloud.
     Case { name: "secret-unknown-generator", args: &[], location: Some(":4:12"), phrases: &["unknown secret generator `uuid`", "allowed: \"password\""] },
+    // Flows.
+    Case { name: "flow-unknown-action", args: &[], location: Some(":15:10"), phrases: &["unknown action `reboot`", "allowed: up, down, run, stop, start, restart"] },
+    Case { name: "flow-restart-unknown-service", args: &[], location: Some(":16:13"), phrases: &["machine `web` has no service `keystone`", "its services: http"] },
+    Case { name: "flow-resume-later-phase", args: &[], location: Some(":17:10"), phrases: &["resume names `upgrade`, which is not an earlier phase"] },
+    Case { name: "flow-probes-never-run", args: &[], location: Some(":12:8"), phrases: &["no phase has `probes = true`"] },
+    Case { name: "flow-probe-unknown-secret", args: &[], location: Some(":22:9"), phrases: &["`{{ secrets.nope }}` names nothing defined here", "ports.http, token"] },
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.
     Case { name: "var-override-undeclared", args: &["--var", "nope=1"], location: None, phrases: &["--var nope", "declares no var `nope`", "declared vars: release, version"] },

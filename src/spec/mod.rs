@@ -143,6 +143,10 @@ impl Scope<'_> {
             names.extend(RUNTIME_NAMES.iter().map(|s| s.to_string()));
             names.extend(ports.iter().map(|p| format!("ports.{}", p.name)));
         }
+        if let Some(secrets) = self.probe_secrets {
+            names.push("token".into());
+            names.extend(secrets.keys().map(|s| format!("secrets.{s}")));
+        }
         if names.is_empty() {
             "nothing (declare vars in [vars])".into()
         } else {

@@ -76,8 +76,10 @@ start=$(date +%s)
 unset OS_PASSWORD
 
 before=$("$py" "$here/keystone-leftovers.py" rally_ s_rally_ c_rally_)
+targs='{}'
+[ -z "${RALLY_TASK_ARGS:-}" ] || targs=$RALLY_TASK_ARGS
 rc=0
-rally task start --task "$out/task.yaml" --task-args "${RALLY_TASK_ARGS:-{\}}" \
+rally task start --task "$out/task.yaml" --task-args "$targs" \
     --tag aio-lite >>"$log" 2>&1 || rc=$?
 task_id=$(rally task list --uuids-only 2>>"$log" | tail -n 1)
 [ -n "$task_id" ] || { echo "rally-keystone.sh: no task was created, see $log" >&2; exit 1; }
