@@ -67,7 +67,7 @@ pub fn run_step(
 ) -> Result<StepEnd> {
     let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
     let (reader, writer) = std::io::pipe().ctx(|| "creating a pipe".into())?;
-    let mut child = Command::new(exe)
+    let mut child = Command::new(&exe)
         .args(["supervise", "--", "/bin/sh", "-ec", command])
         .current_dir(cwd)
         .env_clear()
@@ -77,7 +77,7 @@ pub fn run_step(
         .stdout(writer.try_clone().ctx(|| "creating a pipe".into())?)
         .stderr(writer)
         .spawn()
-        .ctx(|| format!("starting a step in {}", cwd.display()))?;
+        .ctx(|| format!("starting a step ({} supervise) in {}", exe.display(), cwd.display()))?;
     std::thread::scope(|scope| {
         let lines = scope.spawn(move || {
             for line in BufReader::new(reader).split(b'\n') {
