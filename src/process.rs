@@ -21,7 +21,12 @@ use crate::error::{IoContext, Result};
 pub enum StepEnd {
     Exited(i32),
     TimedOut,
+    /// [`ABORT`] was raised (Ctrl-C in `envbuild test`): the step was stopped.
+    Aborted,
 }
+
+/// Raised by a signal handler to stop the running step at once (its whole process group).
+pub static ABORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The host variables passed through to steps: how this host reaches package registries. They
 /// change where bytes come from, never which bytes (inputs are pinned by hash).
@@ -77,7 +82,13 @@ pub fn run_step(
         .stdout(writer.try_clone().ctx(|| "creating a pipe".into())?)
         .stderr(writer)
         .spawn()
-        .ctx(|| format!("starting a step ({} supervise) in {}", exe.display(), cwd.display()))?;
+        .ctx(|| {
+            format!(
+                "starting a step ({} supervise) in {}",
+                exe.display(),
+                cwd.display()
+            )
+        })?;
     std::thread::scope(|scope| {
         let lines = scope.spawn(move || {
             for line in BufReader::new(reader).split(b'\n') {
@@ -89,11 +100,16 @@ pub fn run_step(
             if let Some(status) = child.try_wait().ctx(|| "waiting for a step".into())? {
                 break StepEnd::Exited(status.code().unwrap_or(128));
             }
-            if Instant::now() >= deadline {
+            let aborted = ABORT.load(Ordering::SeqCst);
+            if aborted || Instant::now() >= deadline {
                 // SAFETY: signalling our own child, which kills its step's process group.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 let _ = child.wait();
-                break StepEnd::TimedOut;
+                break if aborted {
+                    StepEnd::Aborted
+                } else {
+                    StepEnd::TimedOut
+                };
             }
             std::thread::sleep(Duration::from_millis(20));
         };

@@ -357,3 +357,64 @@ fn unknown_flow_is_bad_input() {
     assert_eq!(result.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&result.stderr).contains("has no flow `nope`; flows: check"));
 }
+
+#[test]
+fn an_interrupted_run_stops_its_step_and_cleans_up() {
+    let project = Project::new();
+    let marker = format!("envbuild-interrupt-{}", std::process::id());
+    web_flow(
+        &project,
+        &format!(
+            r#"
+[[flows.check.phases]]
+name = "long"
+action = "run"
+run = ["sleep 120 # {marker}"]
+"#
+        ),
+    );
+    let out = project.path().join("run");
+    let bin = assert_cmd::cargo::cargo_bin("envbuild");
+    let mut child = std::process::Command::new(&bin)
+        .current_dir(project.path())
+        .env("ENVBUILD_STORE", project.store())
+        .env("ENVBUILD_STATE", project.state())
+        .args(["test", "web", "--out", out.to_str().unwrap(), "-q"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while common::processes_with(&marker).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long phase never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: signalling the child we spawned, as Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let s = summary(&out);
+    assert_eq!(s["complete"], false);
+    let long = s["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "long")
+        .unwrap()
+        .clone();
+    assert_eq!(long["status"], "failed");
+    assert!(
+        long["error"].as_str().unwrap().contains("interrupted"),
+        "{long}"
+    );
+    assert!(
+        common::processes_with(&marker).is_empty(),
+        "the step outlived the interrupt"
+    );
+    assert!(
+        processes_mentioning(&project.state().display().to_string()).is_empty(),
+        "clean-up did not run"
+    );
+}

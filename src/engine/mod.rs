@@ -444,6 +444,7 @@ fn build_stage(
             let _ = std::fs::copy(pending.log(), &kept);
             let why = match end {
                 StepEnd::TimedOut => format!("timed out after {}s", stage.timeout.as_secs()),
+                StepEnd::Aborted => "was interrupted".to_string(),
                 StepEnd::Exited(code) => format!("exited with status {code}"),
             };
             return Err(Error::Failed(format!(

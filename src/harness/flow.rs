@@ -30,6 +30,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_signal: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
+    process::ABORT.store(true, Ordering::SeqCst);
 }
 
 /// Names a phase whose first attempt fails on purpose (tests of the retry policy).
@@ -219,6 +220,8 @@ pub fn run(
         samples.extend(running.stop());
     }
     marks.push(("end".to_string(), runner.t0.elapsed().as_millis() as u64));
+    // Clean-up runs even after Ctrl-C: only a second interrupt stops its steps.
+    process::ABORT.store(false, Ordering::SeqCst);
     if keep {
         progress.note("--keep: leaving the environment as it is (run `envbuild down` when done)");
     } else {
@@ -403,6 +406,7 @@ impl Runner<'_> {
                 "`{command}` {}.\n  last lines:\n{}\n  full log: {}",
                 match other {
                     StepEnd::TimedOut => format!("timed out after {}s", phase.timeout.as_secs()),
+                    StepEnd::Aborted => "was interrupted".to_string(),
                     StepEnd::Exited(code) => format!("exited with status {code}"),
                 },
                 process::tail(&log_path, 12),

@@ -48,9 +48,10 @@ print("\n".join(over))
 PYEOF
 
 # Unversioned names: the constraints pick the versions. --no-cache-dir: always
-# hash what the index serves now. PIP_FIND_LINKS etc. from the caller are ignored.
+# hash what the index serves now. A caller's PIP_FIND_LINKS / PIP_NO_INDEX would
+# make pip take files from elsewhere: ignored.
 # shellcheck disable=SC2086  # $reqs is a list of words on purpose
-PIP_FIND_LINKS= PIP_NO_INDEX= "$py" -m pip download --quiet --no-cache-dir \
+env -u PIP_FIND_LINKS -u PIP_NO_INDEX "$py" -m pip download --quiet --no-cache-dir \
     --only-binary :all: -c "$tmp/constraints.txt" -d "$tmp/wheels" $reqs
 
 "$py" - "$tmp/wheels" "$tmp/constraints.txt" "$TOOL" "$series" >"$tmp/lock" <<'PYEOF'
