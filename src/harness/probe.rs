@@ -133,9 +133,10 @@ pub fn exchange(probe: &ResolvedProbe) -> Result<(u16, String), String> {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
+    // One write: a body sent after the server already answered would reset the connection.
+    head.push_str(body);
     stream
         .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body.as_bytes()))
         .map_err(|e| format!("send: {e}"))?;
     let mut response = Vec::new();
     let mut buffer = [0u8; 8192];
@@ -202,9 +203,24 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
+                // Read the whole request (head and body) before answering, as a server does.
+                let mut request = Vec::new();
                 let mut buffer = [0u8; 4096];
-                let n = stream.read(&mut buffer).unwrap_or(0);
-                let _ = tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+                while let Ok(n) = stream.read(&mut buffer) {
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        body.len() >= length
+                    });
+                    if n == 0 || complete {
+                        break;
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
