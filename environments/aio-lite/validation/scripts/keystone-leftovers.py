@@ -1,4 +1,4 @@
-"""keystone-leftovers.py [--delete] PREFIX... — find (and delete) test leftovers.
+"""keystone-leftovers.py [--delete] PREFIX... | --check — find (and delete) test leftovers.
 
 Lists the users, groups, projects, roles, domains, services and regions of
 aio-lite's keystone whose name (regions: id) starts with one of the PREFIXes,
@@ -7,6 +7,8 @@ object: {"found": {kind: n}, "deleted": {kind: n}, "errors": [...], "users_total
 Standard library only (runs under any venv's python or /usr/bin/python3).
 Needs ENVBUILD_PORT_PUBLIC and ENVBUILD_SECRET_ADMIN_PASSWORD (admin, project
 admin, domain Default, as `envbuild creds aio-lite`). Exit 0 unless a request failed.
+--check only gets an admin token: exit 0, or 2 with a one-line reason (the
+runtime scripts' preflight).
 """
 import json
 import os
@@ -15,10 +17,11 @@ import urllib.error
 import urllib.request
 
 args = sys.argv[1:]
+check = args == ["--check"]
 delete = "--delete" in args
 prefixes = tuple(a for a in args if a != "--delete")
 if not prefixes:
-    sys.exit("usage: keystone-leftovers.py [--delete] PREFIX...")
+    sys.exit("usage: keystone-leftovers.py [--delete] PREFIX... | --check")
 base = "http://127.0.0.1:%s/v3" % os.environ["ENVBUILD_PORT_PUBLIC"]
 
 
@@ -37,8 +40,15 @@ auth = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
     "name": "admin", "domain": {"name": "Default"},
     "password": os.environ["ENVBUILD_SECRET_ADMIN_PASSWORD"]}}},
     "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
-headers, _ = call("POST", "/auth/tokens", auth)
+try:
+    headers, _ = call("POST", "/auth/tokens", auth)
+except (urllib.error.URLError, OSError) as e:
+    print("cannot get an admin token from %s: %s" % (base, getattr(e, "reason", e)),
+          file=sys.stderr)
+    sys.exit(2)
 token = headers["X-Subject-Token"]
+if check:
+    sys.exit(0)
 
 # Order matters for deletion: users and groups before projects, domains last.
 kinds = [("users", "name"), ("groups", "name"), ("projects", "name"),

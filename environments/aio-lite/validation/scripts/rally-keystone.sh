@@ -3,23 +3,30 @@
 #
 # Runtime script (test time, cwd = machine root, a running aio-lite):
 #   needs ENVBUILD_PORT_PUBLIC, ENVBUILD_SECRET_ADMIN_PASSWORD, ENVBUILD_RUN
-#   (e.g. `envbuild exec aio-lite controller -- sh .../rally-keystone.sh OUT`),
-#   and venv-rally/ from the "rally" stage (RALLY_VENV overrides).
-# Optional: RALLY_TASK_ARGS, a JSON/YAML dict for rally-keystone-task.yaml
-#   (auth_times, auth_concurrency, users_times, users_concurrency).
+#   (e.g. `envbuild exec aio-lite controller -- sh share/validation/rally-keystone.sh OUT`)
+#   and venv-rally/ from the "rally" stage.
+# Optional environment:
+#   RALLY_TASK_ARGS  JSON dict for rally-keystone-task.yaml: auth_times (6),
+#                    auth_concurrency (2), users_times (4), users_concurrency (1)
+#   RALLY_VENV       venv folder in the machine root (default venv-rally)
+#   ENVBUILD_RESULT  set by `envbuild test`: {"rally": {scenario: {iterations,
+#                    failures, duration_avg, duration_p95}, sla_passed}, "when":
+#                    VALIDATION_WHEN (before|after, default before)} is merged in
 # Writes OUT/rally/:
 #   report.json    rally's own JSON report (`rally task report --json`)
 #   report.html    the same, as rally's self-contained HTML
 #   summary.json   {scenarios: [{name, iterations, failures, duration_avg,
-#                  duration_p95}], sla_passed, task_id, leftovers}
+#                  duration_p95, ...}], sla_passed, task_id, wall_seconds, leftovers}
 #   task.yaml      the task file; rally.log: rally's console output
-# The rally DB (sqlite) and rally's HOME (~/.rally/globals) hold the admin
-# password: they live in a private dir under $ENVBUILD_RUN, deleted at exit.
-# Users and projects rally creates are deleted by rally's cleanup contexts;
-# anything named rally_*/s_rally_*/c_rally_* still there afterwards is deleted
-# too and counted in summary.json.
+# The rally DB (sqlite), rally.conf and rally's HOME (~/.rally/globals, openrc)
+# hold the admin password: they live in a private dir under $ENVBUILD_RUN,
+# deleted at exit. Users and projects rally creates are deleted by rally's own
+# cleanup contexts; anything named rally_*/s_rally_*/c_rally_* still there
+# afterwards is deleted too and counted in summary.json.
+# Companions, found next to this script: rally-keystone-task.yaml,
+# keystone-leftovers.py.
 # Exit status: 0 if the task finished and every SLA passed; 1 otherwise; 2 for
-# a usage or setup error.
+# a usage or setup error (keystone unreachable, wrong password, no venv).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
 [ $# -eq 1 ] || { echo "usage: rally-keystone.sh OUT" >&2; exit 2; }
@@ -34,6 +41,8 @@ venv=${RALLY_VENV:-venv-rally}
 py=$root/$venv/bin/python
 [ -x "$py" ] || { echo "rally-keystone.sh: no $venv in $root (rally stage)" >&2; exit 2; }
 
+# Preflight: keystone answers and the admin password is right (one line if not).
+"$py" "$here/keystone-leftovers.py" --check || exit 2
 rm -rf "$out"
 mkdir -p "$out" "$run"
 priv=$(mktemp -d "$run/rally.XXXXXX")

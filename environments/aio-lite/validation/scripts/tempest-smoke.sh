@@ -3,20 +3,29 @@
 #
 # Runtime script (test time, cwd = machine root, a running aio-lite):
 #   needs ENVBUILD_PORT_PUBLIC, ENVBUILD_SECRET_ADMIN_PASSWORD, ENVBUILD_RUN
-#   (e.g. `envbuild exec aio-lite controller -- sh .../tempest-smoke.sh OUT`),
-#   and venv-tempest/ from the "tempest" stage (TEMPEST_VENV overrides).
+#   (e.g. `envbuild exec aio-lite controller -- sh share/validation/tempest-smoke.sh OUT`)
+#   and venv-tempest/ from the "tempest" stage.
+# Optional environment:
+#   TEMPEST_REGEX        stestr selection (default: smoke-tagged tempest.api.identity)
+#   TEMPEST_CONCURRENCY  workers (default 1: SQLite, see ../README.md)
+#   TEMPEST_VENV         venv folder in the machine root (default venv-tempest)
+#   ENVBUILD_RESULT      set by `envbuild test`: {"smoke": {passed, failed,
+#                        skipped}, "when": VALIDATION_WHEN (before|after,
+#                        default before)} is merged into that file
 # Writes OUT/tempest/:
-#   results.json     {passed, failed, skipped, tests: [{name, status, duration}]}
+#   results.json     {passed, failed, skipped, wall_seconds, leftovers,
+#                    tests: [{name, status, duration[, reason]}]}
 #   results.subunit  the raw subunit v2 stream of the run
 #   .stestr/         stestr's repository (the workspace is OUT/tempest itself)
 #   run.log          tempest run's console output; tempest.log: tempest's own log
 #   tempest.conf     the configuration used, password replaced by ***
-# The real tempest.conf (it holds the admin password) lives in a private dir under
-# $ENVBUILD_RUN and is deleted at exit. Companions (found next to this script):
-# tempest-exclude.txt (exclusions, one regex per line, see ../README.md) and
-# subunit2json.py.
+# The real tempest.conf (it holds the admin password), HOME and the lock dir live
+# in a private dir under $ENVBUILD_RUN, deleted at exit. Users, projects, ...
+# named "tempest-*" still there after the run (a failed tearDown) are deleted
+# and counted in results.json. Companions, found next to this script:
+# tempest-exclude.txt, subunit2json.py, keystone-leftovers.py.
 # Exit status: 0 if tests ran and none failed; 1 if a test failed or none ran;
-# 2 for a usage or setup error.
+# 2 for a usage or setup error (keystone unreachable, wrong password, no venv).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
 [ $# -eq 1 ] || { echo "usage: tempest-smoke.sh OUT" >&2; exit 2; }
@@ -39,6 +48,8 @@ regex=${TEMPEST_REGEX:-'^tempest\.api\.identity\..*\bsmoke\b'}
 # (see ../README.md).
 concurrency=${TEMPEST_CONCURRENCY:-1}
 
+# Preflight: keystone answers and the admin password is right (one line if not).
+"$py" "$here/keystone-leftovers.py" --check || exit 2
 rm -rf "$out"
 mkdir -p "$out"
 # Private, per-run: tempest.conf (password), HOME (stestr reads ~/.stestr.yaml,
