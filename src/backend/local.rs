@@ -17,7 +17,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::digest::TreeEntry;
 use crate::process::{self, StepEnd};
 use crate::spec::model::{Machine, Probe, ReadyCheck, Service};
-use crate::spec::{secret_env_name, template, var_env_name};
+use crate::spec::template::RuntimeValues;
+use crate::spec::{secret_env_name, var_env_name};
 use crate::state::{MachineState, RunningService, RunningServices};
 use crate::store::{self, Entry, Pending, remove_tree};
 
@@ -111,9 +112,13 @@ impl Backend for LocalBackend {
             .ctx(|| format!("creating {}", ctx.state.logs().display()))?;
         let ports = allocate_ports(machine)?;
         let env = runtime_env(ctx, &ports);
-        let lookup = |name: &str| runtime_lookup(ctx, &ports, name);
-        let render =
-            |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
+        let (root_dir, run_dir) = (ctx.state.root(), ctx.state.run_dir());
+        let values = RuntimeValues {
+            vars: &ctx.vars,
+            ports: &ports,
+            dirs: Some((&root_dir, &run_dir)),
+        };
+        let render = |text: &str| values.render(text).map_err(|e| Error::Failed(e.message));
         let mut running = RunningServices {
             ports: ports.clone(),
             services: Vec::new(),
@@ -209,8 +214,13 @@ fn start_service(
     running: &mut RunningServices,
 ) -> Result<()> {
     let root = ctx.state.root();
-    let lookup = |name: &str| runtime_lookup(ctx, ports, name);
-    let render = |text: &str| template::render(text, lookup).map_err(|e| Error::Failed(e.message));
+    let run_dir = ctx.state.run_dir();
+    let values = RuntimeValues {
+        vars: &ctx.vars,
+        ports,
+        dirs: Some((&root, &run_dir)),
+    };
+    let render = |text: &str| values.render(text).map_err(|e| Error::Failed(e.message));
     let log = ctx.state.logs().join(format!("{}.log", service.name));
     let command = render(&service.command)?;
     let pid = process::spawn_service(&command, &root, env, &log)?;
@@ -271,21 +281,6 @@ fn allocate_ports(machine: &Machine) -> Result<BTreeMap<String, u16>> {
         held.push(listener);
     }
     Ok(ports)
-}
-
-fn runtime_lookup(
-    ctx: &RuntimeContext,
-    ports: &BTreeMap<String, u16>,
-    name: &str,
-) -> Option<String> {
-    match name {
-        "root" => Some(ctx.state.root().display().to_string()),
-        "run" => Some(ctx.state.run_dir().display().to_string()),
-        _ => match name.strip_prefix("ports.") {
-            Some(port) => ports.get(port).map(u16::to_string),
-            None => ctx.vars.get(name).cloned(),
-        },
-    }
 }
 
 /// The environment of prestart hooks, services and `envbuild exec`.

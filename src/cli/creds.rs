@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Global;
 use crate::error::{Error, IoContext, Result};
-use crate::spec::template;
+use crate::spec::template::RuntimeValues;
 
 #[derive(Debug, Args)]
 pub struct CredsArgs {
@@ -33,10 +33,17 @@ pub fn run(global: &Global, args: CredsArgs) -> Result<i32> {
     })?;
     let secrets = ws.state.secrets(&env)?;
     let password = &secrets[&cloud.password_secret];
-    let auth_url = template::render(&cloud.auth_url, |name| match name.strip_prefix("ports.") {
-        Some(port) => running.ports.get(port).map(u16::to_string),
-        None => env.vars.get(name).map(|v| v.value.clone()),
-    })
+    let vars = env
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let auth_url = RuntimeValues {
+        vars: &vars,
+        ports: &running.ports,
+        dirs: None,
+    }
+    .render(&cloud.auth_url)
     .map_err(|e| Error::Failed(e.message))?;
 
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));

@@ -19,7 +19,7 @@ use crate::report::json::{
     Verdict,
 };
 use crate::spec::model::{Environment, Flow, Phase, PhaseAction};
-use crate::spec::template;
+use crate::spec::template::{self, RuntimeValues};
 use crate::store::now_rfc3339;
 
 use super::probe::{self, ResolvedProbe, RunningProbes};
@@ -302,14 +302,12 @@ impl Runner<'_> {
         root: &Path,
         run: &Path,
     ) -> Result<String> {
-        template::render(text, |name| match name {
-            "root" => Some(root.display().to_string()),
-            "run" => Some(run.display().to_string()),
-            _ => match name.strip_prefix("ports.") {
-                Some(port) => ports.get(port).map(u16::to_string),
-                None => self.vars.get(name).cloned(),
-            },
-        })
+        RuntimeValues {
+            vars: &self.vars,
+            ports,
+            dirs: Some((root, run)),
+        }
+        .render(text)
         .map_err(|e| Error::Failed(format!("`{text}`: {}", e.message)))
     }
 
@@ -501,14 +499,17 @@ impl Runner<'_> {
         } else {
             None
         };
+        let values = RuntimeValues {
+            vars: &self.vars,
+            ports: &ports,
+            dirs: None,
+        };
+        // Probes also name the token and secrets (rendered in memory only).
         let lookup = |name: &str| -> Option<String> {
-            match name {
-                "token" => token.clone(),
-                _ => match (name.strip_prefix("ports."), name.strip_prefix("secrets.")) {
-                    (Some(port), _) => ports.get(port).map(u16::to_string),
-                    (_, Some(secret)) => self.secrets.get(secret).cloned(),
-                    _ => self.vars.get(name).cloned(),
-                },
+            match (name, name.strip_prefix("secrets.")) {
+                ("token", _) => token.clone(),
+                (_, Some(secret)) => self.secrets.get(secret).cloned(),
+                _ => values.get(name),
             }
         };
         let render =
@@ -539,10 +540,12 @@ impl Runner<'_> {
         let cloud = self.env.cloud.as_ref().ok_or_else(|| {
             Error::Input("a probe uses {{ token }} but the environment declares no [cloud]".into())
         })?;
-        let auth_url = template::render(&cloud.auth_url, |n| match n.strip_prefix("ports.") {
-            Some(p) => ports.get(p).map(u16::to_string),
-            None => self.vars.get(n).cloned(),
-        })
+        let auth_url = RuntimeValues {
+            vars: &self.vars,
+            ports,
+            dirs: None,
+        }
+        .render(&cloud.auth_url)
         .map_err(|e| Error::Failed(e.message))?;
         let body = serde_json::json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {

@@ -79,6 +79,32 @@ pub fn render(
     Ok(out)
 }
 
+/// What runtime placeholders (service commands, hooks, readiness checks, flow commands,
+/// `[cloud] auth_url`) name: vars, `ports.NAME`, and where the machine is (`root`, `run`).
+pub struct RuntimeValues<'a> {
+    pub vars: &'a std::collections::BTreeMap<String, String>,
+    pub ports: &'a std::collections::BTreeMap<String, u16>,
+    /// None where no machine folder is involved (`creds`): `root` and `run` then name nothing.
+    pub dirs: Option<(&'a std::path::Path, &'a std::path::Path)>,
+}
+
+impl RuntimeValues<'_> {
+    pub fn get(&self, name: &str) -> Option<String> {
+        match (name, self.dirs) {
+            ("root", Some((root, _))) => Some(root.display().to_string()),
+            ("run", Some((_, run))) => Some(run.display().to_string()),
+            _ => match name.strip_prefix("ports.") {
+                Some(port) => self.ports.get(port).map(u16::to_string),
+                None => self.vars.get(name).cloned(),
+            },
+        }
+    }
+
+    pub fn render(&self, text: &str) -> Result<String, TemplateError> {
+        render(text, |name| self.get(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +124,34 @@ mod tests {
         assert_eq!(placeholders("a {{ b").unwrap_err().offset, 2);
         assert!(placeholders("{{ }}").is_err());
         assert!(placeholders("{{ a b }}").is_err());
+    }
+
+    #[test]
+    fn runtime_values_name_vars_ports_and_dirs() {
+        let vars = std::collections::BTreeMap::from([("v".to_string(), "1".to_string())]);
+        let ports = std::collections::BTreeMap::from([("public".to_string(), 5000u16)]);
+        let (root, run) = (
+            std::path::Path::new("/m/root"),
+            std::path::Path::new("/m/run"),
+        );
+        let values = RuntimeValues {
+            vars: &vars,
+            ports: &ports,
+            dirs: Some((root, run)),
+        };
+        assert_eq!(
+            values
+                .render("{{ v }} :{{ ports.public }} {{ root }} {{ run }}")
+                .unwrap(),
+            "1 :5000 /m/root /m/run"
+        );
+        let no_dirs = RuntimeValues {
+            vars: &vars,
+            ports: &ports,
+            dirs: None,
+        };
+        assert!(no_dirs.render("{{ root }}").is_err());
+        assert!(values.render("{{ ports.other }}").is_err());
     }
 
     #[test]
