@@ -601,7 +601,7 @@ pub fn up(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    let mut started: Vec<(String, MachineState, RunningServices)> = Vec::new();
+    let mut started: Vec<(&Machine, MachineState, RunningServices)> = Vec::new();
     for machine in &env.machines {
         if machine.services.is_empty() && machine.prestart.is_empty() {
             continue;
@@ -625,13 +625,15 @@ pub fn up(
             Ok(running) => {
                 state.set_services(Some(&running))?;
                 bar.finish("up");
-                started.push((machine.name.clone(), state, running));
+                started.push((machine, state, running));
             }
             Err(e) => {
                 bar.finish("failed");
                 // Leave nothing half up: stop what this `up` started on other machines.
-                for (_, state, running) in started.iter().rev() {
-                    backend.stop(state, running);
+                for (earlier, state, running) in started.iter().rev() {
+                    if let Ok(their_backend) = backend::for_kind(earlier.backend) {
+                        their_backend.stop(state, running);
+                    }
                     let _ = state.set_services(None);
                 }
                 return Err(e);
@@ -642,7 +644,7 @@ pub fn up(
         report,
         started
             .into_iter()
-            .map(|(name, _, running)| (name, running))
+            .map(|(machine, _, running)| (machine.name.clone(), running))
             .collect(),
     ))
 }

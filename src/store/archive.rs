@@ -78,7 +78,7 @@ pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<Stri
             return Err(e);
         }
     };
-    let entries = store.entries_path();
+    let entries = store.entries_dir();
     for name in &names {
         let target = entries.join(name);
         if !target.exists() {

@@ -140,7 +140,7 @@ impl Store {
             .join("envbuild")
     }
 
-    fn entries_dir(&self) -> PathBuf {
+    pub fn entries_dir(&self) -> PathBuf {
         self.base.join("entries")
     }
 
@@ -237,10 +237,6 @@ impl Store {
         self.base
             .join("tmp")
             .join(format!("{owner}.{}.{seq}", std::process::id()))
-    }
-
-    pub fn entries_path(&self) -> PathBuf {
-        self.entries_dir()
     }
 
     pub fn begin(&self, key: &str) -> Result<Pending> {
