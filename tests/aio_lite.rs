@@ -1,5 +1,6 @@
-//! aio-lite end to end: real keystone from PyPI, real NGINX, on loopback. Cold up, a token
-//! through NGINX with the generated credentials, down leaves nothing, warm up replays.
+//! aio-lite end to end: real keystone, Tempest and Rally from PyPI, real NGINX, on loopback. Up,
+//! a token through NGINX with the generated credentials, down leaves nothing, warm up replays;
+//! the rolling upgrade with validation and probes, twice; the all-at-once upgrade's outage.
 //! Needs nginx and python3-venv (dev/setup installs them) and PyPI; fails, never skips, without.
 
 mod common;
@@ -9,8 +10,8 @@ use std::io::{Read, Write};
 use common::{Project, processes_mentioning};
 
 /// The tests here run one at a time: keystone on 2 cores is slow enough without three
-/// deployments competing for the cores (and for the probes' latency). The upgrade tests share
-/// one store: the first builds, the others replay.
+/// deployments competing for the cores (and for the probes' latency). They share one store:
+/// whichever runs first builds every stage from PyPI, the others replay.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn project() -> (Project, std::sync::MutexGuard<'static, ()>) {
@@ -22,6 +23,8 @@ fn project() -> (Project, std::sync::MutexGuard<'static, ()>) {
         project.envs(),
     )
     .unwrap();
+    std::fs::create_dir_all(shared_store()).unwrap();
+    std::os::unix::fs::symlink(shared_store(), project.store()).unwrap();
     (project, guard)
 }
 
@@ -87,11 +90,19 @@ fn issue_token(openrc: &str) -> (u16, Option<String>) {
 fn aio_lite_up_token_down_and_warm_up() {
     let (project, _serial) = project();
 
-    // Its own store: the cold build really builds everything from PyPI.
+    // The shared store: empty when this test runs first (then everything is built from PyPI),
+    // else the stages come from it.
+    let fresh = std::fs::read_dir(shared_store().join("v1/entries"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
     let cold = project.json(&["up", "aio-lite", "--json"]);
     let stages = cold["build"]["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 7);
-    assert!(stages.iter().all(|s| s["action"] == "built"), "{cold}");
+    assert_eq!(stages.len(), 10);
+    let expected = if fresh { "built" } else { "cached" };
+    assert!(
+        stages[..9].iter().all(|s| s["action"] == expected),
+        "{cold}"
+    );
     let services = cold["machines"][0]["services"].as_array().unwrap();
     assert_eq!(services.len(), 3);
 
@@ -185,7 +196,8 @@ fn aio_lite_up_token_down_and_warm_up() {
     assert_eq!(
         actions,
         [
-            "cached", "cached", "cached", "cached", "cached", "cached", "restored"
+            "cached", "cached", "cached", "cached", "cached", "cached", "cached", "cached",
+            "cached", "restored"
         ]
     );
     assert!(
@@ -207,11 +219,12 @@ fn test_run(
     project: &Project,
     flow: &str,
     out: &std::path::Path,
+    extra: &[&str],
 ) -> (std::process::Output, serde_json::Value) {
     let result = project
         .cmd()
-        .env("ENVBUILD_STORE", shared_store())
         .args(["test", "aio-lite", flow, "--out", out.to_str().unwrap()])
+        .args(extra)
         .output()
         .unwrap();
     let summary =
@@ -224,7 +237,7 @@ fn test_run(
 fn rolling_upgrade_keeps_keystone_up_and_the_second_run_builds_nothing() {
     let (project, _serial) = project();
     let first_out = project.path().join("run-1");
-    let (result, first) = test_run(&project, "rolling-upgrade", &first_out);
+    let (result, first) = test_run(&project, "rolling-upgrade", &first_out, &[]);
     assert!(
         result.status.success(),
         "{}\n{}",
@@ -253,15 +266,50 @@ fn rolling_upgrade_keeps_keystone_up_and_the_second_run_builds_nothing() {
         "{resources:?}"
     );
     assert!(resources.iter().all(|r| r["ok"] == true), "{resources:?}");
+    // Tempest's identity smoke tests and the Rally Keystone task passed on N and on N+1; their
+    // raw outputs are in the run folder, their figures in the summary and in junit.xml.
+    for when in ["before", "after"] {
+        let smoke = &first["smoke"][when];
+        assert!(smoke["passed"].as_u64().unwrap() > 0, "{smoke}");
+        assert_eq!(smoke["failed"], 0, "{smoke}");
+        let rally = &first["rally"][when];
+        assert_eq!(rally["sla_passed"], true, "{rally}");
+        let auth = &rally["KeystoneBasic.authenticate_user_and_validate_token"];
+        assert!(auth["iterations"].as_u64().unwrap() > 0, "{rally}");
+        assert_eq!(auth["failures"], 0, "{rally}");
+        let tempest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(first_out.join(when).join("tempest/results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(tempest["passed"], smoke["passed"]);
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(first_out.join(when).join("rally/report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["tasks"][0]["pass_sla"], true);
+    }
     // The expand step really migrated the schema (28 -> 29 has pending expand steps).
     let expand = std::fs::read_to_string(first_out.join("logs/expand.log")).unwrap();
     assert!(expand.contains("Running upgrade"), "{expand}");
+    // junit.xml parses; every case passed, smoke and Rally among them.
     let parsed = std::process::Command::new("python3")
-        .args(["-c", "import sys,xml.etree.ElementTree as E; print(len(list(E.parse(sys.argv[1]).getroot().iter('testcase'))))"])
+        .args(["-c", "import sys,xml.etree.ElementTree as E\nfor c in E.parse(sys.argv[1]).getroot().iter('testcase'):\n bad = [t for t in ('failure', 'error', 'skipped') if c.find(t) is not None]\n print(c.get('classname'), c.get('name'), bad[0] if bad else 'passed')"])
         .arg(first_out.join("junit.xml"))
         .output()
         .unwrap();
     assert!(parsed.status.success());
+    let cases = String::from_utf8(parsed.stdout).unwrap();
+    for case in [
+        "aio-lite.rolling-upgrade.smoke after",
+        "aio-lite.rolling-upgrade.rally before",
+        "aio-lite.rolling-upgrade.phase validate-after",
+    ] {
+        assert!(
+            cases.contains(&format!("{case} passed\n")),
+            "{case} in {cases}"
+        );
+    }
+    assert!(cases.lines().all(|l| l.ends_with(" passed")), "{cases}");
     assert!(
         std::fs::read_to_string(first_out.join("report.html"))
             .unwrap()
@@ -271,15 +319,22 @@ fn rolling_upgrade_keeps_keystone_up_and_the_second_run_builds_nothing() {
 
     // Second run: every stage before the upgrade comes from the cache.
     let second_out = project.path().join("run-2");
-    let (result, second) = test_run(&project, "rolling-upgrade", &second_out);
+    let (result, second) = test_run(
+        &project,
+        "rolling-upgrade",
+        &second_out,
+        &["--var", "validation=none"],
+    );
     assert!(
         result.status.success(),
         "{}",
         String::from_utf8_lossy(&result.stdout)
     );
     let cache = second["cache"].as_array().unwrap();
-    assert_eq!(cache.len(), 7);
+    assert_eq!(cache.len(), 10);
     assert!(cache.iter().all(|s| s["action"] != "built"), "{cache:?}");
+    // validation = none: the phases ran and said so; nothing was counted.
+    assert_eq!(second["smoke"]["before"], serde_json::Value::Null);
     eprintln!(
         "rolling-upgrade wall time: first {:.0} s, second {:.0} s",
         first["duration_s"], second["duration_s"]
@@ -290,7 +345,7 @@ fn rolling_upgrade_keeps_keystone_up_and_the_second_run_builds_nothing() {
 fn all_at_once_upgrade_measures_the_outage() {
     let (project, _serial) = project();
     let out = project.path().join("run");
-    let (result, summary) = test_run(&project, "all-at-once", &out);
+    let (result, summary) = test_run(&project, "all-at-once", &out, &[]);
     assert!(
         result.status.success(),
         "{}\n{}",

@@ -37,10 +37,20 @@ pub fn run(global: &Global, args: PlanArgs) -> Result<i32> {
             .map(|d| format!(": {d}"))
             .unwrap_or_default();
         println!("{} ({}){about}", machine.name, machine.backend);
+        let width = machine
+            .stages
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
         for stage in &machine.stages {
             let state = if stage.cached { "cached" } else { "build " };
             let about = stage.description.as_deref().unwrap_or("");
-            println!("  {state} {:<16} {}  {about}", stage.name, &stage.key[..16]);
+            println!(
+                "  {state} {:<width$} {}  {about}",
+                stage.name,
+                &stage.key[..16]
+            );
             for reason in &stage.reasons {
                 println!("         - {reason}");
             }

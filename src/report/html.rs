@@ -688,7 +688,7 @@ mod tests {
         assert!(html.contains("uptime <b>80.00 %</b> (16 of 20 requests ok)"));
         assert!(html.contains("8–11, 15–16"));
         assert!(html.contains("1 of 2 stages came from the store"));
-        assert!(html.contains("<code>KeystoneBasic.authenticate_user_and_validate_token · p95_s</code></td><td class=\"n\">0.41</td><td class=\"n\">0.47</td>"));
+        assert!(html.contains("<code>KeystoneBasic.authenticate_user_and_validate_token · duration_p95</code></td><td class=\"n\">0.52</td><td class=\"n\">0.61</td>"));
         // Self-contained: nothing is fetched, nothing runs.
         for outside in [
             "http:", "https:", "//", "<script", "src=", "url(", "@import",

@@ -267,12 +267,16 @@ pub(crate) mod tests {
                 },
             ],
             rally: Rally {
-                before: Some(
-                    serde_json::json!({"KeystoneBasic.authenticate_user_and_validate_token": {"success_pct": 100.0, "p95_s": 0.41}}),
-                ),
-                after: Some(
-                    serde_json::json!({"KeystoneBasic.authenticate_user_and_validate_token": {"success_pct": 100.0, "p95_s": 0.47}}),
-                ),
+                before: Some(serde_json::json!({
+                    "KeystoneBasic.authenticate_user_and_validate_token":
+                        {"iterations": 6, "failures": 0, "duration_avg": 0.41, "duration_p95": 0.52},
+                    "sla_passed": true,
+                })),
+                after: Some(serde_json::json!({
+                    "KeystoneBasic.authenticate_user_and_validate_token":
+                        {"iterations": 6, "failures": 1, "duration_avg": 0.47, "duration_p95": 0.61},
+                    "sla_passed": false,
+                })),
             },
             cache: vec![
                 StageUse {

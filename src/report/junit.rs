@@ -6,6 +6,8 @@
 //! - a probe fails when more than `max_failed_requests` of its requests failed, or when it has no
 //!   sample at all (a probe that never ran proves nothing);
 //! - smoke tests fail when one failed or none passed, and are skipped when they did not run;
+//! - the Rally task fails when its SLA failed or an iteration failed, and is skipped when it did
+//!   not run;
 //! - "flow complete" fails when a phase was skipped: the run must be made again (an incomplete run
 //!   otherwise shows as skipped cases only, which Jenkins does not mark).
 
@@ -56,6 +58,12 @@ pub fn junit_xml(summary: &RunSummary, max_failed_requests: u64) -> String {
         ("after", summary.smoke.after),
     ] {
         cases.push(smoke_case(&prefix, name, counts));
+    }
+    for (name, figures) in [
+        ("before", &summary.rally.before),
+        ("after", &summary.rally.after),
+    ] {
+        cases.push(rally_case(&prefix, name, figures.as_ref()));
     }
     cases.push(Case {
         classname: prefix.clone(),
@@ -162,6 +170,53 @@ fn smoke_case(prefix: &str, name: &str, counts: Option<TestCounts>) -> Case {
     };
     Case {
         classname: format!("{prefix}.smoke"),
+        name: name.to_string(),
+        time_s: 0.0,
+        outcome,
+        out,
+    }
+}
+
+/// `figures` as validation/scripts/rally-keystone.sh leaves them: `{SCENARIO: {iterations,
+/// failures, duration_avg, duration_p95}, "sla_passed": bool}`.
+fn rally_case(prefix: &str, name: &str, figures: Option<&serde_json::Value>) -> Case {
+    let classname = format!("{prefix}.rally");
+    let Some(figures) = figures else {
+        return Case {
+            classname,
+            name: name.to_string(),
+            time_s: 0.0,
+            outcome: Outcome::Skipped("the Rally task did not run".into()),
+            out: String::new(),
+        };
+    };
+    let number = |v: &serde_json::Value, key: &str| v.get(key).and_then(|n| n.as_f64());
+    let mut lines = Vec::new();
+    let mut failures = 0.0;
+    if let Some(map) = figures.as_object() {
+        for (scenario, f) in map.iter().filter(|(_, f)| f.is_object()) {
+            let failed = number(f, "failures").unwrap_or(0.0);
+            failures += failed;
+            let secs = |key| number(f, key).map_or("-".to_string(), |s| format!("{s:.3} s"));
+            lines.push(format!(
+                "{scenario}: {} iterations, {failed} failed, avg {}, p95 {}",
+                number(f, "iterations").unwrap_or(0.0),
+                secs("duration_avg"),
+                secs("duration_p95"),
+            ));
+        }
+    }
+    let out = lines.join("\n");
+    let sla = figures.get("sla_passed").and_then(|v| v.as_bool());
+    let outcome = if sla != Some(true) {
+        Outcome::failed("the Rally SLA failed", &out)
+    } else if failures > 0.0 {
+        Outcome::failed(&format!("{failures} Rally iterations failed"), &out)
+    } else {
+        Outcome::Passed
+    };
+    Case {
+        classname,
         name: name.to_string(),
         time_s: 0.0,
         outcome,
@@ -293,20 +348,21 @@ print(json.dumps({'root': root.tag, 'root_attrs': root.attrib, 'suites': len(sui
         let parsed = parse(&junit_xml(&summary, 0));
         assert_eq!(parsed["root"], "testsuites");
         assert_eq!(parsed["suites"], 1);
-        // 5 phases, 2 probes, 3 resource checks, smoke before and after, flow complete.
-        // Failed: validate-after, probe keystone (4 failed requests), project demo, smoke after.
+        // 5 phases, 2 probes, 3 resource checks, smoke and Rally before and after, flow complete.
+        // Failed: validate-after, probe keystone (4 failed requests), project demo, smoke after,
+        // Rally after (SLA).
         let suite = &parsed["suite"];
         assert_eq!(suite["name"], "envbuild.aio-lite.upgrade");
         assert_eq!(
             (&suite["tests"], &suite["failures"], &suite["errors"]),
-            (&json!("13"), &json!("4"), &json!("0"))
+            (&json!("15"), &json!("5"), &json!("0"))
         );
         assert_eq!(
             (&suite["skipped"], &suite["time"]),
             (&json!("0"), &json!("65.000"))
         );
-        assert_eq!(parsed["root_attrs"]["tests"], "13");
-        assert_eq!(parsed["cases"].as_array().unwrap().len(), 13);
+        assert_eq!(parsed["root_attrs"]["tests"], "15");
+        assert_eq!(parsed["cases"].as_array().unwrap().len(), 15);
 
         let upgrade = case(&parsed, "aio-lite.upgrade.phase", "upgrade");
         assert_eq!(
@@ -350,6 +406,17 @@ print(json.dumps({'root': root.tag, 'root_attrs': root.attrib, 'suites': len(sui
             case(&parsed, "aio-lite.upgrade.smoke", "before")["failure"],
             Value::Null
         );
+        let rally = case(&parsed, "aio-lite.upgrade.rally", "after");
+        assert_eq!(rally["failure"], "the Rally SLA failed");
+        assert_eq!(
+            rally["out"],
+            "KeystoneBasic.authenticate_user_and_validate_token: 6 iterations, 1 failed, \
+             avg 0.470 s, p95 0.610 s"
+        );
+        assert_eq!(
+            case(&parsed, "aio-lite.upgrade.rally", "before")["failure"],
+            Value::Null
+        );
         assert_eq!(
             case(&parsed, "aio-lite.upgrade", "flow complete")["failure"],
             Value::Null
@@ -363,12 +430,17 @@ print(json.dumps({'root': root.tag, 'root_attrs': root.attrib, 'suites': len(sui
         summary.phases[4].status = PhaseStatus::Skipped;
         summary.complete = false;
         summary.smoke.after = None;
+        summary.rally.after = None;
         summary.resources.pop();
         let parsed = parse(&junit_xml(&summary, 4));
         let suite = &parsed["suite"];
         assert_eq!(
             (&suite["tests"], &suite["failures"], &suite["skipped"]),
-            (&json!("12"), &json!("1"), &json!("2"))
+            (&json!("14"), &json!("1"), &json!("3"))
+        );
+        assert_eq!(
+            case(&parsed, "aio-lite.upgrade.rally", "after")["skipped"],
+            true
         );
         assert_eq!(
             case(&parsed, "aio-lite.upgrade.probe", "keystone")["failure"],

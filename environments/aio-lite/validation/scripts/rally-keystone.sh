@@ -29,25 +29,9 @@
 # a usage or setup error (keystone unreachable, wrong password, no venv).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
-[ $# -eq 1 ] || { echo "usage: rally-keystone.sh OUT" >&2; exit 2; }
-mkdir -p "$1"
-out=$(cd "$1" && pwd)/rally
-root=${ENVBUILD_ROOT:-$(pwd)}
-cd "$root"
-port=${ENVBUILD_PORT_PUBLIC:?}
-run=${ENVBUILD_RUN:?}
-: "${ENVBUILD_SECRET_ADMIN_PASSWORD:?}"
-venv=${RALLY_VENV:-venv-rally}
-py=$root/$venv/bin/python
-[ -x "$py" ] || { echo "rally-keystone.sh: no $venv in $root (rally stage)" >&2; exit 2; }
-
-# Preflight: keystone answers and the admin password is right (one line if not).
-"$py" "$here/keystone-leftovers.py" --check || exit 2
-rm -rf "$out"
-mkdir -p "$out" "$run"
-priv=$(mktemp -d "$run/rally.XXXXXX")
-trap 'rm -rf "$priv"' EXIT
-trap 'exit 130' INT TERM
+. "$here/common.sh"
+# Sets root, out, port, py and priv (private, deleted at exit); checks keystone.
+validation_setup rally "${RALLY_VENV:-venv-rally}" "$@"
 mkdir -p "$priv/home"
 # Rally's DB defaults to $TMPDIR/rally.sqlite (shared by every rally on the
 # host) and its config to ~/.rally/rally.conf or /etc/rally/rally.conf: pin both.
@@ -100,16 +84,14 @@ end=$(date +%s)
 "$py" "$here/keystone-leftovers.py" --delete rally_ s_rally_ c_rally_ \
     >"$priv/leftovers.json" 2>>"$log" || rc=1
 
-printf '%s\n' "$ENVBUILD_SECRET_ADMIN_PASSWORD" >"$priv/pw"
-if grep -rqF -f "$priv/pw" "$out"; then
-    echo "rally-keystone.sh: the admin password appears in $out" >&2
-    rc=1
-fi
+validation_check_leak || rc=1
 
-"$py" - "$out" "$task_id" "$rc" "$((end - start))" "$before" \
+"$py" - "$here" "$out" "$task_id" "$rc" "$((end - start))" "$before" \
     "$priv/leftovers.json" "${ENVBUILD_RESULT:-}" "${VALIDATION_WHEN:-before}" <<'EOF'
 import json, math, os, sys
-out, task_id, rc, wall, before, leftovers, result, when = sys.argv[1:]
+here, out, task_id, rc, wall, before, leftovers, result, when = sys.argv[1:]
+sys.path.insert(0, here)
+import result as envbuild_result
 report = json.load(open(os.path.join(out, "report.json")))
 task = next(t for t in report["tasks"] if t["uuid"] == task_id)
 
@@ -156,19 +138,10 @@ for s in scenarios:
 print(f"rally: task {task_id} {task['status']}, SLA "
       f"{'passed' if summary['sla_passed'] else 'FAILED'}, {wall} s; leftovers "
       f"deleted: {sum(after['deleted'].values())}")
-if result:
-    doc = {}
-    if os.path.exists(result):
-        try:
-            doc = json.load(open(result))
-        except ValueError:
-            pass
-    doc["rally"] = {s["name"]: {k: s[k] for k in ("iterations", "failures",
-                    "duration_avg", "duration_p95")} for s in scenarios}
-    doc["rally"]["sla_passed"] = summary["sla_passed"]
-    doc["when"] = when
-    os.makedirs(os.path.dirname(result) or ".", exist_ok=True)
-    json.dump(doc, open(result, "w"))
+figures = {s["name"]: {k: s[k] for k in ("iterations", "failures", "duration_avg",
+           "duration_p95")} for s in scenarios}
+figures["sla_passed"] = summary["sla_passed"]
+envbuild_result.merge(result, "rally", figures, when)
 ok = (summary["sla_passed"] and task["status"] == "finished" and int(rc) == 0
       and all(s["iterations"] > 0 for s in scenarios))
 sys.exit(0 if ok else 1)

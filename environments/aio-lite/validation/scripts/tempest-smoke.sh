@@ -28,17 +28,9 @@
 # 2 for a usage or setup error (keystone unreachable, wrong password, no venv).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)   # before any cd: $0 may be relative
-[ $# -eq 1 ] || { echo "usage: tempest-smoke.sh OUT" >&2; exit 2; }
-mkdir -p "$1"
-out=$(cd "$1" && pwd)/tempest
-root=${ENVBUILD_ROOT:-$(pwd)}
-cd "$root"
-port=${ENVBUILD_PORT_PUBLIC:?}
-run=${ENVBUILD_RUN:?}
-: "${ENVBUILD_SECRET_ADMIN_PASSWORD:?}"
-venv=${TEMPEST_VENV:-venv-tempest}
-py=$root/$venv/bin/python
-[ -x "$py" ] || { echo "tempest-smoke.sh: no $venv in $root (tempest stage)" >&2; exit 2; }
+. "$here/common.sh"
+# Sets root, out, port, py and priv (private, deleted at exit); checks keystone.
+validation_setup tempest "${TEMPEST_VENV:-venv-tempest}" "$@"
 auth_url=http://127.0.0.1:$port/v3
 # Default: the smoke-tagged identity tests (tempest's --smoke and --regex are
 # mutually exclusive, so the smoke attribute is part of the regex).
@@ -48,17 +40,9 @@ regex=${TEMPEST_REGEX:-'^tempest\.api\.identity\..*\bsmoke\b'}
 # (see ../README.md).
 concurrency=${TEMPEST_CONCURRENCY:-1}
 
-# Preflight: keystone answers and the admin password is right (one line if not).
-"$py" "$here/keystone-leftovers.py" --check || exit 2
-rm -rf "$out"
-mkdir -p "$out"
 # Private, per-run: tempest.conf (password), HOME (stestr reads ~/.stestr.yaml,
 # tempest may create ~/.tempest), the oslo.concurrency lock dir (tempest's
 # default, /tmp/tempest-lock, is shared by every tempest on the host).
-mkdir -p "$run"
-priv=$(mktemp -d "$run/tempest.XXXXXX")
-trap 'rm -rf "$priv"' EXIT
-trap 'exit 130' INT TERM
 mkdir -p "$priv/etc" "$priv/home" "$priv/lock"
 
 # Written with a python here-doc so the password never reaches argv (ps) and
@@ -187,18 +171,16 @@ EOF2
 rm -f "$out/leftovers.json"
 
 # The password must not have leaked into anything kept.
-printf '%s\n' "$ENVBUILD_SECRET_ADMIN_PASSWORD" >"$priv/pw"
-if grep -rqF -f "$priv/pw" "$out"; then
-    echo "tempest-smoke.sh: the admin password appears in $out" >&2
-    rc=1
-fi
+validation_check_leak || rc=1
 
 # Verdict from the results, not only from tempest's exit code. Under
 # `envbuild test` ($ENVBUILD_RESULT set) the counts also go to the run summary
 # as smoke "before", or "after" with VALIDATION_WHEN=after in the phase's env.
-"$py" - "$out/results.json" "$rc" "${ENVBUILD_RESULT:-}" "${VALIDATION_WHEN:-before}" <<'EOF'
-import json, os, sys
-path, rc, result, when = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+"$py" - "$here" "$out/results.json" "$rc" "${ENVBUILD_RESULT:-}" "${VALIDATION_WHEN:-before}" <<'EOF'
+import json, sys
+here, path, rc, result, when = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+sys.path.insert(0, here)
+import result as envbuild_result
 r = json.load(open(path))
 print(f"tempest: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped "
       f"in {r['wall_seconds']} s (tempest exit {rc}); leftovers deleted: "
@@ -206,16 +188,6 @@ print(f"tempest: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skip
 for t in r["tests"]:
     if t["status"] == "failed":
         print(f"  FAILED {t['name']}")
-if result:
-    doc = {}
-    if os.path.exists(result):
-        try:
-            doc = json.load(open(result))
-        except ValueError:
-            pass
-    doc["smoke"] = {k: r[k] for k in ("passed", "failed", "skipped")}
-    doc["when"] = when
-    os.makedirs(os.path.dirname(result) or ".", exist_ok=True)
-    json.dump(doc, open(result, "w"))
+envbuild_result.merge(result, "smoke", {k: r[k] for k in ("passed", "failed", "skipped")}, when)
 sys.exit(0 if r["failed"] == 0 and r["passed"] > 0 and rc == 0 else 1)
 EOF
