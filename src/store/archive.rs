@@ -67,9 +67,31 @@ fn escapes(link_path: &Path, target: &Path) -> bool {
 /// Imports every entry of the archive read from `input`; returns the names imported (entries
 /// already present are kept as they are and listed too).
 pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<String>> {
+    import_checked(store, input, source, |_| Ok(()))
+}
+
+/// Imports an archive that must hold exactly the entry `expected` (a pulled remote entry).
+pub fn import_one(store: &Store, input: impl Read, source: &Path, expected: &str) -> Result<()> {
+    import_checked(store, input, source, |names| match names {
+        [only] if only == expected => Ok(()),
+        _ => Err(reject(
+            source,
+            format!("it holds {names:?}, not just the signed entry {expected}"),
+        )),
+    })
+    .map(|_| ())
+}
+
+fn import_checked(
+    store: &Store,
+    input: impl Read,
+    source: &Path,
+    accept: impl FnOnce(&[String]) -> Result<()>,
+) -> Result<Vec<String>> {
     let staging = store.tmp_path("import");
     std::fs::create_dir_all(&staging).ctx(|| format!("creating {}", staging.display()))?;
     let result = unpack_checked(&staging, input, source)
+        .and_then(|names| accept(&names).map(|_| names))
         .and_then(|names| check_entries(store, &staging, &names, source).map(|_| names));
     let names = match result {
         Ok(names) => names,

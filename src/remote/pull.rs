@@ -1,0 +1,259 @@
+//! Pull: verify the signed statement, download the blob (resuming a partial download), check its
+//! digest, then import it through the same checks as `cache import`.
+//!
+//! Partial downloads live in `STORE/v1/downloads/<blob sha256>.part`, named by the signed digest
+//! so that resumed bytes can only belong to the same blob; nothing reaches `entries/` before the
+//! whole blob matches its signed digest and every file matches its tree.
+
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::http::{self, Body};
+use super::signing::Statement;
+use super::{Remote, Remotes, unexpected, unreachable};
+use crate::engine::progress::Progress;
+use crate::error::{Error, IoContext};
+use crate::key::StageKey;
+use crate::store::{Store, archive};
+
+/// Asks each pulling remote in order for `key`. Returns the entry name pulled (if any) and the
+/// error of every remote that had the key but was refused or failed.
+pub fn pull_key(
+    store: &Store,
+    remotes: &Remotes,
+    key: &str,
+    progress: &Progress,
+) -> (Option<String>, Vec<Error>) {
+    let mut failures = Vec::new();
+    for remote in remotes.pulling() {
+        if remotes.is_unreachable(remote) {
+            continue;
+        }
+        match pull_from(store, remote, key, progress) {
+            Ok(Some(name)) => return (Some(name), failures),
+            Ok(None) => {}
+            Err(Failure::Unreachable(e)) => {
+                remotes.mark_unreachable(remote);
+                failures.push(e);
+            }
+            Err(Failure::Refused(e)) => failures.push(e),
+        }
+    }
+    (None, failures)
+}
+
+/// Before a machine is built: fetch the newest of its stages that a remote has and the local
+/// store does not. Problems are warnings; the stage is then built locally.
+pub fn pull_through(store: &Store, remotes: &Remotes, keys: &[&StageKey], progress: &Progress) {
+    if remotes.pulling().next().is_none() {
+        return;
+    }
+    let Ok(index) = store.index() else { return };
+    for stage_key in keys.iter().rev() {
+        if index.contains_key(&stage_key.key) {
+            return;
+        }
+        let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
+        for failure in failures {
+            progress.note(&format!(
+                "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
+                stage_key.machine, stage_key.stage
+            ));
+        }
+        if pulled.is_some() {
+            return;
+        }
+    }
+}
+
+enum Failure {
+    /// The remote could not be asked at all (down, wrong address): skip it from now on.
+    Unreachable(Error),
+    /// The remote answered, but its entry is not acceptable or the transfer failed.
+    Refused(Error),
+}
+
+fn pull_from(
+    store: &Store,
+    remote: &Remote,
+    key: &str,
+    progress: &Progress,
+) -> std::result::Result<Option<String>, Failure> {
+    let url = remote.statement_url(key);
+    let mut response = http::request("GET", &url, &[], Body::Empty)
+        .map_err(|e| Failure::Unreachable(unreachable(&url, &e)))?;
+    match response.status {
+        200 => {}
+        404 => return Ok(None),
+        _ => return Err(Failure::Refused(unexpected("GET", &url, &mut response))),
+    }
+    let refuse = |why: String| {
+        Failure::Refused(Error::Input(format!(
+            "refusing remote entry {key} from {}: {why}.\n  fix: {}",
+            remote.url,
+            if why.contains("trusted") {
+                "add the pusher's public key to trusted_keys (config) or --cache-trusted-key, if you trust it"
+            } else {
+                "push the entry again from a sound store; nothing was added to the local store"
+            }
+        )))
+    };
+    let text = response
+        .text(16 * 1024)
+        .map_err(|e| Failure::Refused(unreachable(&url, &e)))?;
+    if remote.trusted.is_empty() {
+        return Err(refuse(
+            "no trusted keys are configured for this remote, so no entry can be accepted".into(),
+        ));
+    }
+    let statement = Statement::verify(&text, &remote.trusted)
+        .map_err(|why| refuse(format!("its statement {why}")))?;
+    if statement.key != key {
+        return Err(refuse(format!(
+            "its statement is about key {}, not this one",
+            statement.key
+        )));
+    }
+
+    let _lock = store
+        .lock(key, || {
+            progress.note(&format!(
+                "{key}: waiting for another envbuild using this key"
+            ))
+        })
+        .map_err(Failure::Refused)?;
+    if let Some(entry) = store.find(key).map_err(Failure::Refused)? {
+        return Ok(Some(entry.name));
+    }
+    let downloads = store.root.join(crate::store::LAYOUT).join("downloads");
+    std::fs::create_dir_all(&downloads)
+        .ctx(|| format!("creating {}", downloads.display()))
+        .map_err(Failure::Refused)?;
+    let part = downloads.join(format!("{}.part", statement.blob_sha256));
+    let blob_url = remote.blob_url(&statement.blob_sha256);
+    let digest = download(
+        &blob_url,
+        &part,
+        statement.blob_size,
+        &statement.entry,
+        progress,
+    )?;
+    if digest != statement.blob_sha256 {
+        let _ = std::fs::remove_file(&part);
+        return Err(refuse(format!(
+            "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
+            statement.blob_sha256
+        )));
+    }
+    let imported = std::fs::File::open(&part)
+        .ctx(|| format!("opening {}", part.display()))
+        .and_then(|file| {
+            let decoder =
+                zstd::Decoder::new(file).ctx(|| "starting the zstd decompressor".into())?;
+            archive::import_one(
+                store,
+                decoder,
+                Path::new(&blob_url.to_string()),
+                &statement.entry,
+            )
+        });
+    let _ = std::fs::remove_file(&part);
+    imported.map_err(|e| refuse(e.to_string()))?;
+    Ok(Some(statement.entry))
+}
+
+/// Fetches `url` into `part`, continuing from what `part` already holds when the server honours
+/// a Range request (and restarting when it does not). Returns the sha256 of the whole file.
+fn download(
+    url: &http::Url,
+    part: &Path,
+    size: u64,
+    label: &str,
+    progress: &Progress,
+) -> std::result::Result<String, Failure> {
+    let io = |e: Error| Failure::Refused(e);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .ctx(|| format!("opening {}", part.display()))
+        .map_err(io)?;
+    let mut have = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if have > size {
+        file.set_len(0)
+            .ctx(|| format!("truncating {}", part.display()))
+            .map_err(io)?;
+        have = 0;
+    }
+    let mut hasher = Sha256::new();
+    if have > 0 {
+        // The bytes kept from an interrupted download count towards the digest too.
+        let mut prefix = (&mut file).take(have);
+        let mut buffer = vec![0u8; http::BUFFER];
+        loop {
+            let n = prefix
+                .read(&mut buffer)
+                .ctx(|| format!("reading {}", part.display()))
+                .map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+    }
+    if have < size {
+        let range = format!("bytes={have}-");
+        let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
+        let mut response = http::request("GET", url, headers, Body::Empty)
+            .map_err(|e| Failure::Refused(unreachable(url, &e)))?;
+        match response.status {
+            206 if have > 0
+                && response
+                    .header("content-range")
+                    .is_some_and(|r| r.starts_with(&format!("bytes {have}-"))) =>
+            {
+                progress.note(&format!(
+                    "{label}: resuming the download at {have} of {size} bytes"
+                ));
+            }
+            200 => {
+                hasher = Sha256::new();
+                have = 0;
+                file.set_len(0)
+                    .ctx(|| format!("truncating {}", part.display()))
+                    .map_err(io)?;
+            }
+            _ => return Err(Failure::Refused(unexpected("GET", url, &mut response))),
+        }
+        file.seek(std::io::SeekFrom::Start(have))
+            .ctx(|| format!("seeking {}", part.display()))
+            .map_err(io)?;
+        let bar = progress.bytes(format!("pull {label}"), size);
+        bar.set(have);
+        let mut buffer = vec![0u8; http::BUFFER];
+        let body = response.body();
+        loop {
+            let n = match body.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
+            };
+            if have + n as u64 > size {
+                break; // The blob is the signed number of bytes; anything after it is not ours.
+            }
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n])
+                .ctx(|| format!("writing {}", part.display()))
+                .map_err(io)?;
+            have += n as u64;
+            bar.set(have);
+        }
+        bar.finish("downloaded");
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
