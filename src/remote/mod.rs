@@ -10,6 +10,7 @@
 //! See docs/remote-cache.md.
 
 pub mod config;
+mod frames;
 pub mod http;
 mod pull;
 mod push;

@@ -133,45 +133,117 @@ fn pull_from(
         .map_err(Failure::Refused)?;
     let part = downloads.join(format!("{}.part", statement.blob_sha256));
     let blob_url = remote.blob_url(&statement.blob_sha256);
-    let digest = download(
-        &blob_url,
-        &part,
-        statement.blob_size,
-        &statement.entry,
-        progress,
-    )?;
-    if digest != statement.blob_sha256 {
-        let _ = std::fs::remove_file(&part);
-        return Err(refuse(format!(
-            "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
-            statement.blob_sha256
-        )));
-    }
-    let imported = std::fs::File::open(&part)
-        .ctx(|| format!("opening {}", part.display()))
-        .and_then(|file| {
-            let decoder =
-                zstd::Decoder::new(file).ctx(|| "starting the zstd decompressor".into())?;
-            archive::import_one(
-                store,
-                decoder,
-                Path::new(&blob_url.to_string()),
+
+    // Two threads: one fetches (and hashes, and keeps the bytes in `part` for a resume), the
+    // other decompresses and unpacks as the bytes arrive. Nothing is committed before the
+    // fetcher's digest matches the signed one.
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (done, fetched) = std::sync::mpsc::channel();
+    let fetch_result = std::cell::RefCell::new(None);
+    let imported = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let done = done; // dropped with this thread, even if it panics: no waiting forever
+            let result = download(
+                &blob_url,
+                &part,
+                statement.blob_size,
                 &statement.entry,
-            )
+                progress,
+                chunks,
+            );
+            let _ = done.send(result);
         });
-    let _ = std::fs::remove_file(&part);
-    imported.map_err(|e| refuse(e.to_string()))?;
-    Ok(Some(statement.entry))
+        let wait_for_fetch = || {
+            if fetch_result.borrow().is_none() {
+                *fetch_result.borrow_mut() = fetched.recv().ok();
+            }
+        };
+        let result = zstd::Decoder::new(ChannelReader::new(received))
+            .ctx(|| "starting the zstd decompressor".into())
+            .and_then(|decoder| {
+                archive::import_one(
+                    store,
+                    decoder,
+                    Path::new(&blob_url.to_string()),
+                    &statement.entry,
+                    || {
+                        wait_for_fetch();
+                        match fetch_result.borrow().as_ref() {
+                            Some(Ok(digest)) if *digest == statement.blob_sha256 => Ok(()),
+                            _ => Err(Error::Failed("the download did not complete".into())),
+                        }
+                    },
+                )
+            });
+        wait_for_fetch();
+        result
+    });
+    match fetch_result.into_inner() {
+        Some(Ok(digest)) if digest != statement.blob_sha256 => {
+            let _ = std::fs::remove_file(&part);
+            Err(refuse(format!(
+                "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
+                statement.blob_sha256
+            )))
+        }
+        Some(Ok(_)) => {
+            let _ = std::fs::remove_file(&part);
+            imported.map_err(|e| refuse(e.to_string()))?;
+            Ok(Some(statement.entry))
+        }
+        // The transfer broke: `part` keeps what arrived, the next pull resumes from there.
+        Some(Err(failure)) => Err(failure),
+        None => Err(Failure::Refused(Error::Failed(
+            "the download thread ended without a result".into(),
+        ))),
+    }
+}
+
+/// Reads the chunks the fetcher sends; the end of the channel is the end of the stream.
+struct ChannelReader {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(chunks: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            chunks,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Fetches `url` into `part`, continuing from what `part` already holds when the server honours
-/// a Range request (and restarting when it does not). Returns the sha256 of the whole file.
+/// a Range request (and restarting when it does not), and passes every byte of the blob, from
+/// the first, to the unpacker through `chunks`. Returns the sha256 of the whole blob.
 fn download(
     url: &http::Url,
     part: &Path,
     size: u64,
     label: &str,
     progress: &Progress,
+    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
 ) -> std::result::Result<String, Failure> {
     let io = |e: Error| Failure::Refused(e);
     let mut file = std::fs::OpenOptions::new()
@@ -184,35 +256,17 @@ fn download(
         .map_err(io)?;
     let mut have = file.metadata().map(|m| m.len()).unwrap_or(0);
     if have > size {
-        file.set_len(0)
-            .ctx(|| format!("truncating {}", part.display()))
-            .map_err(io)?;
         have = 0;
     }
-    let mut hasher = Sha256::new();
-    if have > 0 {
-        // The bytes kept from an interrupted download count towards the digest too.
-        let mut prefix = (&mut file).take(have);
-        let mut buffer = vec![0u8; http::BUFFER];
-        loop {
-            let n = prefix
-                .read(&mut buffer)
-                .ctx(|| format!("reading {}", part.display()))
-                .map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-        }
-    }
+    let mut response = None;
     if have < size {
         let range = format!("bytes={have}-");
         let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
-        let mut response = http::request("GET", url, headers, Body::Empty)
+        let mut answer = http::request("GET", url, headers, Body::Empty)
             .map_err(|e| Failure::Refused(unreachable(url, &e)))?;
-        match response.status {
+        match answer.status {
             206 if have > 0
-                && response
+                && answer
                     .header("content-range")
                     .is_some_and(|r| r.starts_with(&format!("bytes {have}-"))) =>
             {
@@ -220,22 +274,40 @@ fn download(
                     "{label}: resuming the download at {have} of {size} bytes"
                 ));
             }
-            200 => {
-                hasher = Sha256::new();
-                have = 0;
-                file.set_len(0)
-                    .ctx(|| format!("truncating {}", part.display()))
-                    .map_err(io)?;
-            }
-            _ => return Err(Failure::Refused(unexpected("GET", url, &mut response))),
+            200 => have = 0,
+            _ => return Err(Failure::Refused(unexpected("GET", url, &mut answer))),
         }
+        response = Some(answer);
+    }
+    file.set_len(have)
+        .ctx(|| format!("truncating {}", part.display()))
+        .map_err(io)?;
+    let mut sink = Sink {
+        hasher: Sha256::new(),
+        chunks,
+        listening: true,
+    };
+    let mut buffer = vec![0u8; http::BUFFER];
+    // The bytes kept from an interrupted download come first.
+    let mut prefix = (&mut file).take(have);
+    loop {
+        let n = prefix
+            .read(&mut buffer)
+            .ctx(|| format!("reading {}", part.display()))
+            .map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        sink.pass(&buffer[..n]);
+    }
+    if let Some(mut response) = response {
         file.seek(std::io::SeekFrom::Start(have))
             .ctx(|| format!("seeking {}", part.display()))
             .map_err(io)?;
         let bar = progress.bytes(format!("pull {label}"), size);
         bar.set(have);
-        let mut buffer = vec![0u8; http::BUFFER];
-        let body = response.body();
+        // The blob is the signed number of bytes; anything after it is not ours.
+        let mut body = response.body().take(size - have);
         loop {
             let n = match body.read(&mut buffer) {
                 Ok(0) => break,
@@ -243,17 +315,30 @@ fn download(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
             };
-            if have + n as u64 > size {
-                break; // The blob is the signed number of bytes; anything after it is not ours.
-            }
-            hasher.update(&buffer[..n]);
             file.write_all(&buffer[..n])
                 .ctx(|| format!("writing {}", part.display()))
                 .map_err(io)?;
+            sink.pass(&buffer[..n]);
             have += n as u64;
             bar.set(have);
         }
         bar.finish("downloaded");
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hex::encode(sink.hasher.finalize()))
+}
+
+/// Where the blob's bytes go, in order: the digest, and the unpacker while it listens.
+struct Sink {
+    hasher: Sha256,
+    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
+    listening: bool,
+}
+
+impl Sink {
+    fn pass(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        if self.listening && self.chunks.send(bytes.to_vec()).is_err() {
+            self.listening = false;
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::io::{BufWriter, Write};
 
 use sha2::{Digest, Sha256};
 
+use super::frames::FrameWriter;
 use super::http::{self, Body};
 use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
@@ -116,10 +117,7 @@ fn compress(entry: &Entry, path: &std::path::Path) -> Result<(String, u64)> {
         hasher: Sha256::new(),
         written: 0,
     };
-    let mut encoder =
-        zstd::Encoder::new(hashing, 3).ctx(|| "starting the zstd compressor".into())?;
-    // Two workers: compression runs beside the tar walk and the disk writes.
-    let _ = encoder.multithread(2);
+    let mut encoder = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
     archive::export(std::slice::from_ref(entry), &mut encoder)?;
     let mut hashing = encoder
         .finish()
