@@ -377,13 +377,10 @@ fn a_tampered_blob_or_statement_is_refused_and_the_stage_built_locally() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not the signed"), "{}", stderr(&out));
     assert!(entries(&project, "b").is_empty());
+    let tmp = project.path().join("store-b/v1/tmp");
     assert!(
-        !project
-            .path()
-            .join("store-b/v1/downloads")
-            .read_dir()
-            .unwrap()
-            .any(|_| true)
+        files_under(&tmp).is_empty(),
+        "nothing of the refused entry is kept"
     );
 
     let out = agent(
@@ -510,7 +507,7 @@ fn unsigned_or_untrusted_entries_are_refused() {
 }
 
 #[test]
-fn an_interrupted_download_never_lands_partially_and_resumes() {
+fn a_killed_pull_adds_nothing_and_the_next_pull_starts_over() {
     let project = Project::new();
     project.write(
         "big.toml",
@@ -559,17 +556,15 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let downloads = project.path().join("store-b/v1/downloads");
-    let part_size = || {
-        std::fs::read_dir(&downloads)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.metadata().unwrap().len())
-            .next()
-            .unwrap_or(0)
+    // What the pull has unpacked so far, in its private folder.
+    let tmp = project.path().join("store-b/v1/tmp");
+    let unpacked = || {
+        files_under(&tmp)
+            .iter()
+            .map(|f| f.metadata().unwrap().len())
+            .sum::<u64>()
     };
-    while part_size() < 500_000 {
+    while unpacked() < 500_000 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the pull ended before it could be interrupted"
@@ -582,9 +577,9 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
         entries(&project, "b").is_empty(),
         "a killed pull added nothing"
     );
-    let kept = part_size();
-    assert!(kept > 0);
+    assert!(unpacked() > 0, "its private folder is still there");
 
+    // The next pull starts over, and the killed pull's folder is removed.
     let out = ok(agent(
         &project,
         "b",
@@ -598,11 +593,124 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
             &public,
         ],
     ));
-    assert!(out.contains("resuming the download at"), "{out}");
+    assert!(out.contains(" pulled"), "{out}");
     assert_eq!(entries(&project, "b"), entries(&project, "a"));
     ok(agent(&project, "b", &["cache", "verify"]));
-    assert_eq!(part_size(), 0, "the partial download is gone");
-    assert!(project.tmp_leftovers().is_empty());
+    assert!(files_under(&tmp).is_empty(), "{:?}", files_under(&tmp));
+}
+
+#[test]
+fn a_broken_connection_is_resumed_with_a_range_request() {
+    let project = Project::new();
+    project.write(
+        "big.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "disk"
+steps = ["head -c 3000000 /dev/urandom > disk.img"]
+"#,
+    );
+    let server = Nginx::start(&project.path().join("www"), "");
+    let (key, public) = keygen(&project, "a.key");
+    agent_config(&project, "a", "");
+    agent_config(&project, "b", "");
+    ok(agent(
+        &project,
+        "a",
+        &[
+            "build",
+            "big",
+            "--cache-to",
+            &server.url(),
+            "--cache-signing-key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    let proxy = flaky_proxy(server.port, 1_000_000);
+    let url = format!("http://127.0.0.1:{proxy}/cache");
+    let out = ok(agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "big",
+            "--cache-from",
+            &url,
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    assert!(
+        out.contains("the transfer broke at") && out.contains("resuming"),
+        "{out}"
+    );
+    assert_eq!(entries(&project, "b"), entries(&project, "a"));
+    ok(agent(&project, "b", &["cache", "verify"]));
+    let log = std::fs::read_to_string(server.dir.path().join("access.log")).unwrap();
+    assert!(
+        log.contains("\" 206 "),
+        "the rest was asked with a Range request:\n{log}"
+    );
+}
+
+/// Every file below `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for item in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = item.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A loopback proxy to `port` that cuts the first response longer than `cut` bytes after `cut`
+/// bytes (a connection that breaks mid-transfer); every other connection is relayed whole.
+fn flaky_proxy(port: u16, cut: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+            });
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut relayed = 0;
+                loop {
+                    let n = match server.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if relayed + n > cut && !done.swap(true, Ordering::SeqCst) {
+                        let _ = client.write_all(&buffer[..cut - relayed]);
+                        break;
+                    }
+                    if client.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                    relayed += n;
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    proxy_port
 }
 
 #[test]

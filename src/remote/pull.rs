@@ -1,11 +1,12 @@
-//! Pull: verify the signed statement, download the blob (resuming a partial download), check its
-//! digest, then import it through the same checks as `cache import`.
+//! Pull: verify the signed statement, stream the blob into a private folder while hashing it,
+//! and commit the entry only when the blob matches its signed digest and every file its tree.
 //!
-//! Partial downloads live in `STORE/v1/downloads/<blob sha256>.part`, named by the signed digest
-//! so that resumed bytes can only belong to the same blob; nothing reaches `entries/` before the
-//! whole blob matches its signed digest and every file matches its tree.
+//! A connection that breaks mid-transfer is resumed with a Range request, up to `RETRIES`
+//! times, continuing the same stream; a killed pull leaves only its private folder in tmp/,
+//! which the next command removes, and the next pull starts over. Nothing reaches `entries/`
+//! before every check has passed.
 
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -127,16 +128,10 @@ fn pull_from(
     if let Some(entry) = store.find(key).map_err(Failure::Refused)? {
         return Ok(Some(entry.name));
     }
-    let downloads = store.root.join(crate::store::LAYOUT).join("downloads");
-    std::fs::create_dir_all(&downloads)
-        .ctx(|| format!("creating {}", downloads.display()))
-        .map_err(Failure::Refused)?;
-    let part = downloads.join(format!("{}.part", statement.blob_sha256));
     let blob_url = remote.blob_url(&statement.blob_sha256);
 
-    // Two threads: one fetches (and hashes, and keeps the bytes in `part` for a resume), the
-    // other decompresses and unpacks as the bytes arrive. Nothing is committed before the
-    // fetcher's digest matches the signed one.
+    // Two threads: one fetches and hashes, the other decompresses and unpacks as the bytes
+    // arrive. Nothing is committed before the fetcher's digest matches the signed one.
     let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (done, fetched) = std::sync::mpsc::channel();
     let fetch_result = std::cell::RefCell::new(None);
@@ -145,7 +140,6 @@ fn pull_from(
             let done = done; // dropped with this thread, even if it panics: no waiting forever
             let result = download(
                 &blob_url,
-                &part,
                 statement.blob_size,
                 &statement.entry,
                 progress,
@@ -179,19 +173,14 @@ fn pull_from(
         result
     });
     match fetch_result.into_inner() {
-        Some(Ok(digest)) if digest != statement.blob_sha256 => {
-            let _ = std::fs::remove_file(&part);
-            Err(refuse(format!(
-                "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
-                statement.blob_sha256
-            )))
-        }
+        Some(Ok(digest)) if digest != statement.blob_sha256 => Err(refuse(format!(
+            "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
+            statement.blob_sha256
+        ))),
         Some(Ok(_)) => {
-            let _ = std::fs::remove_file(&part);
             imported.map_err(|e| refuse(e.to_string()))?;
             Ok(Some(statement.entry))
         }
-        // The transfer broke: `part` keeps what arrived, the next pull resumes from there.
         Some(Err(failure)) => Err(failure),
         None => Err(Failure::Refused(Error::Failed(
             "the download thread ended without a result".into(),
@@ -234,96 +223,80 @@ impl Read for ChannelReader {
     }
 }
 
-/// Fetches `url` into `part`, continuing from what `part` already holds when the server honours
-/// a Range request (and restarting when it does not), and passes every byte of the blob, from
-/// the first, to the unpacker through `chunks`. Returns the sha256 of the whole blob.
+/// How often a broken transfer is resumed before the pull gives up.
+const RETRIES: u32 = 5;
+
+/// Fetches the blob's `size` bytes and passes them, in order, to the unpacker through
+/// `chunks`; a broken connection is resumed with `Range: bytes=N-`. Returns the sha256.
 fn download(
     url: &http::Url,
-    part: &Path,
     size: u64,
     label: &str,
     progress: &Progress,
     chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
 ) -> std::result::Result<String, Failure> {
-    let io = |e: Error| Failure::Refused(e);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(part)
-        .ctx(|| format!("opening {}", part.display()))
-        .map_err(io)?;
-    let mut have = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if have > size {
-        have = 0;
-    }
-    let mut response = None;
-    if have < size {
-        let range = format!("bytes={have}-");
-        let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
-        let mut answer = http::request("GET", url, headers, Body::Empty)
-            .map_err(|e| Failure::Refused(unreachable(url, &e)))?;
-        match answer.status {
-            206 if have > 0
-                && answer
-                    .header("content-range")
-                    .is_some_and(|r| r.starts_with(&format!("bytes {have}-"))) =>
-            {
-                progress.note(&format!(
-                    "{label}: resuming the download at {have} of {size} bytes"
-                ));
-            }
-            200 => have = 0,
-            _ => return Err(Failure::Refused(unexpected("GET", url, &mut answer))),
-        }
-        response = Some(answer);
-    }
-    file.set_len(have)
-        .ctx(|| format!("truncating {}", part.display()))
-        .map_err(io)?;
     let mut sink = Sink {
         hasher: Sha256::new(),
         chunks,
         listening: true,
     };
     let mut buffer = vec![0u8; http::BUFFER];
-    // The bytes kept from an interrupted download come first.
-    let mut prefix = (&mut file).take(have);
-    loop {
-        let n = prefix
-            .read(&mut buffer)
-            .ctx(|| format!("reading {}", part.display()))
-            .map_err(io)?;
-        if n == 0 {
-            break;
+    let bar = progress.bytes(format!("pull {label}"), size);
+    let mut have = 0u64;
+    let mut retries = 0;
+    let mut broken = |have: u64, e: std::io::Error| {
+        retries += 1;
+        if retries > RETRIES {
+            return Err(Failure::Refused(unreachable(url, &e)));
         }
-        sink.pass(&buffer[..n]);
-    }
-    if let Some(mut response) = response {
-        file.seek(std::io::SeekFrom::Start(have))
-            .ctx(|| format!("seeking {}", part.display()))
-            .map_err(io)?;
-        let bar = progress.bytes(format!("pull {label}"), size);
-        bar.set(have);
+        progress.note(&format!(
+            "{label}: the transfer broke at {have} of {size} bytes ({e}); resuming"
+        ));
+        Ok(())
+    };
+    while have < size {
+        let range = format!("bytes={have}-");
+        let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
+        let mut response = match http::request("GET", url, headers, Body::Empty) {
+            Ok(response) => response,
+            Err(e) if have > 0 => {
+                broken(have, e)?;
+                continue;
+            }
+            Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
+        };
+        let resumed = response
+            .header("content-range")
+            .is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
+        match response.status {
+            200 if have == 0 => {}
+            206 if have > 0 && resumed => {}
+            200 => {
+                return Err(Failure::Refused(Error::Input(format!(
+                    "the transfer of {url} broke at {have} of {size} bytes and the server cannot resume it (it ignores Range requests).\n  fix: run the pull again; nothing was added to the store"
+                ))));
+            }
+            _ => return Err(Failure::Refused(unexpected("GET", url, &mut response))),
+        }
         // The blob is the signed number of bytes; anything after it is not ours.
         let mut body = response.body().take(size - have);
-        loop {
-            let n = match body.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
-            };
-            file.write_all(&buffer[..n])
-                .ctx(|| format!("writing {}", part.display()))
-                .map_err(io)?;
-            sink.pass(&buffer[..n]);
-            have += n as u64;
-            bar.set(have);
+        let ended = loop {
+            match body.read(&mut buffer) {
+                Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
+                Ok(n) => {
+                    sink.pass(&buffer[..n]);
+                    have += n as u64;
+                    bar.set(have);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break e,
+            }
+        };
+        if have < size {
+            broken(have, ended)?;
         }
-        bar.finish("downloaded");
     }
+    bar.finish("downloaded");
     Ok(hex::encode(sink.hasher.finalize()))
 }
 
