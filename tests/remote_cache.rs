@@ -979,3 +979,36 @@ fn bad_input_exits_2_and_says_what_to_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("a.toml"), "{}", stderr(&out));
 }
+
+#[test]
+fn servers_without_chunked_uploads_or_move_get_plain_puts() {
+    let project = Project::new();
+    let counter = small_env(&project);
+    let root = project.path().join("www");
+    // Like S3 presigned URLs: a Content-Length on every PUT, no WebDAV MOVE.
+    let server = Nginx::start(
+        &root,
+        "if ($http_transfer_encoding ~ chunked) { return 411; }\n            if ($request_method = MOVE) { return 405; }",
+    );
+    let public = build_and_push(&project, &server);
+    let log = std::fs::read_to_string(server.dir.path().join("access.log")).unwrap();
+    assert!(log.contains("\" 411 ") && log.contains("\"MOVE "), "{log}");
+
+    agent_config(&project, "b", "");
+    let built = actions(agent(
+        &project,
+        "b",
+        &[
+            "build",
+            "small",
+            "--json",
+            "--cache-from",
+            &server.url(),
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    assert_eq!(built, ["deployed:cached", "upgraded:restored"]);
+    assert_eq!(count_lines(&counter), 2);
+    assert!(files_under(&root.join("cache/v1/tmp")).is_empty());
+}

@@ -95,6 +95,11 @@ pub enum Body<'a> {
         len: u64,
         sent: &'a mut dyn FnMut(u64),
     },
+    /// Everything the reader yields, of a length not known in advance (chunked encoding).
+    Chunked {
+        reader: &'a mut dyn Read,
+        sent: &'a mut dyn FnMut(u64),
+    },
 }
 
 pub struct Response {
@@ -152,8 +157,12 @@ pub fn request(
         Body::Empty => 0,
         Body::Bytes(bytes) => bytes.len() as u64,
         Body::Stream { len, .. } => *len,
+        Body::Chunked { .. } => {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+            0
+        }
     };
-    if len > 0 || method == "PUT" {
+    if !matches!(body, Body::Chunked { .. }) && (len > 0 || method == "PUT") {
         head.push_str(&format!("Content-Length: {len}\r\n"));
     }
     head.push_str("\r\n");
@@ -178,6 +187,24 @@ pub fn request(
                 total += n as u64;
                 sent(total);
             }
+        }
+        Body::Chunked { reader, sent } => {
+            let mut buffer = vec![0u8; BUFFER];
+            let mut total = 0u64;
+            loop {
+                let n = match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                writer.write_all(format!("{n:x}\r\n").as_bytes())?;
+                writer.write_all(&buffer[..n])?;
+                writer.write_all(b"\r\n")?;
+                total += n as u64;
+                sent(total);
+            }
+            writer.write_all(b"0\r\n\r\n")?;
         }
     }
     writer.flush()?;

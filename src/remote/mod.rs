@@ -3,7 +3,7 @@
 //! ```text
 //! <base>/v1/<key>.sig                  signed statement: key, entry name, blob sha256 and size
 //! <base>/v1/blobs/<sha256>.tar.zst     the entry as a zstd-compressed tar (content-addressed)
-//! <base>/v1/tmp/                       statements being published (PUT here, then MOVE)
+//! <base>/v1/tmp/                       blobs being uploaded, statements being published (then MOVE)
 //! ```
 //! An entry exists on a remote when its statement does; the statement is published last, by a
 //! WebDAV MOVE that refuses to overwrite, so two pushers of one key never mix their files.
@@ -12,6 +12,7 @@
 pub mod config;
 mod frames;
 pub mod http;
+mod pipe;
 mod pull;
 mod push;
 pub mod signing;

@@ -6,12 +6,13 @@
 //! which the next command removes, and the next pull starts over. Nothing reaches `entries/`
 //! before every check has passed.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::http::{self, Body};
+use super::pipe::PipeWriter;
 use super::signing::Statement;
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
@@ -132,7 +133,7 @@ fn pull_from(
 
     // Two threads: one fetches and hashes, the other decompresses and unpacks as the bytes
     // arrive. Nothing is committed before the fetcher's digest matches the signed one.
-    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (chunks, received) = super::pipe::pipe();
     let (done, fetched) = std::sync::mpsc::channel();
     let fetch_result = std::cell::RefCell::new(None);
     let imported = std::thread::scope(|scope| {
@@ -152,7 +153,7 @@ fn pull_from(
                 *fetch_result.borrow_mut() = fetched.recv().ok();
             }
         };
-        let result = zstd::Decoder::new(ChannelReader::new(received))
+        let result = zstd::Decoder::new(received)
             .ctx(|| "starting the zstd decompressor".into())
             .and_then(|decoder| {
                 archive::import_one(
@@ -188,41 +189,6 @@ fn pull_from(
     }
 }
 
-/// Reads the chunks the fetcher sends; the end of the channel is the end of the stream.
-struct ChannelReader {
-    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl ChannelReader {
-    fn new(chunks: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
-        ChannelReader {
-            chunks,
-            current: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// How often a broken transfer is resumed before the pull gives up.
 const RETRIES: u32 = 5;
 
@@ -233,7 +199,7 @@ fn download(
     size: u64,
     label: &str,
     progress: &Progress,
-    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
+    chunks: PipeWriter,
 ) -> std::result::Result<String, Failure> {
     let mut sink = Sink {
         hasher: Sha256::new(),
@@ -297,20 +263,21 @@ fn download(
         }
     }
     bar.finish("downloaded");
+    let _ = sink.chunks.flush();
     Ok(hex::encode(sink.hasher.finalize()))
 }
 
 /// Where the blob's bytes go, in order: the digest, and the unpacker while it listens.
 struct Sink {
     hasher: Sha256,
-    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
+    chunks: PipeWriter,
     listening: bool,
 }
 
 impl Sink {
     fn pass(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
-        if self.listening && self.chunks.send(bytes.to_vec()).is_err() {
+        if self.listening && self.chunks.write_all(bytes).is_err() {
             self.listening = false;
         }
     }

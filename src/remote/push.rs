@@ -1,4 +1,4 @@
-//! Push: compress an entry to a temp file (hashing it), upload the blob, publish the statement.
+//! Push: stream the entry, packed and hashed, to the server; then publish the signed statement.
 //!
 //! The blob is named by its own sha256, so a blob URL never holds two contents. The statement is
 //! PUT under a private temp name and then MOVEd into place with `Overwrite: F`: of two agents
@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::frames::FrameWriter;
 use super::http::{self, Body};
+use super::pipe;
 use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
@@ -38,8 +39,125 @@ fn push_entry(
     if exists(&statement_url)? {
         return Ok(Pushed::AlreadyThere);
     }
+    let nonce = nonce()?;
+    let (sha256, size) = match upload_streamed(remote, entry, &nonce, progress)? {
+        Some(uploaded) => uploaded,
+        None => upload_from_file(store, remote, entry, progress)?,
+    };
+    let signed = Statement {
+        key: entry.key().to_string(),
+        entry: entry.name.clone(),
+        blob_sha256: sha256,
+        blob_size: size,
+    }
+    .sign(key);
+    publish(remote, entry.key(), &signed, &nonce)
+}
+
+/// Streams tar | frames to the server as it is produced (one thread packs and hashes, this one
+/// sends, chunked) under a temp name, then MOVEs it to its content address. `None`: the server
+/// takes neither chunked uploads nor MOVE; the caller falls back to `upload_from_file`.
+fn upload_streamed(
+    remote: &Remote,
+    entry: &Entry,
+    nonce: &str,
+    progress: &Progress,
+) -> Result<Option<(String, u64)>> {
+    let staged = remote.url.join(&format!(
+        "v1/tmp/{}.{}.{nonce}.tar.zst",
+        entry.key(),
+        std::process::id()
+    ));
+    let estimate = entry.manifest().map_or(0, |m| m.size);
+    let bar = progress.bytes(format!("push {}", entry.name), estimate);
+    let (writer, mut reader) = pipe::pipe();
+    let (packed, sent) = std::thread::scope(|scope| {
+        let packer = scope.spawn(move || pack(entry, writer));
+        let sent = http::request(
+            "PUT",
+            &staged,
+            &[("Content-Type", "application/zstd")],
+            Body::Chunked {
+                reader: &mut reader,
+                sent: &mut |n| bar.set(n),
+            },
+        );
+        drop(reader); // a failed upload must not leave the packer waiting
+        (packer.join().expect("the packing thread panicked"), sent)
+    });
+    let packed = match packed {
+        Ok(packed) => packed,
+        Err(e) => {
+            delete(&staged);
+            return Err(e);
+        }
+    };
+    let accepted = match sent {
+        Ok(response) if matches!(response.status, 200 | 201 | 204) => true,
+        Ok(mut response) if matches!(response.status, 400 | 405 | 411 | 501) => {
+            let _ = response.text(300);
+            false
+        }
+        Ok(mut response) => return Err(unexpected("PUT", &staged, &mut response)),
+        // The HEAD above was answered: a server that cuts a chunked upload short most likely
+        // refused it before reading it (411). A server that died fails the fallback too.
+        Err(_) => false,
+    };
+    if !accepted {
+        return Ok(None);
+    }
+    let blob_url = remote.blob_url(&packed.0);
+    let destination = blob_url.to_string();
+    let mut moved = http::request(
+        "MOVE",
+        &staged,
+        &[("Destination", &destination), ("Overwrite", "T")],
+        Body::Empty,
+    )
+    .map_err(|e| unreachable(&staged, &e))?;
+    match moved.status {
+        200 | 201 | 204 => {
+            bar.finish("uploaded");
+            Ok(Some(packed))
+        }
+        400 | 405 | 501 => {
+            delete(&staged);
+            Ok(None)
+        }
+        _ => Err(unexpected("MOVE", &staged, &mut moved)),
+    }
+}
+
+/// Writes the entry as tar in zstd frames to `out`; returns the sha256 and size of the blob.
+fn pack(entry: &Entry, out: impl Write) -> Result<(String, u64)> {
+    let hashing = HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let mut frames = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
+    archive::export(std::slice::from_ref(entry), &mut frames)?;
+    let mut hashing = frames
+        .finish()
+        .ctx(|| format!("compressing {}", entry.name))?;
+    hashing
+        .inner
+        .flush()
+        .ctx(|| format!("packing {}", entry.name))?;
+    Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
+}
+
+/// For servers that need a Content-Length (S3 presigned URLs, some raw repositories): pack into
+/// a temp file first, then PUT it under its content address.
+fn upload_from_file(
+    store: &Store,
+    remote: &Remote,
+    entry: &Entry,
+    progress: &Progress,
+) -> Result<(String, u64)> {
     let blob = TempFile(store.tmp_path("push"));
-    let (sha256, size) = compress(entry, &blob.0)?;
+    let file = std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
+    let (sha256, size) = pack(entry, BufWriter::with_capacity(http::BUFFER, file))?;
     let blob_url = remote.blob_url(&sha256);
     if !exists(&blob_url)? {
         let mut file =
@@ -61,27 +179,21 @@ fn push_entry(
         }
         bar.finish("uploaded");
     }
-    drop(blob);
-    let signed = Statement {
-        key: entry.key().to_string(),
-        entry: entry.name.clone(),
-        blob_sha256: sha256,
-        blob_size: size,
-    }
-    .sign(key);
-    publish(remote, entry.key(), &signed)
+    Ok((sha256, size))
+}
+
+fn nonce() -> Result<String> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| Error::Failed(format!("random source: {e}")))?;
+    Ok(hex::encode(nonce))
 }
 
 /// Puts the statement in place without overwriting one that another agent published.
-fn publish(remote: &Remote, key: &str, signed: &str) -> Result<Pushed> {
+fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Pushed> {
     let statement_url = remote.statement_url(key);
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| Error::Failed(format!("random source: {e}")))?;
-    let staged = remote.url.join(&format!(
-        "v1/tmp/{key}.{}.{}.sig",
-        std::process::id(),
-        hex::encode(nonce)
-    ));
+    let staged = remote
+        .url
+        .join(&format!("v1/tmp/{key}.{}.{nonce}.sig", std::process::id()));
     put_bytes(&staged, signed.as_bytes())?;
     let destination = statement_url.to_string();
     let mut response = http::request(
@@ -107,26 +219,6 @@ fn publish(remote: &Remote, key: &str, signed: &str) -> Result<Pushed> {
         }
         _ => Err(unexpected("MOVE", &staged, &mut response)),
     }
-}
-
-/// Writes the entry as tar | zstd into `path`; returns the sha256 and size of what was written.
-fn compress(entry: &Entry, path: &std::path::Path) -> Result<(String, u64)> {
-    let file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
-    let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(http::BUFFER, file),
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    let mut encoder = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
-    archive::export(std::slice::from_ref(entry), &mut encoder)?;
-    let mut hashing = encoder
-        .finish()
-        .ctx(|| format!("compressing {}", entry.name))?;
-    hashing
-        .inner
-        .flush()
-        .ctx(|| format!("writing {}", path.display()))?;
-    Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
 }
 
 struct HashingWriter<W> {
