@@ -339,7 +339,48 @@ impl Read for BodyReader {
 
 #[cfg(test)]
 mod tests {
-    use super::Url;
+    use super::{Body, Url, request};
+    use std::io::{Read, Write};
+
+    /// Serves one canned response on a loopback port and returns the URL.
+    fn serve_once(response: &'static [u8]) -> Url {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(response).unwrap();
+        });
+        Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap()
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_bodies_are_read_whole() {
+        let url = serve_once(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n",
+        );
+        let mut response = request("GET", &url, &[], Body::Empty).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(100).unwrap(), "hello, world");
+
+        let url = serve_once(b"HTTP/1.0 404 Not Found\r\nX-A: b\r\n\r\nno such thing");
+        let mut response = request("GET", &url, &[], Body::Empty).unwrap();
+        assert_eq!((response.status, response.header("x-a")), (404, Some("b")));
+        assert_eq!(response.text(100).unwrap(), "no such thing");
+    }
+
+    #[test]
+    fn a_body_cut_short_is_an_error_not_a_short_read() {
+        let url = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+        let mut response = request("GET", &url, &[], Body::Empty).unwrap();
+        let mut body = Vec::new();
+        let err = response.body().read_to_end(&mut body).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     #[test]
     fn urls_parse_or_say_what_is_wrong() {
