@@ -212,6 +212,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_config_file_is_accepted_as_written() {
+        let doc = include_str!("../../docs/remote-cache.md");
+        let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let example = &doc[start..start + doc[start..].find("```").unwrap()];
+        let file: File = toml::from_str(example).expect("docs/remote-cache.md's example parses");
+        assert_eq!(file.cache.remote.len(), 1);
+        assert!(file.cache.remote[0].push && file.cache.remote[0].pull);
+        assert_eq!(file.cache.trusted_keys.len(), 2);
+    }
+
+    #[test]
     fn unknown_keys_and_missing_files_are_bad_input() {
         let (_dir, path) = config("[cache]\nremotes = []\n");
         let err = resolve(Overrides {
