@@ -7,6 +7,7 @@ mod error;
 mod harness;
 mod key;
 mod process;
+mod remote;
 mod report;
 mod spec;
 mod state;

@@ -46,6 +46,12 @@ pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
     } else if !global.quiet {
         eprintln!("{}", summary(&report));
     }
+    if ws.remotes.read_only && ws.remotes.remotes.iter().any(|r| r.push) {
+        eprintln!("read-only cache mode: nothing pushed");
+    } else if ws.remotes.pushing().next().is_some() {
+        let keys: Vec<String> = keys.into_iter().map(|k| k.key).collect();
+        super::cache::push(global, &ws, &keys)?;
+    }
     Ok(0)
 }
 

@@ -1,4 +1,4 @@
-//! `envbuild cache ls|verify|gc|export|import`
+//! `envbuild cache ls|verify|gc|export|import|keygen|push|pull`, and the remote cache flags.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{Global, print_json};
+use crate::engine::Workspace;
 use crate::error::{Error, IoContext, Result};
+use crate::remote::{self, Pushed};
 use crate::store::archive;
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +40,58 @@ pub enum CacheCommand {
         /// Archive to read
         file: PathBuf,
     },
+    /// Create a signing key (mode 0600) and KEY.pub; prints the public key to trust
+    Keygen {
+        /// Where to write the private key (never overwritten)
+        path: PathBuf,
+    },
+    /// Upload cached entries to the remote caches that take pushes, signed
+    Push {
+        /// Environment name (its cached stages), or a 64-hex stage key
+        target: String,
+    },
+    /// Download entries from the remote caches, verifying signatures and digests
+    Pull {
+        /// Environment name (its stages the store lacks), or a 64-hex stage key
+        target: String,
+    },
+}
+
+/// Remote caches (docs/remote-cache.md); these override the config file.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Remote cache")]
+pub struct RemoteArgs {
+    /// Config file [default: $XDG_CONFIG_HOME/envbuild/config.toml]
+    #[arg(long, global = true, env = "ENVBUILD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Pull stages from this remote cache (repeatable, asked in order; replaces the config's)
+    #[arg(long, global = true, value_name = "URL")]
+    cache_from: Vec<String>,
+    /// Push built stages to this remote cache (repeatable; replaces the config's)
+    #[arg(long, global = true, value_name = "URL")]
+    cache_to: Vec<String>,
+    /// Pull, never push (for untrusted builds such as pull requests)
+    #[arg(long, global = true)]
+    cache_read_only: bool,
+    /// Private key that signs pushed entries (from `envbuild cache keygen`)
+    #[arg(long, global = true, env = "ENVBUILD_SIGNING_KEY", value_name = "FILE")]
+    cache_signing_key: Option<PathBuf>,
+    /// Public key whose entries are accepted: the key itself or a .pub file (repeatable)
+    #[arg(long, global = true, value_name = "KEY|FILE")]
+    cache_trusted_key: Vec<String>,
+}
+
+impl RemoteArgs {
+    pub fn resolve(&self) -> Result<remote::Remotes> {
+        remote::config::resolve(remote::config::Overrides {
+            config: self.config.clone(),
+            cache_from: self.cache_from.clone(),
+            cache_to: self.cache_to.clone(),
+            read_only: self.cache_read_only,
+            signing_key: self.cache_signing_key.clone(),
+            trusted_keys: self.cache_trusted_key.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +115,16 @@ struct Listed {
 }
 
 pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
+    if let CacheCommand::Keygen { path } = &command {
+        let public = remote::signing::SecretKey::generate(path)?;
+        eprintln!(
+            "wrote the signing key {} (mode 0600, keep it secret) and {}",
+            path.display(),
+            remote::signing::public_path(path).display()
+        );
+        println!("{public}");
+        return Ok(0);
+    }
     let ws = global.workspace()?;
     match command {
         CacheCommand::Ls { json } => {
@@ -154,6 +218,88 @@ pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
             eprintln!("imported {} entries from {}", names.len(), file.display());
             Ok(0)
         }
+        CacheCommand::Keygen { .. } => unreachable!("handled before the workspace opens"),
+        CacheCommand::Push { target } => {
+            let keys = target_keys(&ws, &target)?;
+            let outcomes = push(global, &ws, &keys)?;
+            if outcomes.is_empty() {
+                return Err(Error::Input(format!(
+                    "nothing of `{target}` is in the local store; build it first"
+                )));
+            }
+            Ok(0)
+        }
+        CacheCommand::Pull { target } => pull(global, &ws, &target),
+    }
+}
+
+/// A 64-hex stage key, or the stage keys of an environment.
+fn target_keys(ws: &Workspace, target: &str) -> Result<Vec<String>> {
+    if target.len() == 64 && target.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(vec![target.to_ascii_lowercase()]);
+    }
+    let env = ws.load(target, &[])?;
+    Ok(ws.keys(&env)?.into_iter().map(|k| k.key).collect())
+}
+
+/// Pushes the local entries of `keys` and says what happened to each.
+pub fn push(global: &Global, ws: &Workspace, keys: &[String]) -> Result<Vec<remote::PushOutcome>> {
+    let outcomes = remote::push_keys(&ws.store, &ws.remotes, keys, &global.progress())?;
+    for o in &outcomes {
+        let what = match o.pushed {
+            Pushed::Uploaded => "pushed to",
+            Pushed::AlreadyThere => "already on",
+            Pushed::LostRace => "pushed by another agent first (nothing done) to",
+        };
+        if !global.quiet || o.pushed == Pushed::Uploaded {
+            eprintln!("{} {what} {}", o.entry, o.remote);
+        }
+    }
+    Ok(outcomes)
+}
+
+fn pull(global: &Global, ws: &Workspace, target: &str) -> Result<i32> {
+    if ws.remotes.pulling().next().is_none() {
+        return Err(Error::Input(
+            "no remote cache to pull from.\n  fix: give --cache-from URL, or add a [[cache.remote]] to the config file (docs/remote-cache.md)".into(),
+        ));
+    }
+    let progress = global.progress();
+    let index = ws.store.index()?;
+    let mut failures = Vec::new();
+    let (mut pulled, mut present, mut absent) = (0, 0, 0);
+    for key in target_keys(ws, target)? {
+        if let Some(entry) = index.get(&key) {
+            present += 1;
+            if !global.quiet {
+                println!("{} already in the local store", entry.name);
+            }
+            continue;
+        }
+        let (got, errors) = remote::pull_key(&ws.store, &ws.remotes, &key, &progress);
+        match got {
+            Some(name) => {
+                pulled += 1;
+                println!("{name} pulled");
+            }
+            None if errors.is_empty() => absent += 1,
+            None => {}
+        }
+        failures.extend(errors);
+    }
+    eprintln!(
+        "{pulled} pulled, {present} already present, {absent} on no remote, {} refused or failed",
+        failures.len()
+    );
+    match failures.into_iter().reduce(|first, other| {
+        eprintln!("error: {other}");
+        first
+    }) {
+        Some(first) => Err(first),
+        None if pulled + present == 0 => Err(Error::Input(format!(
+            "no remote cache has `{target}`.\n  fix: push it from a machine that built it (`envbuild cache push`), or build it here"
+        ))),
+        None => Ok(0),
     }
 }
 

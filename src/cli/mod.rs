@@ -49,6 +49,8 @@ pub struct Global {
     /// Print only results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: cache::RemoteArgs,
 }
 
 /// `--var name=value`, repeatable.
@@ -97,7 +99,9 @@ impl Global {
         let envs = crate::spec::find_envs_dir(self.envs.as_deref())?;
         let store = self.store.clone().unwrap_or_else(Store::default_root);
         let state = self.state.clone().unwrap_or_else(State::default_root);
-        Workspace::open(envs, store, state)
+        let mut ws = Workspace::open(envs, store, state)?;
+        ws.remotes = self.remote.resolve()?;
+        Ok(ws)
     }
 
     pub fn progress(&self) -> crate::engine::progress::Progress {

@@ -29,6 +29,8 @@ pub struct Workspace {
     pub store: Store,
     pub state: State,
     pub fingerprints: FingerprintCache,
+    /// Remote caches asked for stages the store lacks (docs/remote-cache.md).
+    pub remotes: crate::remote::Remotes,
 }
 
 impl Workspace {
@@ -42,6 +44,7 @@ impl Workspace {
             store,
             state,
             fingerprints,
+            remotes: Default::default(),
         })
     }
 
@@ -272,6 +275,7 @@ fn build_machine(
         steps_run,
     };
 
+    crate::remote::pull_through(&ws.store, &ws.remotes, &keys, progress);
     // Replay: the newest stage the store has (or the live machine already holds).
     let marker = state.marker();
     let index = ws.store.index()?;

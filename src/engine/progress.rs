@@ -88,3 +88,66 @@ impl StageProgress {
         }
     }
 }
+
+/// Progress of one transfer in bytes: a bar on a terminal, a line at the start and the end
+/// otherwise.
+pub struct ByteProgress {
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    started: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn bytes(&self, label: String, total: u64) -> ByteProgress {
+        let bar = self.multi.as_ref().map(|multi| {
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("template is valid")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.clone());
+            bar
+        });
+        if bar.is_none() && !self.quiet {
+            eprintln!("==> {label}: {:.1} MiB", total as f64 / MIB);
+        }
+        ByteProgress {
+            bar,
+            label,
+            total,
+            started: Instant::now(),
+            quiet: self.quiet,
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl ByteProgress {
+    pub fn set(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    pub fn finish(self, outcome: &str) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = self.total as f64 / MIB / elapsed.max(1e-3);
+        match self.bar {
+            Some(bar) => bar.finish_and_clear(),
+            None if self.quiet => return,
+            None => {}
+        }
+        if !self.quiet {
+            eprintln!(
+                "==> {}: {outcome} ({elapsed:.1}s, {rate:.0} MiB/s)",
+                self.label
+            );
+        }
+    }
+}

@@ -5,8 +5,11 @@
 //! digest is recomputed. Everything is unpacked into a private tmp/ folder first; one bad member
 //! and the folder is deleted, so a rejected archive writes nothing to the store.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::TreeEntry;
@@ -67,10 +70,41 @@ fn escapes(link_path: &Path, target: &Path) -> bool {
 /// Imports every entry of the archive read from `input`; returns the names imported (entries
 /// already present are kept as they are and listed too).
 pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<String>> {
+    import_checked(store, input, source, |_| Ok(()))
+}
+
+/// Imports an archive that must hold exactly the entry `expected` (a pulled remote entry);
+/// `before_commit` runs once it is unpacked, and its error stops the import.
+pub fn import_one(
+    store: &Store,
+    input: impl Read,
+    source: &Path,
+    expected: &str,
+    before_commit: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    import_checked(store, input, source, |names| match names {
+        [only] if only == expected => before_commit(),
+        _ => Err(reject(
+            source,
+            format!("it holds {names:?}, not just the signed entry {expected}"),
+        )),
+    })
+    .map(|_| ())
+}
+
+fn import_checked(
+    store: &Store,
+    input: impl Read,
+    source: &Path,
+    accept: impl FnOnce(&[String]) -> Result<()>,
+) -> Result<Vec<String>> {
     let staging = store.tmp_path("import");
     std::fs::create_dir_all(&staging).ctx(|| format!("creating {}", staging.display()))?;
     let result = unpack_checked(&staging, input, source)
-        .and_then(|names| check_entries(store, &staging, &names, source).map(|_| names));
+        .and_then(|(names, written)| accept(&names).map(|_| (names, written)))
+        .and_then(|(names, written)| {
+            check_entries(store, &staging, &names, &written, source).map(|_| names)
+        });
     let names = match result {
         Ok(names) => names,
         Err(e) => {
@@ -97,9 +131,15 @@ fn reject(source: &Path, why: String) -> Error {
     ))
 }
 
-fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec<String>> {
+/// Unpacks into `staging`; returns the entry names and the sha256 of every file written.
+fn unpack_checked(
+    staging: &Path,
+    input: impl Read,
+    source: &Path,
+) -> Result<(Vec<String>, HashMap<PathBuf, String>)> {
     let mut archive = tar::Archive::new(input);
     let mut names: Vec<String> = Vec::new();
+    let mut written = HashMap::new();
     let members = archive
         .entries()
         .map_err(|e| reject(source, format!("not a tar archive ({e})")))?;
@@ -169,7 +209,10 @@ fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec
                             format!("member {shown} cannot be written ({e}); duplicate?"),
                         )
                     })?;
-                std::io::copy(&mut member, &mut file).ctx(|| format!("unpacking {shown}"))?;
+                let size = member.header().size().unwrap_or(0);
+                let sha256 = write_hashing(&mut member, &mut file, size)
+                    .ctx(|| format!("unpacking {shown}"))?;
+                written.insert(out.clone(), sha256);
                 use std::os::unix::fs::PermissionsExt;
                 file.set_permissions(std::fs::Permissions::from_mode(mode))
                     .ctx(|| format!("chmod {}", out.display()))?;
@@ -212,7 +255,28 @@ fn unpack_checked(staging: &Path, input: impl Read, source: &Path) -> Result<Vec
     if names.is_empty() {
         return Err(reject(source, "it holds no entry".into()));
     }
-    Ok(names)
+    Ok((names, written))
+}
+
+/// Copies `from` into `to` and returns the sha256 of the bytes written.
+fn write_hashing(
+    mut from: impl Read,
+    to: &mut std::fs::File,
+    size: u64,
+) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        to.write_all(&buffer[..n])?;
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Refuses to write through a link: every folder between `staging` and `out` must be a real one.
@@ -253,13 +317,19 @@ fn is_entry_name(name: &str) -> bool {
         && name[..64].chars().all(|c| c.is_ascii_hexdigit())
 }
 
-fn check_entries(store: &Store, staging: &Path, names: &[String], source: &Path) -> Result<()> {
+fn check_entries(
+    store: &Store,
+    staging: &Path,
+    names: &[String],
+    written: &HashMap<PathBuf, String>,
+    source: &Path,
+) -> Result<()> {
     for name in names {
         let entry = Entry {
             name: name.clone(),
             dir: staging.join(name),
         };
-        let problems = store.verify(&entry);
+        let problems = store.verify_with(&entry, written);
         if !problems.is_empty() {
             return Err(reject(
                 source,

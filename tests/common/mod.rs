@@ -64,6 +64,9 @@ impl Project {
             .env_remove("ENVBUILD_ENVS")
             .env("ENVBUILD_STORE", self.store())
             .env("ENVBUILD_STATE", self.state())
+            // A developer's own remote-cache config must not reach into tests.
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env_remove("ENVBUILD_CONFIG")
             .env("NO_COLOR", "1");
         cmd
     }

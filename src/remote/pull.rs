@@ -1,0 +1,284 @@
+//! Pull: verify the signed statement, stream the blob into a private folder while hashing it,
+//! and commit the entry only when the blob matches its signed digest and every file its tree.
+//!
+//! A connection that breaks mid-transfer is resumed with a Range request, up to `RETRIES`
+//! times, continuing the same stream; a killed pull leaves only its private folder in tmp/,
+//! which the next command removes, and the next pull starts over. Nothing reaches `entries/`
+//! before every check has passed.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::http::{self, Body};
+use super::pipe::PipeWriter;
+use super::signing::Statement;
+use super::{Remote, Remotes, unexpected, unreachable};
+use crate::engine::progress::Progress;
+use crate::error::{Error, IoContext};
+use crate::key::StageKey;
+use crate::store::{Store, archive};
+
+/// Asks each pulling remote in order for `key`. Returns the entry name pulled (if any) and the
+/// error of every remote that had the key but was refused or failed.
+pub fn pull_key(
+    store: &Store,
+    remotes: &Remotes,
+    key: &str,
+    progress: &Progress,
+) -> (Option<String>, Vec<Error>) {
+    let mut failures = Vec::new();
+    for remote in remotes.pulling() {
+        if remotes.is_unreachable(remote) {
+            continue;
+        }
+        match pull_from(store, remote, key, progress) {
+            Ok(Some(name)) => return (Some(name), failures),
+            Ok(None) => {}
+            Err(Failure::Unreachable(e)) => {
+                remotes.mark_unreachable(remote);
+                failures.push(e);
+            }
+            Err(Failure::Refused(e)) => failures.push(e),
+        }
+    }
+    (None, failures)
+}
+
+/// Before a machine is built: fetch the newest of its stages that a remote has and the local
+/// store does not. Problems are warnings; the stage is then built locally.
+pub fn pull_through(store: &Store, remotes: &Remotes, keys: &[&StageKey], progress: &Progress) {
+    if remotes.pulling().next().is_none() {
+        return;
+    }
+    let Ok(index) = store.index() else { return };
+    for stage_key in keys.iter().rev() {
+        if index.contains_key(&stage_key.key) {
+            return;
+        }
+        let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
+        for failure in failures {
+            progress.note(&format!(
+                "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
+                stage_key.machine, stage_key.stage
+            ));
+        }
+        if pulled.is_some() {
+            return;
+        }
+    }
+}
+
+enum Failure {
+    /// The remote could not be asked at all (down, wrong address): skip it from now on.
+    Unreachable(Error),
+    /// The remote answered, but its entry is not acceptable or the transfer failed.
+    Refused(Error),
+}
+
+fn pull_from(
+    store: &Store,
+    remote: &Remote,
+    key: &str,
+    progress: &Progress,
+) -> std::result::Result<Option<String>, Failure> {
+    let url = remote.statement_url(key);
+    let mut response = http::request("GET", &url, &[], Body::Empty)
+        .map_err(|e| Failure::Unreachable(unreachable(&url, &e)))?;
+    match response.status {
+        200 => {}
+        404 => return Ok(None),
+        _ => return Err(Failure::Refused(unexpected("GET", &url, &mut response))),
+    }
+    let refuse = |why: String| {
+        Failure::Refused(Error::Input(format!(
+            "refusing remote entry {key} from {}: {why}.\n  fix: {}",
+            remote.url,
+            if why.contains("trusted") {
+                "add the pusher's public key to trusted_keys (config) or --cache-trusted-key, if you trust it"
+            } else {
+                "push the entry again from a sound store; nothing was added to the local store"
+            }
+        )))
+    };
+    let text = response
+        .text(16 * 1024)
+        .map_err(|e| Failure::Refused(unreachable(&url, &e)))?;
+    if remote.trusted.is_empty() {
+        return Err(refuse(
+            "no trusted keys are configured for this remote, so no entry can be accepted".into(),
+        ));
+    }
+    let statement = Statement::verify(&text, &remote.trusted)
+        .map_err(|why| refuse(format!("its statement {why}")))?;
+    if statement.key != key {
+        return Err(refuse(format!(
+            "its statement is about key {}, not this one",
+            statement.key
+        )));
+    }
+
+    let _lock = store
+        .lock(key, || {
+            progress.note(&format!(
+                "{key}: waiting for another envbuild using this key"
+            ))
+        })
+        .map_err(Failure::Refused)?;
+    if let Some(entry) = store.find(key).map_err(Failure::Refused)? {
+        return Ok(Some(entry.name));
+    }
+    let blob_url = remote.blob_url(&statement.blob_sha256);
+
+    // Two threads: one fetches and hashes, the other decompresses and unpacks as the bytes
+    // arrive. Nothing is committed before the fetcher's digest matches the signed one.
+    let (chunks, received) = super::pipe::pipe();
+    let (done, fetched) = std::sync::mpsc::channel();
+    let fetch_result = std::cell::RefCell::new(None);
+    let imported = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let done = done; // dropped with this thread, even if it panics: no waiting forever
+            let result = download(
+                &blob_url,
+                statement.blob_size,
+                &statement.entry,
+                progress,
+                chunks,
+            );
+            let _ = done.send(result);
+        });
+        let wait_for_fetch = || {
+            if fetch_result.borrow().is_none() {
+                *fetch_result.borrow_mut() = fetched.recv().ok();
+            }
+        };
+        let result = zstd::Decoder::new(received)
+            .ctx(|| "starting the zstd decompressor".into())
+            .and_then(|decoder| {
+                archive::import_one(
+                    store,
+                    decoder,
+                    Path::new(&blob_url.to_string()),
+                    &statement.entry,
+                    || {
+                        wait_for_fetch();
+                        match fetch_result.borrow().as_ref() {
+                            Some(Ok(digest)) if *digest == statement.blob_sha256 => Ok(()),
+                            _ => Err(Error::Failed("the download did not complete".into())),
+                        }
+                    },
+                )
+            });
+        wait_for_fetch();
+        result
+    });
+    match fetch_result.into_inner() {
+        Some(Ok(digest)) if digest != statement.blob_sha256 => Err(refuse(format!(
+            "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
+            statement.blob_sha256
+        ))),
+        Some(Ok(_)) => {
+            imported.map_err(|e| refuse(e.to_string()))?;
+            Ok(Some(statement.entry))
+        }
+        Some(Err(failure)) => Err(failure),
+        None => Err(Failure::Refused(Error::Failed(
+            "the download thread ended without a result".into(),
+        ))),
+    }
+}
+
+/// How often a broken transfer is resumed before the pull gives up.
+const RETRIES: u32 = 5;
+
+/// Fetches the blob's `size` bytes and passes them, in order, to the unpacker through
+/// `chunks`; a broken connection is resumed with `Range: bytes=N-`. Returns the sha256.
+fn download(
+    url: &http::Url,
+    size: u64,
+    label: &str,
+    progress: &Progress,
+    chunks: PipeWriter,
+) -> std::result::Result<String, Failure> {
+    let mut sink = Sink {
+        hasher: Sha256::new(),
+        chunks,
+        listening: true,
+    };
+    let mut buffer = vec![0u8; http::BUFFER];
+    let bar = progress.bytes(format!("pull {label}"), size);
+    let mut have = 0u64;
+    let mut retries = 0;
+    let mut broken = |have: u64, e: std::io::Error| {
+        retries += 1;
+        if retries > RETRIES {
+            return Err(Failure::Refused(unreachable(url, &e)));
+        }
+        progress.note(&format!(
+            "{label}: the transfer broke at {have} of {size} bytes ({e}); resuming"
+        ));
+        Ok(())
+    };
+    while have < size {
+        let range = format!("bytes={have}-");
+        let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
+        let mut response = match http::request("GET", url, headers, Body::Empty) {
+            Ok(response) => response,
+            Err(e) if have > 0 => {
+                broken(have, e)?;
+                continue;
+            }
+            Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
+        };
+        let resumed = response
+            .header("content-range")
+            .is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
+        match response.status {
+            200 if have == 0 => {}
+            206 if have > 0 && resumed => {}
+            200 => {
+                return Err(Failure::Refused(Error::Input(format!(
+                    "the transfer of {url} broke at {have} of {size} bytes and the server cannot resume it (it ignores Range requests).\n  fix: run the pull again; nothing was added to the store"
+                ))));
+            }
+            _ => return Err(Failure::Refused(unexpected("GET", url, &mut response))),
+        }
+        // The blob is the signed number of bytes; anything after it is not ours.
+        let mut body = response.body().take(size - have);
+        let ended = loop {
+            match body.read(&mut buffer) {
+                Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
+                Ok(n) => {
+                    sink.pass(&buffer[..n]);
+                    have += n as u64;
+                    bar.set(have);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break e,
+            }
+        };
+        if have < size {
+            broken(have, ended)?;
+        }
+    }
+    bar.finish("downloaded");
+    let _ = sink.chunks.flush();
+    Ok(hex::encode(sink.hasher.finalize()))
+}
+
+/// Where the blob's bytes go, in order: the digest, and the unpacker while it listens.
+struct Sink {
+    hasher: Sha256,
+    chunks: PipeWriter,
+    listening: bool,
+}
+
+impl Sink {
+    fn pass(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        if self.listening && self.chunks.write_all(bytes).is_err() {
+            self.listening = false;
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Push: stream the entry, packed and hashed, to the server; then publish the signed statement.
+//!
+//! The blob is named by its own sha256, so a blob URL never holds two contents. The statement is
+//! PUT under a private temp name and then MOVEd into place with `Overwrite: F`: of two agents
+//! pushing one key, the first MOVE wins and the second gets 412 and does nothing more. Servers
+//! without MOVE (S3 presigned URLs, some raw repositories) get a HEAD then a plain PUT; there
+//! the last of two racing pushers wins, and either way the statement names a complete blob.
+
+use std::io::{BufWriter, Write};
+
+use sha2::{Digest, Sha256};
+
+use super::frames::FrameWriter;
+use super::http::{self, Body};
+use super::pipe;
+use super::signing::{SecretKey, Statement};
+use super::{Remote, Remotes, unexpected, unreachable};
+use crate::engine::progress::Progress;
+use crate::error::{Error, IoContext, Result};
+use crate::store::{Entry, Store, archive};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Uploaded,
+    /// The remote already had the key.
+    AlreadyThere,
+    /// Another agent published the key while this one uploaded: nothing changed.
+    LostRace,
+}
+
+fn push_entry(
+    store: &Store,
+    remote: &Remote,
+    entry: &Entry,
+    key: &SecretKey,
+    progress: &Progress,
+) -> Result<Pushed> {
+    let statement_url = remote.statement_url(entry.key());
+    if exists(&statement_url)? {
+        return Ok(Pushed::AlreadyThere);
+    }
+    let nonce = nonce()?;
+    let (sha256, size) = match upload_streamed(remote, entry, &nonce, progress)? {
+        Some(uploaded) => uploaded,
+        None => upload_from_file(store, remote, entry, progress)?,
+    };
+    let signed = Statement {
+        key: entry.key().to_string(),
+        entry: entry.name.clone(),
+        blob_sha256: sha256,
+        blob_size: size,
+    }
+    .sign(key);
+    publish(remote, entry.key(), &signed, &nonce)
+}
+
+/// Streams tar | frames to the server as it is produced (one thread packs and hashes, this one
+/// sends, chunked) under a temp name, then MOVEs it to its content address. `None`: the server
+/// takes neither chunked uploads nor MOVE; the caller falls back to `upload_from_file`.
+fn upload_streamed(
+    remote: &Remote,
+    entry: &Entry,
+    nonce: &str,
+    progress: &Progress,
+) -> Result<Option<(String, u64)>> {
+    let staged = remote.url.join(&format!(
+        "v1/tmp/{}.{}.{nonce}.tar.zst",
+        entry.key(),
+        std::process::id()
+    ));
+    let estimate = entry.manifest().map_or(0, |m| m.size);
+    let bar = progress.bytes(format!("push {}", entry.name), estimate);
+    let (writer, mut reader) = pipe::pipe();
+    let (packed, sent) = std::thread::scope(|scope| {
+        let packer = scope.spawn(move || pack(entry, writer));
+        let sent = http::request(
+            "PUT",
+            &staged,
+            &[("Content-Type", "application/zstd")],
+            Body::Chunked {
+                reader: &mut reader,
+                sent: &mut |n| bar.set(n),
+            },
+        );
+        drop(reader); // a failed upload must not leave the packer waiting
+        (packer.join().expect("the packing thread panicked"), sent)
+    });
+    let packed = match packed {
+        Ok(packed) => packed,
+        Err(e) => {
+            delete(&staged);
+            return Err(e);
+        }
+    };
+    let accepted = match sent {
+        Ok(response) if matches!(response.status, 200 | 201 | 204) => true,
+        Ok(mut response) if matches!(response.status, 400 | 405 | 411 | 501) => {
+            let _ = response.text(300);
+            false
+        }
+        Ok(mut response) => return Err(unexpected("PUT", &staged, &mut response)),
+        // The HEAD above was answered: a server that cuts a chunked upload short most likely
+        // refused it before reading it (411). A server that died fails the fallback too.
+        Err(_) => false,
+    };
+    if !accepted {
+        return Ok(None);
+    }
+    let blob_url = remote.blob_url(&packed.0);
+    let destination = blob_url.to_string();
+    let mut moved = http::request(
+        "MOVE",
+        &staged,
+        &[("Destination", &destination), ("Overwrite", "T")],
+        Body::Empty,
+    )
+    .map_err(|e| unreachable(&staged, &e))?;
+    match moved.status {
+        200 | 201 | 204 => {
+            bar.finish("uploaded");
+            Ok(Some(packed))
+        }
+        400 | 405 | 501 => {
+            delete(&staged);
+            Ok(None)
+        }
+        _ => Err(unexpected("MOVE", &staged, &mut moved)),
+    }
+}
+
+/// Writes the entry as tar in zstd frames to `out`; returns the sha256 and size of the blob.
+fn pack(entry: &Entry, out: impl Write) -> Result<(String, u64)> {
+    let hashing = HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let mut frames = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
+    archive::export(std::slice::from_ref(entry), &mut frames)?;
+    let mut hashing = frames
+        .finish()
+        .ctx(|| format!("compressing {}", entry.name))?;
+    hashing
+        .inner
+        .flush()
+        .ctx(|| format!("packing {}", entry.name))?;
+    Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
+}
+
+/// For servers that need a Content-Length (S3 presigned URLs, some raw repositories): pack into
+/// a temp file first, then PUT it under its content address.
+fn upload_from_file(
+    store: &Store,
+    remote: &Remote,
+    entry: &Entry,
+    progress: &Progress,
+) -> Result<(String, u64)> {
+    let blob = TempFile(store.tmp_path("push"));
+    let file = std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
+    let (sha256, size) = pack(entry, BufWriter::with_capacity(http::BUFFER, file))?;
+    let blob_url = remote.blob_url(&sha256);
+    if !exists(&blob_url)? {
+        let mut file =
+            std::fs::File::open(&blob.0).ctx(|| format!("opening {}", blob.0.display()))?;
+        let bar = progress.bytes(format!("push {}", entry.name), size);
+        let mut response = http::request(
+            "PUT",
+            &blob_url,
+            &[("Content-Type", "application/zstd")],
+            Body::Stream {
+                reader: &mut file,
+                len: size,
+                sent: &mut |n| bar.set(n),
+            },
+        )
+        .map_err(|e| unreachable(&blob_url, &e))?;
+        if !matches!(response.status, 200 | 201 | 204) {
+            return Err(unexpected("PUT", &blob_url, &mut response));
+        }
+        bar.finish("uploaded");
+    }
+    Ok((sha256, size))
+}
+
+fn nonce() -> Result<String> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| Error::Failed(format!("random source: {e}")))?;
+    Ok(hex::encode(nonce))
+}
+
+/// Puts the statement in place without overwriting one that another agent published.
+fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Pushed> {
+    let statement_url = remote.statement_url(key);
+    let staged = remote
+        .url
+        .join(&format!("v1/tmp/{key}.{}.{nonce}.sig", std::process::id()));
+    put_bytes(&staged, signed.as_bytes())?;
+    let destination = statement_url.to_string();
+    let mut response = http::request(
+        "MOVE",
+        &staged,
+        &[("Destination", &destination), ("Overwrite", "F")],
+        Body::Empty,
+    )
+    .map_err(|e| unreachable(&staged, &e))?;
+    match response.status {
+        200 | 201 | 204 => Ok(Pushed::Uploaded),
+        412 => {
+            delete(&staged);
+            Ok(Pushed::LostRace)
+        }
+        400 | 405 | 501 => {
+            delete(&staged);
+            if exists(&statement_url)? {
+                return Ok(Pushed::LostRace);
+            }
+            put_bytes(&statement_url, signed.as_bytes())?;
+            Ok(Pushed::Uploaded)
+        }
+        _ => Err(unexpected("MOVE", &staged, &mut response)),
+    }
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// HEAD: true on 200, false on 404.
+fn exists(url: &http::Url) -> Result<bool> {
+    let mut response =
+        http::request("HEAD", url, &[], Body::Empty).map_err(|e| unreachable(url, &e))?;
+    match response.status {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => Err(unexpected("HEAD", url, &mut response)),
+    }
+}
+
+fn put_bytes(url: &http::Url, bytes: &[u8]) -> Result<()> {
+    let mut response =
+        http::request("PUT", url, &[], Body::Bytes(bytes)).map_err(|e| unreachable(url, &e))?;
+    match response.status {
+        200 | 201 | 204 => Ok(()),
+        _ => Err(unexpected("PUT", url, &mut response)),
+    }
+}
+
+/// Best effort: a leftover temp statement is harmless (nobody reads v1/tmp/).
+fn delete(url: &http::Url) {
+    let _ = http::request("DELETE", url, &[], Body::Empty);
+}
+
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What happened to one entry on one remote.
+#[derive(Debug)]
+pub struct PushOutcome {
+    pub remote: String,
+    pub entry: String,
+    pub pushed: Pushed,
+}
+
+/// Pushes the local entries of `keys` (those the store has) to every remote that takes pushes.
+pub fn push_keys(
+    store: &Store,
+    remotes: &Remotes,
+    keys: &[String],
+    progress: &Progress,
+) -> Result<Vec<PushOutcome>> {
+    if remotes.read_only {
+        return Err(Error::Input(
+            "read-only cache mode: this run pulls but never pushes.\n  fix: drop --cache-read-only (or read_only = true in the config) where pushing is intended, e.g. on main".into(),
+        ));
+    }
+    if remotes.pushing().next().is_none() {
+        return Err(Error::Input(
+            "no remote cache to push to.\n  fix: give --cache-to URL, or set push = true on a [[cache.remote]] in the config file (docs/remote-cache.md)".into(),
+        ));
+    }
+    let key_path = remotes.signing_key.as_deref().ok_or_else(|| {
+        Error::Input(
+            "pushing needs a signing key and none is configured.\n  fix: create one with `envbuild cache keygen PATH`, then pass --cache-signing-key PATH or set signing_key in the config file".into(),
+        )
+    })?;
+    let secret = SecretKey::load(key_path)?;
+    let index = store.index()?;
+    let entries: Vec<&Entry> = keys.iter().filter_map(|k| index.get(k)).collect();
+    let mut outcomes = Vec::new();
+    for remote in remotes.pushing() {
+        for entry in &entries {
+            let pushed = push_entry(store, remote, entry, &secret, progress)?;
+            outcomes.push(PushOutcome {
+                remote: remote.url.to_string(),
+                entry: entry.name.clone(),
+                pushed,
+            });
+        }
+    }
+    Ok(outcomes)
+}
