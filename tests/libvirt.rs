@@ -417,10 +417,20 @@ networks = { lan = "10.0.0.2/24" }
         "http://10.0.0.2:8080/index.html",
     ]);
     assert_eq!(page.trim(), "from-b");
-    // The route is the link NIC, not the management NIC (user networking).
+    // The route is the link NIC (its MAC is 52:54:01:..), not the management NIC (user
+    // networking, 52:54:00:0e:b0:01), and no gateway.
     let route = project.ok(&["ssh", "pair", "a", "--", "ip", "route", "get", "10.0.0.2"]);
-    assert!(route.contains("dev eth1"), "{route}");
     assert!(!route.contains("via"), "{route}");
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dev in {route}"))
+        .to_string();
+    let link = project.ok(&[
+        "ssh", "pair", "a", "--", "ip", "-o", "link", "show", "dev", &dev,
+    ]);
+    assert!(link.contains("link/ether 52:54:01:"), "{link}");
     // The link is a UDP socket pair on loopback, nothing else.
     let xml = std::fs::read_to_string(project.state().join("envs/pair/a/root/up.xml")).unwrap();
     assert!(xml.contains("<interface type='udp'>"), "{xml}");

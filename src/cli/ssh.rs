@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use clap::Args;
 
 use super::Global;
-use crate::backend::libvirt::{self, ssh::quote};
+use crate::backend::libvirt;
 use crate::error::{Error, Result};
 use crate::spec::model::{BackendKind, Environment, Machine};
 
@@ -16,7 +16,7 @@ pub struct SshArgs {
     env: String,
     /// Machine name
     machine: String,
-    /// A command to run instead of an interactive shell
+    /// A command to run instead of an interactive shell (read by the guest's shell, as with ssh)
     #[arg(last = true)]
     command: Vec<String>,
 }
@@ -52,13 +52,9 @@ pub fn run(global: &Global, args: SshArgs) -> Result<i32> {
     let machine = vm(&env, &args.machine)?;
     let state = ws.state.machine(&env.name, &machine.name)?;
     let target = libvirt::ssh_target(&state)?;
-    let command = (!args.command.is_empty()).then(|| {
-        args.command
-            .iter()
-            .map(|a| quote(a))
-            .collect::<Vec<_>>()
-            .join(" ")
-    });
+    // Like ssh itself: the words are joined with spaces and read by the guest's shell, so
+    // `envbuild ssh e m -- 'a && b'` runs both.
+    let command = (!args.command.is_empty()).then(|| args.command.join(" "));
     let mut argv = target.trust.ssh_argv(target.port, command.as_deref());
     if command.is_none() {
         argv.insert(1, "-t".into());

@@ -88,8 +88,10 @@ impl Trust {
                 format!("UserKnownHostsFile={}", self.known_hosts.display()),
                 "GlobalKnownHostsFile=/dev/null".to_string(),
                 format!("HostKeyAlias={}", self.alias),
-                "ConnectTimeout=5".to_string(),
+                // A TCG guest on a loaded host can take many seconds to answer the banner.
+                "ConnectTimeout=30".to_string(),
                 "ServerAliveInterval=10".to_string(),
+                "ServerAliveCountMax=12".to_string(),
                 "LogLevel=ERROR".to_string(),
             ]
             .into_iter()
