@@ -310,7 +310,7 @@ impl Backend for LibvirtBackend {
             uri: uri_for(machine),
         }
         .check_reachable()?;
-        accelerator();
+        // The KVM probe (up to 1.5 s) waits for the first boot: a replay boots nothing.
         self.machines
             .lock()
             .unwrap()
