@@ -1,8 +1,8 @@
-//! Where machines live. One trait, one file per backend.
-//!
-//! Only the local backend exists so far; libvirt and vagrant machines are accepted by the spec
-//! (so environments can describe them) and refused at build time with a clear message.
+//! Where machines live. One trait, one module per backend: local (host folders and processes)
+//! and libvirt (VMs with a qcow2 overlay per stage). Vagrant machines are accepted by the spec
+//! and refused at build time with a clear message.
 
+pub mod libvirt;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -53,6 +53,13 @@ pub trait Backend: Sync {
         pending: &Pending,
         parent: Option<&Entry>,
     ) -> Result<(Vec<TreeEntry>, u64)>;
+    /// Called once `entry` (built from the machine's current content) is committed: the machine
+    /// now holds it. Nothing to do for backends whose machine is its own content.
+    fn committed(&self, _state: &MachineState, _entry: &Entry) -> Result<()> {
+        Ok(())
+    }
+    /// A stage failed: release what `run_step` set up for it (a build VM).
+    fn abandon(&self, _state: &MachineState) {}
     /// Runs prestart hooks and starts services, waiting for each to be ready.
     fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices>;
     /// Stops, starts or restarts some services of a running machine, one at a time, with extra
@@ -78,8 +85,9 @@ pub enum ServiceControl {
 pub fn for_kind(kind: BackendKind) -> Result<&'static dyn Backend> {
     match kind {
         BackendKind::Local => Ok(&local::LocalBackend),
+        BackendKind::Libvirt => Ok(&libvirt::BACKEND),
         other => Err(Error::Input(format!(
-            "the {} backend is not available in this version of envbuild; use backend = \"local\"",
+            "the {} backend is not available in this version of envbuild; use backend = \"local\" or \"libvirt\"",
             other.as_str()
         ))),
     }

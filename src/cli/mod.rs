@@ -4,10 +4,12 @@
 mod build;
 mod cache;
 mod creds;
+mod doctor;
 mod exec;
 mod hash;
 mod list;
 mod plan;
+mod ssh;
 mod status;
 mod test;
 
@@ -51,6 +53,12 @@ pub struct Global {
     pub quiet: bool,
     #[command(flatten)]
     pub remote: cache::RemoteArgs,
+    /// libvirt URI for VM machines, overriding their `uri` [default: qemu:///system]
+    #[arg(long, global = true, env = "ENVBUILD_LIBVIRT_URI", value_name = "URI")]
+    pub libvirt_uri: Option<String>,
+    /// Base images of VM machines [default: STORE/v1/images]
+    #[arg(long, global = true, env = "ENVBUILD_IMAGES", value_name = "DIR")]
+    pub images: Option<PathBuf>,
 }
 
 /// `--var name=value`, repeatable.
@@ -83,6 +91,12 @@ pub enum Command {
     Hash(hash::HashArgs),
     /// Print an openrc for the environment's cloud and write a clouds.yaml
     Creds(creds::CredsArgs),
+    /// Open a shell (or run a command) in a running VM machine over its pinned SSH
+    Ssh(ssh::SshArgs),
+    /// Print an OpenSSH config block for the environment's running VMs
+    SshConfig(ssh::SshConfigArgs),
+    /// Check the host for each backend and say what to install or start
+    Doctor(doctor::DoctorArgs),
     /// Inspect and maintain the stage store
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -92,6 +106,16 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// (internal) destroy a build VM when the envbuild that started it ends
+    #[command(hide = true)]
+    LibvirtGuard {
+        #[arg(long)]
+        uri: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        remove: Vec<PathBuf>,
+    },
 }
 
 impl Global {
@@ -99,9 +123,23 @@ impl Global {
         let envs = crate::spec::find_envs_dir(self.envs.as_deref())?;
         let store = self.store.clone().unwrap_or_else(Store::default_root);
         let state = self.state.clone().unwrap_or_else(State::default_root);
+        crate::backend::libvirt::configure(crate::backend::libvirt::Config {
+            uri: self.libvirt_uri.clone(),
+            images: self.images(),
+        });
         let mut ws = Workspace::open(envs, store, state)?;
         ws.remotes = self.remote.resolve()?;
         Ok(ws)
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.images.clone().unwrap_or_else(|| {
+            self.store
+                .clone()
+                .unwrap_or_else(Store::default_root)
+                .join(crate::store::LAYOUT)
+                .join("images")
+        })
     }
 
     pub fn progress(&self) -> crate::engine::progress::Progress {
@@ -136,6 +174,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Hash(args) => hash::run(global, args),
         Command::Creds(args) => creds::run(global, args),
         Command::Cache(command) => cache::run(global, command),
+        Command::Ssh(args) => ssh::run(global, args),
+        Command::SshConfig(args) => ssh::run_config(global, args),
+        Command::Doctor(args) => doctor::run(global, args),
         Command::Supervise { command } => Ok(crate::process::supervise(&command)),
+        Command::LibvirtGuard {
+            uri,
+            domain,
+            remove,
+        } => Ok(crate::backend::libvirt::virsh::guard_main(
+            &uri, &domain, &remove,
+        )),
     }
 }

@@ -442,6 +442,7 @@ fn build_stage(
             bar.line(line);
         })?;
         if end != StepEnd::Exited(0) {
+            backend.abandon(state);
             bar.finish("failed");
             let kept = state.logs().join(format!("{}.failed.log", stage.name));
             let _ = std::fs::create_dir_all(state.logs());
@@ -477,7 +478,8 @@ fn build_stage(
         duration_ms: started.elapsed().as_millis() as u64,
         envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    ws.store.commit(pending, &manifest, &tree)?;
+    let entry = ws.store.commit(pending, &manifest, &tree)?;
+    backend.committed(state, &entry)?;
     state.set_marker(&Marker {
         key: Some(stage_key.key.clone()),
         stage: Some(stage.name.clone()),
@@ -605,43 +607,54 @@ pub fn up(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    let mut started: Vec<(&Machine, MachineState, RunningServices)> = Vec::new();
-    for machine in &env.machines {
-        if machine.services.is_empty() && machine.prestart.is_empty() {
-            continue;
-        }
-        let backend = backend::for_kind(machine.backend)?;
-        let state = ws.state.machine(&env.name, &machine.name)?;
-        let mut marker = state.marker();
-        marker.pristine = false;
-        state.set_marker(&marker)?;
-        let bar = progress.stage(
-            format!("{}/{}", env.name, machine.name),
-            "starting services",
-        );
-        let ctx = RuntimeContext {
-            machine,
-            state: &state,
-            vars: vars.clone(),
-            secrets: secrets.clone(),
-        };
-        match backend.start(&ctx) {
-            Ok(running) => {
-                state.set_services(Some(&running))?;
-                bar.finish("up");
-                started.push((machine, state, running));
-            }
-            Err(e) => {
-                bar.finish("failed");
-                // Leave nothing half up: stop what this `up` started on other machines.
-                for (earlier, state, running) in started.iter().rev() {
-                    if let Ok(their_backend) = backend::for_kind(earlier.backend) {
-                        their_backend.stop(state, running);
-                    }
-                    let _ = state.set_services(None);
+    let mut started: Vec<Started> = Vec::new();
+    // VMs that do not wait for each other boot in parallel (a minute or more each); local
+    // machines start one after the other, in the spec's order, as before.
+    for wave in waves(env) {
+        let is_vm = |m: &Machine| m.backend == crate::spec::model::BackendKind::Libvirt;
+        let results: Vec<Result<Option<Started>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .filter(|m| is_vm(m))
+                .map(|machine| {
+                    let (vars, secrets) = (vars.clone(), secrets.clone());
+                    scope.spawn(move || start_machine(ws, env, machine, vars, secrets, progress))
+                })
+                .collect();
+            let mut results = Vec::new();
+            for machine in wave.iter().filter(|m| !is_vm(m)) {
+                let result =
+                    start_machine(ws, env, machine, vars.clone(), secrets.clone(), progress);
+                let failed = result.is_err();
+                results.push(result);
+                if failed {
+                    break;
                 }
-                return Err(e);
             }
+            results.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a machine start panicked")),
+            );
+            results
+        });
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(Some(up)) => started.push(up),
+                Ok(None) => {}
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            // Leave nothing half up: stop what this `up` started.
+            for (earlier, state, running) in started.iter().rev() {
+                if let Ok(their_backend) = backend::for_kind(earlier.backend) {
+                    their_backend.stop(state, running);
+                }
+                let _ = state.set_services(None);
+            }
+            return Err(e);
         }
     }
     Ok((
@@ -651,6 +664,53 @@ pub fn up(
             .map(|(machine, _, running)| (machine.name.clone(), running))
             .collect(),
     ))
+}
+
+/// A machine `up` started, with what `down` needs to stop it.
+type Started<'a> = (&'a Machine, MachineState, RunningServices);
+
+/// Starts one machine's services (a VM: boots it); `None` for a machine with nothing to start.
+fn start_machine<'a>(
+    ws: &Workspace,
+    env: &Environment,
+    machine: &'a Machine,
+    vars: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+    progress: &Progress,
+) -> Result<Option<Started<'a>>> {
+    // A VM is started by `up` even without services: it is the machine.
+    if machine.services.is_empty()
+        && machine.prestart.is_empty()
+        && machine.backend != crate::spec::model::BackendKind::Libvirt
+    {
+        return Ok(None);
+    }
+    let backend = backend::for_kind(machine.backend)?;
+    let state = ws.state.machine(&env.name, &machine.name)?;
+    let mut marker = state.marker();
+    marker.pristine = false;
+    state.set_marker(&marker)?;
+    let bar = progress.stage(
+        format!("{}/{}", env.name, machine.name),
+        "starting services",
+    );
+    let ctx = RuntimeContext {
+        machine,
+        state: &state,
+        vars,
+        secrets,
+    };
+    match backend.start(&ctx) {
+        Ok(running) => {
+            state.set_services(Some(&running))?;
+            bar.finish("up");
+            Ok(Some((machine, state, running)))
+        }
+        Err(e) => {
+            bar.finish("failed");
+            Err(e)
+        }
+    }
 }
 
 /// The running services of `env` if every machine with services runs them all, from the build

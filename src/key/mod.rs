@@ -112,6 +112,12 @@ fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
     if let Some(image) = &machine.base.image {
         text.push_str(&format!("image={}\n", image.sha256));
     }
+    if machine.base.debootstrap.is_some() {
+        text.push_str(&format!(
+            "debootstrap={}\n",
+            crate::backend::libvirt::image::recipe_digest(machine)
+        ));
+    }
     for tool in &machine.base.host_tools {
         let resolved = std::fs::canonicalize(tool).map_err(|_| Error::MissingTool {
             machine: machine.name.clone(),

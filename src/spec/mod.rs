@@ -191,6 +191,7 @@ impl Loader<'_> {
         for (machine_name, raw_machine) in &raw.machines {
             machines.push(self.machine(machine_name, raw_machine, &vars)?);
         }
+        self.check_links(&raw)?;
         let machines = self.order_machines(machines, &raw)?;
         let mut flows = Vec::new();
         for (flow_name, raw_flow) in &raw.flows {
@@ -649,7 +650,12 @@ impl Loader<'_> {
                 }
             },
         };
-        let ports = self.ports(&raw.ports)?;
+        let vm = self.vm(name, raw, backend)?;
+        let mut ports = self.ports(&raw.ports)?;
+        ports.extend(vm.forward.keys().map(|name| Port {
+            name: name.clone(),
+            fixed: None,
+        }));
         let runtime = Scope {
             vars,
             ports: Some(&ports),
@@ -678,7 +684,8 @@ impl Loader<'_> {
             }
             stages.push(self.stage(stage.get_ref(), vars)?);
         }
-        if stages.is_empty() && raw.services.is_empty() {
+        // A VM with no stages is its base image, booted by `up`.
+        if stages.is_empty() && raw.services.is_empty() && backend != BackendKind::Libvirt {
             return self.err(
                 name.span().start,
                 format!("machine `{}` has no stages and no services", name.get_ref()),
@@ -711,7 +718,129 @@ impl Loader<'_> {
             prestart,
             stages,
             services,
+            vm,
         })
+    }
+
+    /// A private link is a point-to-point QEMU UDP socket pair: exactly two machines join it.
+    fn check_links(&self, raw: &RawEnvironment) -> Result<()> {
+        let mut members: BTreeMap<&str, Vec<&Name>> = BTreeMap::new();
+        for machine in raw.machines.values() {
+            for link in machine.networks.keys() {
+                members.entry(link.get_ref()).or_default().push(link);
+            }
+        }
+        for (link, names) in members {
+            if names.len() != 2 {
+                return self.err(
+                    names[names.len() - 1].span().start,
+                    format!(
+                        "network `{link}` is joined by {} machine(s); a private link joins exactly two (a point-to-point QEMU UDP link on loopback)",
+                        names.len()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM keys of a machine: only libvirt machines take them, and they take no host
+    /// services (their services are units inside the guest, reached through `forward`).
+    fn vm(&self, name: &Name, raw: &RawMachine, backend: BackendKind) -> Result<VmSpec> {
+        let mut vm = VmSpec::default();
+        if backend != BackendKind::Libvirt {
+            let first = raw
+                .uri
+                .as_ref()
+                .map(|u| u.span().start)
+                .or(raw.forward.keys().next().map(|k| k.span().start))
+                .or(raw.networks.keys().next().map(|k| k.span().start));
+            if let Some(offset) = first {
+                return self.err(
+                    offset,
+                    "`uri`, `forward` and `networks` are for VM machines: add backend = \"libvirt\"",
+                );
+            }
+            return Ok(vm);
+        }
+        if let Some(hook) = raw.prestart.first() {
+            return self.err(
+                hook.span().start,
+                "a libvirt machine has no host-side prestart hooks: do the work in a stage, or in a unit inside the guest",
+            );
+        }
+        if let Some(service) = raw.services.first() {
+            return self.err(
+                service.span().start,
+                "a libvirt machine runs its services inside the guest: enable a systemd unit in a stage and reach it with `forward = { NAME = GUEST_PORT }`",
+            );
+        }
+        if let Some((port, _)) = raw.ports.iter().next() {
+            return self.err(
+                port.span().start,
+                "a libvirt machine's host ports are its forwarded guest ports: use `forward = { NAME = GUEST_PORT }` instead of `ports`",
+            );
+        }
+        match &raw.base {
+            Some(base)
+                if base.get_ref().image.is_some() || base.get_ref().debootstrap.is_some() => {}
+            _ => {
+                return self.err(
+                    name.span().start,
+                    format!(
+                        "libvirt machine `{}` needs a base: base = {{ image = \"URL\", sha256 = \"...\" }} or base = {{ debootstrap = {{ suite = \"bookworm\" }} }}",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(uri) = &raw.uri {
+            let u = uri.get_ref();
+            if !(u.starts_with("qemu:") || u.starts_with("qemu+")) {
+                return self.err(
+                    uri.span().start,
+                    format!("`{u}` is not a QEMU libvirt URI: use qemu:///system, qemu:///session or qemu+ssh://HOST/system"),
+                );
+            }
+            vm.uri = Some(u.clone());
+        }
+        for (port_name, guest) in &raw.forward {
+            self.check_name(port_name, "forwarded port")?;
+            let Ok(port) = u16::try_from(*guest.get_ref()) else {
+                return self.err(
+                    guest.span().start,
+                    "a guest port is a number from 1 to 65535",
+                );
+            };
+            if port == 0 {
+                return self.err(
+                    guest.span().start,
+                    "a guest port is a number from 1 to 65535",
+                );
+            }
+            if port_name.get_ref() == "ssh" {
+                return self.err(
+                    port_name.span().start,
+                    "`ssh` is forwarded by envbuild itself (guest port 22); pick another name",
+                );
+            }
+            vm.forward.insert(port_name.get_ref().clone(), port);
+        }
+        for (link, address) in &raw.networks {
+            self.check_name(link, "network")?;
+            if !is_ipv4_cidr(address.get_ref()) {
+                return self.err(
+                    address.span().start,
+                    format!(
+                        "`{}` is not an IPv4 address with a prefix length, e.g. \"10.0.0.2/24\"",
+                        address.get_ref()
+                    ),
+                );
+            }
+            vm.links
+                .insert(link.get_ref().clone(), address.get_ref().clone());
+        }
+        Ok(vm)
     }
 
     fn base(&self, raw: Option<&Spanned<RawBase>>, backend: BackendKind) -> Result<Base> {
@@ -727,6 +856,51 @@ impl Loader<'_> {
                 );
             }
             base.host_tools.push(PathBuf::from(tool.get_ref()));
+        }
+        if let Some(recipe) = &raw.get_ref().debootstrap {
+            if backend != BackendKind::Libvirt {
+                return self.err(
+                    recipe.span().start,
+                    "a debootstrap base is a VM disk image: add backend = \"libvirt\"",
+                );
+            }
+            if let Some(image) = &raw.get_ref().image {
+                return self.err(
+                    image.span().start,
+                    "a base is either a pinned image or a debootstrap recipe, not both",
+                );
+            }
+            let recipe = recipe.get_ref();
+            let mut packages = Vec::new();
+            for package in &recipe.packages {
+                let p = package.get_ref();
+                if p.is_empty()
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+                {
+                    return self.err(
+                        package.span().start,
+                        format!("`{p}` is not a Debian package name"),
+                    );
+                }
+                packages.push(p.clone());
+            }
+            let suite = recipe.suite.get_ref();
+            if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return self.err(
+                    recipe.suite.span().start,
+                    format!("`{suite}` is not a Debian suite name (e.g. \"bookworm\")"),
+                );
+            }
+            base.debootstrap = Some(Debootstrap {
+                suite: suite.clone(),
+                mirror: recipe.mirror.as_ref().map_or_else(
+                    || "http://deb.debian.org/debian".to_string(),
+                    |m| m.get_ref().clone(),
+                ),
+                packages,
+            });
         }
         match (&raw.get_ref().image, &raw.get_ref().sha256) {
             (None, None) => {}
@@ -1298,6 +1472,14 @@ impl Loader<'_> {
 }
 
 /// The environment variable that carries secret `name` to prestart hooks and services.
+fn is_ipv4_cidr(text: &str) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    address.parse::<std::net::Ipv4Addr>().is_ok()
+        && prefix.parse::<u8>().is_ok_and(|p| (8..=30).contains(&p))
+}
+
 pub fn secret_env_name(name: &str) -> String {
     format!("ENVBUILD_SECRET_{}", name.to_uppercase().replace('-', "_"))
 }

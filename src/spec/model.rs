@@ -76,6 +76,18 @@ pub struct Machine {
     pub prestart: Vec<String>,
     pub stages: Vec<Stage>,
     pub services: Vec<Service>,
+    /// What only VM backends use (empty for local machines).
+    pub vm: VmSpec,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VmSpec {
+    /// The libvirt URI from the spec; `--libvirt-uri` overrides it.
+    pub uri: Option<String>,
+    /// Name -> guest TCP port, forwarded from a free 127.0.0.1 port at each boot.
+    pub forward: BTreeMap<String, u16>,
+    /// Private link name -> this machine's address on it, as "10.0.0.2/24".
+    pub links: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -84,6 +96,16 @@ pub struct Base {
     /// and tools the stages run).
     pub host_tools: Vec<PathBuf>,
     pub image: Option<PinnedImage>,
+    pub debootstrap: Option<Debootstrap>,
+}
+
+/// A Debian base image built on this host (docs/backends.md): debootstrap --variant=minbase with
+/// the packages envbuild's guests need plus `packages`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Debootstrap {
+    pub suite: String,
+    pub mirror: String,
+    pub packages: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

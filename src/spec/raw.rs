@@ -132,6 +132,14 @@ pub struct RawMachine {
     pub stages: Vec<Spanned<RawStage>>,
     #[serde(default)]
     pub services: Vec<Spanned<RawService>>,
+    /// libvirt: the hypervisor, e.g. "qemu:///system" or "qemu+ssh://host/system".
+    pub uri: Option<Spanned<String>>,
+    /// libvirt: guest TCP ports forwarded from a free 127.0.0.1 port at each boot, by name.
+    #[serde(default)]
+    pub forward: BTreeMap<Name, Spanned<i64>>,
+    /// libvirt: private links this machine joins, with its address on each ("10.0.0.2/24").
+    #[serde(default)]
+    pub networks: BTreeMap<Name, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +150,17 @@ pub struct RawBase {
     pub host_tools: Vec<Spanned<String>>,
     pub image: Option<Spanned<String>>,
     pub sha256: Option<Spanned<String>>,
+    /// libvirt: a Debian image built on this host with debootstrap.
+    pub debootstrap: Option<Spanned<RawDebootstrap>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDebootstrap {
+    pub suite: Spanned<String>,
+    pub mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,448 @@
+//! The libvirt backend with real VMs: real libvirt domains, QEMU (TCG here), a Debian base image
+//! made by debootstrap, SSH with pinned host keys. Nothing is mocked; a missing requirement fails
+//! the test with the fix (see dev/setup).
+//!
+//! The debootstrap base image is cached between runs in `$ENVBUILD_TEST_CACHE/images`
+//! (default /var/cache/envbuild-test/images), keyed by its recipe: the first run on a machine
+//! builds it (about 5 minutes), later runs reuse it. Tests run one at a time: each boots VMs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::Project;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("ENVBUILD_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/envbuild-test"))
+}
+
+/// Fails (never skips) when the host cannot run VMs, naming what to install or start.
+fn require_host() {
+    for (program, package) in [
+        ("virsh", "libvirt-clients"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("debootstrap", "debootstrap"),
+        ("ssh", "openssh-client"),
+    ] {
+        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(program).is_file());
+        assert!(
+            found,
+            "the libvirt tests need `{program}`: apt-get install {package} (dev/setup installs it)"
+        );
+    }
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "libvirt is not reachable at qemu:///system ({}): run dev/setup, which starts libvirtd",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // SAFETY: every test of this file sets the same value before running envbuild.
+    unsafe { std::env::set_var("ENVBUILD_IMAGES", cache_dir().join("images")) };
+}
+
+fn domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("envbuild-"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_demo(project: &Project, stage_two_extra: &str) {
+    project.write(
+        "demo.toml",
+        &format!(
+            r#"
+[machines.box]
+backend = "libvirt"
+resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm" }} }}
+forward = {{ http = 8080 }}
+
+[[machines.box.stages]]
+name = "files"
+inputs = ["hello.txt"]
+steps = [
+  "install -m 644 $ENVBUILD_INPUTS/hello.txt /etc/envbuild-hello.txt",
+  "echo stage-one > /etc/stage1",
+]
+
+[[machines.box.stages]]
+name = "service"
+inputs = ["web.service"]
+steps = [
+  "mkdir -p /srv/www && cp /etc/envbuild-hello.txt /srv/www/hello.txt",
+  "install -m 644 $ENVBUILD_INPUTS/web.service /etc/systemd/system/web.service",
+  "systemctl enable web.service",
+  "echo stage-two{stage_two_extra} > /etc/stage2",
+]
+"#
+        ),
+    );
+    project.write("demo/hello.txt", "hello from stage one\n");
+    project.write(
+        "demo/web.service",
+        "[Unit]\nDescription=test web server\nAfter=network.target\n\n[Service]\nExecStart=/bin/busybox httpd -f -p 8080 -h /srv/www\n\n[Install]\nWantedBy=multi-user.target\n",
+    );
+}
+
+/// (stage, action, steps_run) of a JSON build report.
+fn outcomes(report: &serde_json::Value) -> Vec<(String, String, u64)> {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["action"].as_str().unwrap().to_string(),
+                s["steps_run"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn entry_disk(project: &Project, stage: &str) -> PathBuf {
+    let name = project
+        .entries()
+        .into_iter()
+        .filter(|e| e.ends_with(&format!("-demo-box-{stage}")))
+        .max_by_key(|e| {
+            std::fs::metadata(project.store().join("v1/entries").join(e))
+                .and_then(|m| m.modified())
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("no entry for stage {stage}: {:?}", project.entries()));
+    project
+        .store()
+        .join("v1/entries")
+        .join(name)
+        .join("artifact/disk.qcow2")
+}
+
+fn backing_chain(disk: &Path) -> Vec<PathBuf> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--backing-chain", "--output=json", "-U"])
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let infos: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    infos
+        .iter()
+        .map(|i| PathBuf::from(i["filename"].as_str().unwrap()))
+        .collect()
+}
+
+fn http_get(port: u64, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn forwarded_port(up: &serde_json::Value, name: &str) -> u64 {
+    up["machines"][0]["ports"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no port {name} in {up}"))
+}
+
+#[test]
+fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let project = Project::new();
+    write_demo(&project, "");
+
+    // Cold build: both stages run, each in its own build VM; nothing is left running.
+    let build = project.json(&["build", "demo", "--json"]);
+    let built = outcomes(&build);
+    assert_eq!(
+        built,
+        vec![
+            ("files".to_string(), "built".to_string(), 2),
+            ("service".to_string(), "built".to_string(), 4)
+        ]
+    );
+    assert!(domains().is_empty(), "build left domains: {:?}", domains());
+
+    // Each stage is a thin overlay on its parent, down to the base image.
+    let one = entry_disk(&project, "files");
+    let two = entry_disk(&project, "service");
+    let chain = backing_chain(&two);
+    assert_eq!(chain.len(), 3, "{chain:?}");
+    assert_eq!(chain[0], two);
+    assert_eq!(chain[1], one);
+    assert!(
+        chain[2].starts_with(cache_dir().join("images")),
+        "{chain:?}"
+    );
+    let mode = std::fs::metadata(&two).unwrap();
+    assert!(mode.permissions().readonly(), "store disks are read-only");
+    assert!(
+        mode.len() < 200 << 20,
+        "stage 2's overlay holds only its own changes, not a disk copy ({} bytes)",
+        mode.len()
+    );
+
+    // up: boots on a fresh top overlay; stage 1's file and stage 2's service are there.
+    let up = project.json(&["up", "demo", "--json"]);
+    assert!(
+        outcomes(&up["build"])
+            .iter()
+            .all(|(_, _, steps)| *steps == 0),
+        "{up}"
+    );
+    assert_eq!(domains(), vec!["envbuild-demo-box".to_string()]);
+    let file = project.ok(&["ssh", "demo", "box", "--", "cat", "/etc/stage1"]);
+    assert_eq!(file.trim(), "stage-one");
+    let page = http_get(forwarded_port(&up, "http"), "/hello.txt");
+    assert!(page.contains("hello from stage one"), "{page}");
+    let live = project.state().join("envs/demo/box/root/live.qcow2");
+    assert_eq!(backing_chain(&live)[1], two);
+    // The running VM never writes to the store: the entry is unchanged.
+    let config = project.ok(&["ssh-config", "demo"]);
+    assert!(config.contains("Host demo-box"), "{config}");
+    assert!(config.contains("StrictHostKeyChecking yes"), "{config}");
+    assert!(
+        config.contains("HostKeyAlias envbuild-demo-box"),
+        "{config}"
+    );
+
+    project.ok(&["down", "demo"]);
+    assert!(domains().is_empty(), "down left domains: {:?}", domains());
+    assert!(!live.exists());
+    let verify = project.run(&["cache", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Second up: replayed from the cache, zero steps.
+    let again = project.json(&["up", "demo", "--json"]);
+    let replayed = outcomes(&again["build"]);
+    assert!(replayed.iter().all(|(_, _, steps)| *steps == 0), "{again}");
+    assert!(
+        replayed
+            .iter()
+            .any(|(stage, action, _)| stage == "service" && action == "restored"),
+        "{again}"
+    );
+    let file = project.ok(&[
+        "ssh",
+        "demo",
+        "box",
+        "--",
+        "cat",
+        "/etc/stage1",
+        "/etc/stage2",
+    ]);
+    assert_eq!(file.trim(), "stage-one\nstage-two");
+    project.ok(&["down", "demo"]);
+
+    // Changing stage 2 reruns stage 2 only, on an overlay of the same stage-1 disk.
+    write_demo(&project, "-changed");
+    let rebuilt = outcomes(&project.json(&["build", "demo", "--json"]));
+    assert_eq!(rebuilt[0].0, "files");
+    assert_eq!(rebuilt[0].2, 0, "{rebuilt:?}");
+    assert_eq!(rebuilt[1], ("service".to_string(), "built".to_string(), 4));
+    let new_two = entry_disk(&project, "service");
+    assert_ne!(new_two, two);
+    assert_eq!(backing_chain(&new_two)[1], one);
+    assert!(domains().is_empty(), "{:?}", domains());
+
+    // A chain whose parent is missing is refused (exit 2), never booted.
+    let one_entry = one.parent().unwrap().parent().unwrap().to_path_buf();
+    let aside = project.path().join("moved-aside");
+    std::fs::rename(&one_entry, &aside).unwrap();
+    let refused = project.run(&["up", "demo"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("missing"),
+        "{stderr}"
+    );
+    assert!(domains().is_empty(), "{:?}", domains());
+    std::fs::rename(&aside, &one_entry).unwrap();
+}
+
+#[test]
+fn killing_envbuild_mid_stage_leaves_no_domain_no_overlay_no_entry_and_the_next_build_works() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let project = Project::new();
+    let spec = |step: &str| {
+        format!(
+            r#"
+[machines.box]
+backend = "libvirt"
+resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm" }} }}
+
+[[machines.box.stages]]
+name = "slow"
+steps = ["touch /etc/started", "{step}"]
+"#
+        )
+    };
+    project.write("kill.toml", &spec("sleep 3600"));
+    let mut build = std::process::Command::new(assert_cmd::cargo::cargo_bin("envbuild"))
+        .args(["build", "kill", "-q"])
+        .current_dir(project.path())
+        .env("ENVBUILD_STORE", project.store())
+        .env("ENVBUILD_STATE", project.state())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the VM runs the second step (the pending entry's log names it).
+    let running_sleep = || {
+        std::fs::read_dir(project.store().join("v1/tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("log.txt"))
+                    .is_ok_and(|log| log.contains("$ sleep 3600"))
+            })
+    };
+    while !running_sleep() {
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "the build ended before its slow step"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert_eq!(domains().len(), 1, "{:?}", domains());
+    build.kill().unwrap(); // SIGKILL: no chance to clean up in-process
+    build.wait().unwrap();
+
+    // The guard notices and destroys the domain; wait for it (it is not instantaneous).
+    let overlay = project.state().join("envs/kill/box/root/build.qcow2");
+    for _ in 0..120 {
+        if domains().is_empty() && !overlay.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(domains().is_empty(), "a domain was left: {:?}", domains());
+    assert!(!overlay.exists(), "the build overlay was left");
+    assert!(project.entries().is_empty(), "{:?}", project.entries());
+    let qemu = Command::new("pgrep")
+        .args(["-f", "guest=envbuild-kill-box"])
+        .output()
+        .unwrap();
+    assert!(qemu.stdout.is_empty(), "a qemu process was left");
+
+    // The next build works, and clears the killed build's half-written entry.
+    project.write("kill.toml", &spec("true"));
+    let built = outcomes(&project.json(&["build", "kill", "--json"]));
+    assert_eq!(built, vec![("slow".to_string(), "built".to_string(), 2)]);
+    assert!(
+        project.tmp_leftovers().is_empty(),
+        "{:?}",
+        project.tmp_leftovers()
+    );
+    assert!(domains().is_empty(), "{:?}", domains());
+}
+
+#[test]
+fn two_machines_talk_over_their_private_link_on_loopback() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let project = Project::new();
+    // No stages: each machine is the base image, booted by `up`.
+    project.write(
+        "pair.toml",
+        r#"
+[machines.a]
+backend = "libvirt"
+resources = { cpus = 1, memory = "512MiB", disk = "3GiB" }
+base = { debootstrap = { suite = "bookworm" } }
+networks = { lan = "10.0.0.1/24" }
+
+[machines.b]
+backend = "libvirt"
+resources = { cpus = 1, memory = "512MiB", disk = "3GiB" }
+base = { debootstrap = { suite = "bookworm" } }
+networks = { lan = "10.0.0.2/24" }
+"#,
+    );
+    project.ok(&["up", "pair", "-q"]);
+    let mut names = domains();
+    names.sort();
+    assert_eq!(names, vec!["envbuild-pair-a", "envbuild-pair-b"]);
+
+    // B serves a page on its private address only.
+    project.ok(&[
+        "ssh",
+        "pair",
+        "b",
+        "--",
+        "mkdir -p /srv && echo from-b > /srv/index.html && busybox httpd -p 10.0.0.2:8080 -h /srv",
+    ]);
+    let page = project.ok(&[
+        "ssh",
+        "pair",
+        "a",
+        "--",
+        "busybox",
+        "wget",
+        "-q",
+        "-O-",
+        "http://10.0.0.2:8080/index.html",
+    ]);
+    assert_eq!(page.trim(), "from-b");
+    // The route is the link NIC (its MAC is 52:54:01:..), not the management NIC (user
+    // networking, 52:54:00:0e:b0:01), and no gateway.
+    let route = project.ok(&["ssh", "pair", "a", "--", "ip", "route", "get", "10.0.0.2"]);
+    assert!(!route.contains("via"), "{route}");
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dev in {route}"))
+        .to_string();
+    let link = project.ok(&[
+        "ssh", "pair", "a", "--", "ip", "-o", "link", "show", "dev", &dev,
+    ]);
+    assert!(link.contains("link/ether 52:54:01:"), "{link}");
+    // The link is a UDP socket pair on loopback, nothing else.
+    let xml = std::fs::read_to_string(project.state().join("envs/pair/a/root/up.xml")).unwrap();
+    assert!(xml.contains("<interface type='udp'>"), "{xml}");
+    assert!(xml.contains("<source address='127.0.0.1'"), "{xml}");
+
+    // ssh-config names both machines with pinned keys.
+    let config = project.ok(&["ssh-config", "pair"]);
+    assert!(
+        config.contains("Host pair-a") && config.contains("Host pair-b"),
+        "{config}"
+    );
+
+    project.ok(&["down", "pair"]);
+    assert!(domains().is_empty(), "{:?}", domains());
+}
