@@ -70,23 +70,31 @@ fn escapes(link_path: &Path, target: &Path) -> bool {
 /// Imports every entry of the archive read from `input`; returns the names imported (entries
 /// already present are kept as they are and listed too).
 pub fn import(store: &Store, input: impl Read, source: &Path) -> Result<Vec<String>> {
-    import_checked(store, input, source, |_| Ok(()))
+    import_checked(store, input, source, |_, _| Ok(()))
 }
 
+/// The sha256 of every regular file an import wrote, by its full path in the private folder.
+pub type Written = HashMap<PathBuf, String>;
+
 /// Imports an archive that must hold exactly the entry `expected` (a pulled remote entry);
-/// `before_commit` runs once it is unpacked, and its error stops the import.
+/// `before_commit` runs once it is unpacked, with the entry's private folder and the digest of
+/// every file written there, and its error stops the import. The entry's own checks (manifest,
+/// tree and files, see `Store::verify_with`) run too, before anything is committed.
 pub fn import_one(
     store: &Store,
     input: impl Read,
     source: &Path,
     expected: &str,
-    before_commit: impl FnOnce() -> Result<()>,
+    before_commit: impl FnOnce(&Path, &Written) -> Result<()>,
 ) -> Result<()> {
-    import_checked(store, input, source, |names| match names {
-        [only] if only == expected => before_commit(),
+    import_checked(store, input, source, |names, written| match names {
+        [(dir, only)] if only == expected => before_commit(dir, written),
         _ => Err(reject(
             source,
-            format!("it holds {names:?}, not just the signed entry {expected}"),
+            format!(
+                "it holds {:?}, not just the signed entry {expected}",
+                names.iter().map(|(_, n)| n).collect::<Vec<_>>()
+            ),
         )),
     })
     .map(|_| ())
@@ -96,12 +104,16 @@ fn import_checked(
     store: &Store,
     input: impl Read,
     source: &Path,
-    accept: impl FnOnce(&[String]) -> Result<()>,
+    accept: impl FnOnce(&[(PathBuf, String)], &Written) -> Result<()>,
 ) -> Result<Vec<String>> {
     let staging = store.tmp_path("import");
     std::fs::create_dir_all(&staging).ctx(|| format!("creating {}", staging.display()))?;
     let result = unpack_checked(&staging, input, source)
-        .and_then(|(names, written)| accept(&names).map(|_| (names, written)))
+        .and_then(|(names, written)| {
+            let dirs: Vec<(PathBuf, String)> =
+                names.iter().map(|n| (staging.join(n), n.clone())).collect();
+            accept(&dirs, &written).map(|_| (names, written))
+        })
         .and_then(|(names, written)| {
             check_entries(store, &staging, &names, &written, source).map(|_| names)
         });
