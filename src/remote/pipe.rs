@@ -2,7 +2,7 @@
 //! or bytes off the network) while another consumes it (the upload, or the unpacking), so the
 //! two halves of a transfer use both cores and memory stays at a few chunks.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 const CHUNK: usize = 1 << 20;
@@ -72,19 +72,32 @@ pub struct PipeReader {
 
 impl Read for PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// A consumer that reads through `fill_buf` (the zstd decoder) takes the bytes from the chunk
+/// itself, without a copy into a buffer of its own.
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.at == self.current.len() {
             match self.receiver.recv() {
                 Ok(chunk) => {
                     self.current = chunk;
                     self.at = 0;
                 }
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        Ok(&self.current[self.at..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.at = (self.at + amount).min(self.current.len());
     }
 }
 
@@ -102,8 +115,15 @@ mod tests {
                 writer.write_all(piece).unwrap();
             }
         });
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).unwrap();
+        let mut got = vec![0u8; 7];
+        reader.read_exact(&mut got).unwrap();
+        let mut rest = Vec::new();
+        while !reader.fill_buf().unwrap().is_empty() {
+            let n = reader.fill_buf().unwrap().len().min(123_457);
+            rest.extend_from_slice(&reader.fill_buf().unwrap()[..n]);
+            reader.consume(n);
+        }
+        got.extend(rest);
         producer.join().unwrap();
         assert_eq!(got, expected);
     }

@@ -156,7 +156,8 @@ fn pull_from(
                 *fetch_result.borrow_mut() = fetched.recv().ok();
             }
         };
-        let result = zstd::Decoder::new(received)
+        // Straight from the pipe's chunks: no copy into a buffer of the decoder's own.
+        let result = zstd::Decoder::with_buffer(received)
             .ctx(|| "starting the zstd decompressor".into())
             .and_then(|decoder| {
                 archive::import_one(
