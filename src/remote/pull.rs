@@ -238,11 +238,10 @@ fn download(
     progress: &Progress,
     chunks: PipeWriter,
 ) -> std::result::Result<(), Failure> {
-    let mut sink = Sink {
-        chunks,
-        listening: true,
-    };
-    let mut buffer = vec![0u8; http::BUFFER];
+    let mut chunks = chunks;
+    let mut listening = true;
+    // Once the unpacker has stopped (it failed), the rest is read and dropped.
+    let mut scratch = Vec::new();
     let bar = progress.bytes(format!("pull {label}"), size);
     let mut have = 0u64;
     let mut retries = 0;
@@ -283,10 +282,18 @@ fn download(
         // The blob is the signed number of bytes; anything after it is not ours.
         let mut body = response.body().take(size - have);
         let ended = loop {
-            match body.read(&mut buffer) {
+            let read = if listening {
+                chunks.read_from(&mut body).map(|(n, still)| {
+                    listening = still;
+                    n
+                })
+            } else {
+                scratch.resize(http::BUFFER, 0);
+                body.read(&mut scratch)
+            };
+            match read {
                 Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
                 Ok(n) => {
-                    sink.pass(&buffer[..n]);
                     have += n as u64;
                     bar.set(have);
                 }
@@ -299,20 +306,6 @@ fn download(
         }
     }
     bar.finish("downloaded");
-    let _ = sink.chunks.flush();
+    let _ = chunks.flush();
     Ok(())
-}
-
-/// Where the blob's bytes go, in order: the unpacker, while it listens.
-struct Sink {
-    chunks: PipeWriter,
-    listening: bool,
-}
-
-impl Sink {
-    fn pass(&mut self, bytes: &[u8]) {
-        if self.listening && self.chunks.write_all(bytes).is_err() {
-            self.listening = false;
-        }
-    }
 }
