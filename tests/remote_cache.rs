@@ -436,6 +436,45 @@ fn a_tampered_blob_or_statement_is_refused_and_the_stage_built_locally() {
 }
 
 #[test]
+fn a_statement_in_the_old_v1_format_is_refused_with_a_fix() {
+    let project = Project::new();
+    small_env(&project);
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "");
+    let public = build_and_push(&project, &server);
+    for item in std::fs::read_dir(root.join("cache/v1")).unwrap().flatten() {
+        let path = item.path();
+        if path.extension().is_some_and(|x| x == "sig") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.starts_with("envbuild-remote-entry v2\n"), "{text}");
+            std::fs::write(&path, text.replace("remote-entry v2", "remote-entry v1")).unwrap();
+        }
+    }
+    agent_config(&project, "b", "");
+    let out = agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "small",
+            "--cache-from",
+            &server.url(),
+            "--cache-trusted-key",
+            &public,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("old `envbuild-remote-entry v1` format")
+            && err.contains("push the entry again"),
+        "{err}"
+    );
+    assert!(entries(&project, "b").is_empty());
+}
+
+#[test]
 fn unsigned_or_untrusted_entries_are_refused() {
     let project = Project::new();
     small_env(&project);

@@ -1,8 +1,9 @@
 //! Remote stage caches over plain HTTP: push, pull and pull-through during builds.
 //!
 //! ```text
-//! <base>/v1/<key>.sig                  signed statement: key, entry name, blob sha256 and size
-//! <base>/v1/blobs/<sha256>.tar.zst     the entry as a zstd-compressed tar (content-addressed)
+//! <base>/v1/<key>.sig                  signed statement (v2): key, entry name, blob id and size,
+//!                                      sha256 of the entry's manifest.json, tree.json, log.txt
+//! <base>/v1/blobs/<id>.tar.zst         the entry as a zstd-compressed tar (id: from those digests)
 //! <base>/v1/tmp/                       blobs being uploaded, statements being published (then MOVE)
 //! ```
 //! An entry exists on a remote when its statement does; the statement is published last, by a
@@ -39,8 +40,8 @@ impl Remote {
         self.url.join(&format!("v1/{key}.sig"))
     }
 
-    fn blob_url(&self, sha256: &str) -> Url {
-        self.url.join(&format!("v1/blobs/{sha256}.tar.zst"))
+    fn blob_url(&self, id: &str) -> Url {
+        self.url.join(&format!("v1/blobs/{id}.tar.zst"))
     }
 }
 

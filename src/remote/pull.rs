@@ -1,5 +1,7 @@
-//! Pull: verify the signed statement, stream the blob into a private folder while hashing it,
-//! and commit the entry only when the blob matches its signed digest and every file its tree.
+//! Pull: verify the signed statement, stream the blob into a private folder, hashing every file
+//! as it is written, and commit the entry only when its manifest, tree and log have the signed
+//! digests and every file matches its tree (the manifest holds the tree's digest): every byte
+//! of the entry is hashed once, and that proves it.
 //!
 //! A connection that breaks mid-transfer is resumed with a Range request, up to `RETRIES`
 //! times, continuing the same stream; a killed pull leaves only its private folder in tmp/,
@@ -8,8 +10,6 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use super::http::{self, Body};
 use super::pipe::PipeWriter;
@@ -95,7 +95,9 @@ fn pull_from(
         Failure::Refused(Error::Input(format!(
             "refusing remote entry {key} from {}: {why}.\n  fix: {}",
             remote.url,
-            if why.contains("trusted") {
+            if why.contains("old `") {
+                "push the entry again with this envbuild, after deleting the old statement (v1/<key>.sig) on the server"
+            } else if why.contains("trusted") {
                 "add the pusher's public key to trusted_keys (config) or --cache-trusted-key, if you trust it"
             } else {
                 "push the entry again from a sound store; nothing was added to the local store"
@@ -129,10 +131,11 @@ fn pull_from(
     if let Some(entry) = store.find(key).map_err(Failure::Refused)? {
         return Ok(Some(entry.name));
     }
-    let blob_url = remote.blob_url(&statement.blob_sha256);
+    let blob_url = remote.blob_url(&statement.blob);
 
-    // Two threads: one fetches and hashes, the other decompresses and unpacks as the bytes
-    // arrive. Nothing is committed before the fetcher's digest matches the signed one.
+    // Two threads: one fetches, the other decompresses, unpacks and hashes as the bytes arrive.
+    // Nothing is committed before the whole blob has arrived, the entry's manifest, tree and
+    // log have the signed digests, and every file matches the tree.
     let (chunks, received) = super::pipe::pipe();
     let (done, fetched) = std::sync::mpsc::channel();
     let fetch_result = std::cell::RefCell::new(None);
@@ -153,7 +156,8 @@ fn pull_from(
                 *fetch_result.borrow_mut() = fetched.recv().ok();
             }
         };
-        let result = zstd::Decoder::new(received)
+        // Straight from the pipe's chunks: no copy into a buffer of the decoder's own.
+        let result = zstd::Decoder::with_buffer(received)
             .ctx(|| "starting the zstd decompressor".into())
             .and_then(|decoder| {
                 archive::import_one(
@@ -161,10 +165,10 @@ fn pull_from(
                     decoder,
                     Path::new(&blob_url.to_string()),
                     &statement.entry,
-                    || {
+                    |dir, written| {
                         wait_for_fetch();
                         match fetch_result.borrow().as_ref() {
-                            Some(Ok(digest)) if *digest == statement.blob_sha256 => Ok(()),
+                            Some(Ok(())) => signed_files_match(&statement, dir, written),
                             _ => Err(Error::Failed("the download did not complete".into())),
                         }
                     },
@@ -174,12 +178,12 @@ fn pull_from(
         result
     });
     match fetch_result.into_inner() {
-        Some(Ok(digest)) if digest != statement.blob_sha256 => Err(refuse(format!(
-            "its blob has sha256 {digest}, not the signed {} (tampered or damaged on the server)",
-            statement.blob_sha256
-        ))),
-        Some(Ok(_)) => {
-            imported.map_err(|e| refuse(e.to_string()))?;
+        Some(Ok(())) => {
+            imported.map_err(|e| {
+                refuse(format!(
+                    "what its blob unpacks to is not the signed entry (tampered or damaged on the server): {e}"
+                ))
+            })?;
             Ok(Some(statement.entry))
         }
         Some(Err(failure)) => Err(failure),
@@ -189,24 +193,55 @@ fn pull_from(
     }
 }
 
+/// The entry's own files must be the signed ones; with them the manifest's tree digest and the
+/// tree's file digests (checked by the import) cover everything else.
+fn signed_files_match(
+    statement: &Statement,
+    dir: &Path,
+    written: &archive::Written,
+) -> crate::error::Result<()> {
+    for (file, signed) in [
+        ("manifest.json", Some(&statement.manifest_sha256)),
+        ("tree.json", Some(&statement.tree_sha256)),
+        ("log.txt", statement.log_sha256.as_ref()),
+    ] {
+        let path = dir.join(file);
+        let got = written.get(&path);
+        if got == signed {
+            continue;
+        }
+        let shown = |d: Option<&String>| d.map_or("none".to_string(), |d| format!("sha256 {d}"));
+        return Err(Error::Failed(format!(
+            "its {file} has {}, not the signed {}",
+            shown(got),
+            shown(signed)
+        )));
+    }
+    // A log.txt that is not a file (a folder) would not be in `written`.
+    if statement.log_sha256.is_none() && std::fs::symlink_metadata(dir.join("log.txt")).is_ok() {
+        return Err(Error::Failed(
+            "it holds a log.txt that was not signed".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// How often a broken transfer is resumed before the pull gives up.
 const RETRIES: u32 = 5;
 
 /// Fetches the blob's `size` bytes and passes them, in order, to the unpacker through
-/// `chunks`; a broken connection is resumed with `Range: bytes=N-`. Returns the sha256.
+/// `chunks`; a broken connection is resumed with `Range: bytes=N-`. `Ok` once all arrived.
 fn download(
     url: &http::Url,
     size: u64,
     label: &str,
     progress: &Progress,
     chunks: PipeWriter,
-) -> std::result::Result<String, Failure> {
-    let mut sink = Sink {
-        hasher: Sha256::new(),
-        chunks,
-        listening: true,
-    };
-    let mut buffer = vec![0u8; http::BUFFER];
+) -> std::result::Result<(), Failure> {
+    let mut chunks = chunks;
+    let mut listening = true;
+    // Once the unpacker has stopped (it failed), the rest is read and dropped.
+    let mut scratch = Vec::new();
     let bar = progress.bytes(format!("pull {label}"), size);
     let mut have = 0u64;
     let mut retries = 0;
@@ -247,10 +282,18 @@ fn download(
         // The blob is the signed number of bytes; anything after it is not ours.
         let mut body = response.body().take(size - have);
         let ended = loop {
-            match body.read(&mut buffer) {
+            let read = if listening {
+                chunks.read_from(&mut body).map(|(n, still)| {
+                    listening = still;
+                    n
+                })
+            } else {
+                scratch.resize(http::BUFFER, 0);
+                body.read(&mut scratch)
+            };
+            match read {
                 Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
                 Ok(n) => {
-                    sink.pass(&buffer[..n]);
                     have += n as u64;
                     bar.set(have);
                 }
@@ -263,22 +306,6 @@ fn download(
         }
     }
     bar.finish("downloaded");
-    let _ = sink.chunks.flush();
-    Ok(hex::encode(sink.hasher.finalize()))
-}
-
-/// Where the blob's bytes go, in order: the digest, and the unpacker while it listens.
-struct Sink {
-    hasher: Sha256,
-    chunks: PipeWriter,
-    listening: bool,
-}
-
-impl Sink {
-    fn pass(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
-        if self.listening && self.chunks.write_all(bytes).is_err() {
-            self.listening = false;
-        }
-    }
+    let _ = chunks.flush();
+    Ok(())
 }

@@ -1,14 +1,14 @@
-//! Push: stream the entry, packed and hashed, to the server; then publish the signed statement.
+//! Push: stream the entry, packed, to the server; then publish the signed statement.
 //!
-//! The blob is named by its own sha256, so a blob URL never holds two contents. The statement is
+//! The statement signs the sha256 of the entry's manifest.json, tree.json and log.txt, which
+//! prove the whole entry; the blob is named by the sha256 of those three digests, so a blob URL
+//! never holds two different entries, and the blob itself is not hashed. The statement is
 //! PUT under a private temp name and then MOVEd into place with `Overwrite: F`: of two agents
 //! pushing one key, the first MOVE wins and the second gets 412 and does nothing more. Servers
 //! without MOVE (S3 presigned URLs, some raw repositories) get a HEAD then a plain PUT; there
 //! the last of two racing pushers wins, and either way the statement names a complete blob.
 
 use std::io::{BufWriter, Write};
-
-use sha2::{Digest, Sha256};
 
 use super::frames::FrameWriter;
 use super::http::{self, Body};
@@ -17,6 +17,7 @@ use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
 use crate::error::{Error, IoContext, Result};
+use crate::key::digest;
 use crate::store::{Entry, Store, archive};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,29 +41,52 @@ fn push_entry(
         return Ok(Pushed::AlreadyThere);
     }
     let nonce = nonce()?;
-    let (sha256, size) = match upload_streamed(remote, entry, &nonce, progress)? {
-        Some(uploaded) => uploaded,
-        None => upload_from_file(store, remote, entry, progress)?,
+    let own = |file: &str| {
+        let path = entry.dir.join(file);
+        digest::sha256_file(&path)
+    };
+    let manifest_sha256 = own("manifest.json")?;
+    let tree_sha256 = own("tree.json")?;
+    let log_sha256 = if entry.dir.join("log.txt").exists() {
+        Some(own("log.txt")?)
+    } else {
+        None
+    };
+    let blob = digest::sha256_bytes(
+        format!(
+            "{manifest_sha256} {tree_sha256} {}",
+            log_sha256.as_deref().unwrap_or("none")
+        )
+        .as_bytes(),
+    );
+    let size = match upload_streamed(remote, entry, &blob, &nonce, progress)? {
+        Some(size) => size,
+        None => upload_from_file(store, remote, entry, &blob, progress)?,
     };
     let signed = Statement {
         key: entry.key().to_string(),
         entry: entry.name.clone(),
-        blob_sha256: sha256,
+        blob,
         blob_size: size,
+        manifest_sha256,
+        tree_sha256,
+        log_sha256,
     }
     .sign(key);
     publish(remote, entry.key(), &signed, &nonce)
 }
 
-/// Streams tar | frames to the server as it is produced (one thread packs and hashes, this one
-/// sends, chunked) under a temp name, then MOVEs it to its content address. `None`: the server
-/// takes neither chunked uploads nor MOVE; the caller falls back to `upload_from_file`.
+/// Streams tar | frames to the server as it is produced (one thread packs, this one sends,
+/// chunked) under a temp name, then MOVEs it to `blobs/<blob>.tar.zst`; returns its size.
+/// `None`: the server takes neither chunked uploads nor MOVE; the caller falls back to
+/// `upload_from_file`.
 fn upload_streamed(
     remote: &Remote,
     entry: &Entry,
+    blob: &str,
     nonce: &str,
     progress: &Progress,
-) -> Result<Option<(String, u64)>> {
+) -> Result<Option<u64>> {
     let staged = remote.url.join(&format!(
         "v1/tmp/{}.{}.{nonce}.tar.zst",
         entry.key(),
@@ -106,7 +130,7 @@ fn upload_streamed(
     if !accepted {
         return Ok(None);
     }
-    let blob_url = remote.blob_url(&packed.0);
+    let blob_url = remote.blob_url(blob);
     let destination = blob_url.to_string();
     let mut moved = http::request(
         "MOVE",
@@ -128,11 +152,10 @@ fn upload_streamed(
     }
 }
 
-/// Writes the entry as tar in zstd frames to `out`; returns the sha256 and size of the blob.
-fn pack(entry: &Entry, out: impl Write) -> Result<(String, u64)> {
-    let hashing = HashingWriter {
+/// Writes the entry as tar in zstd frames to `out`; returns the size of the blob.
+fn pack(entry: &Entry, out: impl Write) -> Result<u64> {
+    let hashing = CountingWriter {
         inner: out,
-        hasher: Sha256::new(),
         written: 0,
     };
     let mut frames = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
@@ -144,7 +167,7 @@ fn pack(entry: &Entry, out: impl Write) -> Result<(String, u64)> {
         .inner
         .flush()
         .ctx(|| format!("packing {}", entry.name))?;
-    Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
+    Ok(hashing.written)
 }
 
 /// For servers that need a Content-Length (S3 presigned URLs, some raw repositories): pack into
@@ -153,12 +176,13 @@ fn upload_from_file(
     store: &Store,
     remote: &Remote,
     entry: &Entry,
+    name: &str,
     progress: &Progress,
-) -> Result<(String, u64)> {
+) -> Result<u64> {
     let blob = TempFile(store.tmp_path("push"));
     let file = std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
-    let (sha256, size) = pack(entry, BufWriter::with_capacity(http::BUFFER, file))?;
-    let blob_url = remote.blob_url(&sha256);
+    let size = pack(entry, BufWriter::with_capacity(http::BUFFER, file))?;
+    let blob_url = remote.blob_url(name);
     if !exists(&blob_url)? {
         let mut file =
             std::fs::File::open(&blob.0).ctx(|| format!("opening {}", blob.0.display()))?;
@@ -179,7 +203,7 @@ fn upload_from_file(
         }
         bar.finish("uploaded");
     }
-    Ok((sha256, size))
+    Ok(size)
 }
 
 fn nonce() -> Result<String> {
@@ -221,16 +245,14 @@ fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Push
     }
 }
 
-struct HashingWriter<W> {
+struct CountingWriter<W> {
     inner: W,
-    hasher: Sha256,
     written: u64,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }

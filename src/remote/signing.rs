@@ -4,9 +4,11 @@
 //! - public:  `envbuild-ed25519:<base64 of the 32-byte ed25519 public key>`
 //! - private: a file holding `envbuild-ed25519-secret:<base64 of the 32-byte seed>`, mode 0600
 //!
-//! A statement names one stage key, its entry and the sha256 and size of the compressed blob;
-//! the ed25519 signature covers every line before the `signature:` line, byte for byte. The
-//! blob's digest covers the manifest, tree and every file, and import recomputes those too.
+//! A statement (v2) names one stage key, its entry, the blob holding it (and its size) and the
+//! sha256 of the entry's manifest.json, tree.json and log.txt; the ed25519 signature covers
+//! every line before the `signature:` line, byte for byte. The manifest holds the digest of
+//! tree.json's entries and the tree the digest of every file, so the digests that import
+//! computes while unpacking prove the whole entry: the blob itself needs no hash of its own.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -20,7 +22,8 @@ use crate::error::{Error, Result};
 
 const PUBLIC_PREFIX: &str = "envbuild-ed25519:";
 const SECRET_PREFIX: &str = "envbuild-ed25519-secret:";
-const HEADER: &str = "envbuild-remote-entry v1";
+const HEADER: &str = "envbuild-remote-entry v2";
+const OLD_HEADER: &str = "envbuild-remote-entry v1";
 
 /// A trusted (or signing) public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,15 +160,28 @@ pub fn public_path(secret: &Path) -> std::path::PathBuf {
 pub struct Statement {
     pub key: String,
     pub entry: String,
-    pub blob_sha256: String,
+    /// The blob's name on the server (64 hex digits, `blobs/<name>.tar.zst`), and its size.
+    pub blob: String,
     pub blob_size: u64,
+    /// The sha256 of the entry's manifest.json, tree.json and log.txt (`None`: it has none).
+    pub manifest_sha256: String,
+    pub tree_sha256: String,
+    pub log_sha256: Option<String>,
 }
 
 impl Statement {
     fn body(&self, signer: &PublicKey) -> String {
         format!(
-            "{HEADER}\nkey: {}\nentry: {}\nblob: sha256:{} {}\nsigner: {signer}\n",
-            self.key, self.entry, self.blob_sha256, self.blob_size
+            "{HEADER}\nkey: {}\nentry: {}\nblob: {} {}\nmanifest.json: sha256:{}\ntree.json: sha256:{}\nlog.txt: {}\nsigner: {signer}\n",
+            self.key,
+            self.entry,
+            self.blob,
+            self.blob_size,
+            self.manifest_sha256,
+            self.tree_sha256,
+            self.log_sha256
+                .as_ref()
+                .map_or("none".to_string(), |d| format!("sha256:{d}")),
         )
     }
 
@@ -185,7 +201,13 @@ impl Statement {
             _ => return Err("it is unsigned (no signature line)".into()),
         };
         let mut lines = body.lines();
-        if lines.next() != Some(HEADER) {
+        let first = lines.next();
+        if first == Some(OLD_HEADER) {
+            return Err(format!(
+                "is in the old `{OLD_HEADER}` format, which this envbuild no longer accepts (it does not sign the entry's own digests)"
+            ));
+        }
+        if first != Some(HEADER) {
             return Err(format!("it does not start with `{HEADER}`"));
         }
         let mut field = |name: &str| {
@@ -199,6 +221,9 @@ impl Statement {
         let key = field("key")?;
         let entry = field("entry")?;
         let blob = field("blob")?;
+        let manifest = field("manifest.json")?;
+        let tree = field("tree.json")?;
+        let log = field("log.txt")?;
         let signer = field("signer")?;
         if lines.next().is_some() {
             return Err("it has lines a statement does not have".into());
@@ -218,24 +243,35 @@ impl Statement {
             .0
             .verify_strict(body.as_bytes(), &Signature::from_bytes(&signature))
             .map_err(|_| "its signature does not match its content (tampered)".to_string())?;
-        let (digest, size) = blob
-            .strip_prefix("sha256:")
-            .and_then(|b| b.split_once(' '))
-            .ok_or("its blob line is malformed")?;
-        let well_formed_key = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-        if !well_formed_key
-            || digest.len() != 64
-            || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+        let (name, size) = blob.split_once(' ').ok_or("its blob line is malformed")?;
+        let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let sha256 = |s: &str| {
+            s.strip_prefix("sha256:")
+                .filter(|d| hex64(d))
+                .map(str::to_string)
+        };
+        let (Some(manifest_sha256), Some(tree_sha256)) = (sha256(&manifest), sha256(&tree)) else {
+            return Err("its manifest.json or tree.json digest is malformed".into());
+        };
+        let log_sha256 = match log.as_str() {
+            "none" => None,
+            other => Some(sha256(other).ok_or("its log.txt digest is malformed")?),
+        };
+        if !hex64(&key)
+            || !hex64(name)
             || !entry.starts_with(&format!("{key}-"))
             || entry.contains('/')
         {
-            return Err("its key, entry or digest is malformed".into());
+            return Err("its key, entry or blob name is malformed".into());
         }
         Ok(Statement {
             key,
             entry,
-            blob_sha256: digest.to_string(),
+            blob: name.to_string(),
             blob_size: size.parse().map_err(|_| "its blob size is not a number")?,
+            manifest_sha256,
+            tree_sha256,
+            log_sha256,
         })
     }
 }
@@ -253,8 +289,11 @@ mod tests {
         Statement {
             entry: format!("{k}-env-box-base"),
             key: k,
-            blob_sha256: "b".repeat(64),
+            blob: "b".repeat(64),
             blob_size: 42,
+            manifest_sha256: "c".repeat(64),
+            tree_sha256: "d".repeat(64),
+            log_sha256: Some("e".repeat(64)),
         }
     }
 
@@ -272,12 +311,31 @@ mod tests {
     #[test]
     fn any_changed_byte_is_refused() {
         let signed = statement().sign(&key(1));
-        let tampered = signed.replace("sha256:bbbb", "sha256:cbbb");
+        let tampered = signed.replace("sha256:cccc", "sha256:bccc");
         let err = Statement::verify(&tampered, &[key(1).public()]).unwrap_err();
         assert!(err.contains("tampered"), "{err}");
         let unsigned = &signed[..signed.find("signature:").unwrap()];
         let err = Statement::verify(unsigned, &[key(1).public()]).unwrap_err();
         assert!(err.contains("unsigned"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_without_a_log_round_trips_and_old_statements_are_refused_clearly() {
+        let mut without_log = statement();
+        without_log.log_sha256 = None;
+        let signed = without_log.sign(&key(1));
+        assert!(signed.contains("log.txt: none\n"), "{signed}");
+        assert_eq!(
+            Statement::verify(&signed, &[key(1).public()]),
+            Ok(without_log)
+        );
+        let old = format!(
+            "{OLD_HEADER}\nkey: {k}\nentry: {k}-e-m-s\nblob: sha256:{k} 1\nsigner: {}\nsignature: AAAA\n",
+            key(1).public(),
+            k = "a".repeat(64)
+        );
+        let err = Statement::verify(&old, &[key(1).public()]).unwrap_err();
+        assert!(err.contains("old") && err.contains("v1"), "{err}");
     }
 
     #[test]
