@@ -289,16 +289,12 @@ impl Read for BodyReader {
                 if *left == 0 || buf.is_empty() {
                     return Ok(0);
                 }
-                let want = buf.len().min(*left as usize);
-                let n = reader.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the connection closed before the whole body arrived",
-                    ));
-                }
-                *left -= n as u64;
-                Ok(n)
+                read_at_most(
+                    reader,
+                    buf,
+                    left,
+                    "the connection closed before the whole body arrived",
+                )
             }
             BodyReader::Chunked(reader, left, done) => {
                 if *done {
@@ -321,20 +317,28 @@ impl Read for BodyReader {
                         return Ok(0);
                     }
                 }
-                let want = buf.len().min(*left as usize);
-                let n = reader.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the connection closed inside a chunk",
-                    ));
-                }
-                *left -= n as u64;
-                Ok(n)
+                read_at_most(reader, buf, left, "the connection closed inside a chunk")
             }
             BodyReader::UntilClose(reader) => reader.read(buf),
         }
     }
+}
+
+/// Reads at most `*left` bytes into `buf` and counts them off `*left`; an end of stream before
+/// `*left` reaches 0 is an error that says `eof`.
+fn read_at_most(
+    reader: &mut BufReader<TcpStream>,
+    buf: &mut [u8],
+    left: &mut u64,
+    eof: &str,
+) -> std::io::Result<usize> {
+    let want = buf.len().min(*left as usize);
+    let n = reader.read(&mut buf[..want])?;
+    if n == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, eof));
+    }
+    *left -= n as u64;
+    Ok(n)
 }
 
 #[cfg(test)]
