@@ -131,23 +131,7 @@ fn keygen(project: &Project, name: &str) -> (PathBuf, String) {
 
 /// An "agent": its own store and state in the project folder, with remote-cache flags.
 fn agent(project: &Project, name: &str, args: &[&str]) -> Output {
-    project
-        .cmd()
-        .env(
-            "ENVBUILD_STORE",
-            project.path().join(format!("store-{name}")),
-        )
-        .env(
-            "ENVBUILD_STATE",
-            project.path().join(format!("state-{name}")),
-        )
-        .env(
-            "ENVBUILD_CONFIG",
-            project.path().join(format!("{name}.toml")),
-        )
-        .args(args)
-        .output()
-        .unwrap()
+    agent_process(project, name, args).output().unwrap()
 }
 
 /// Agent `name` as a process to spawn (for runs that are killed or run side by side).
@@ -156,6 +140,8 @@ fn agent_process(project: &Project, name: &str, args: &[&str]) -> Command {
     cmd.current_dir(project.path())
         .env_remove("ENVBUILD_ENVS")
         .env("NO_COLOR", "1")
+        // A developer's own remote-cache config must not reach into tests.
+        .env("XDG_CONFIG_HOME", project.path().join("config"))
         .env(
             "ENVBUILD_STORE",
             project.path().join(format!("store-{name}")),
