@@ -5,100 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
+use common::nginx::Nginx;
 use common::{Project, count_lines};
-
-/// An NGINX of this test's own: config, root and logs in a temp dir; killed on drop.
-struct Nginx {
-    dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Nginx {
-    /// Serves `root` (created if missing); `extra` goes into the location block.
-    fn start(root: &Path, extra: &str) -> Nginx {
-        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect(
-                "nginx is required by the remote cache tests and was not found.\n  fix: apt-get install nginx (dev/setup installs it)",
-            );
-        std::fs::create_dir_all(root).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let config = format!(
-            r#"daemon off;
-master_process off;
-user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        client_max_body_size 0;
-        location / {{
-            dav_methods PUT DELETE MOVE;
-            create_full_put_path on;
-            {extra}
-        }}
-    }}
-}}
-"#,
-            root = root.display()
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config).unwrap();
-        let mut child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting nginx");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx { dir, child, port };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}) before listening:\n{log}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("nginx did not listen on 127.0.0.1:{port} within 10 s");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cache", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
-    }
-}
 
 /// Two stages; every step appends a line to `counter` so tests can see what ran.
 fn small_env(project: &Project) -> PathBuf {
@@ -319,6 +229,15 @@ fn build_pulls_through_and_starts_at_the_first_stage_no_remote_has() {
             server.url()
         ),
     );
+    // plan says which stages a remote has, before anything moves.
+    let plan = ok(agent(&project, "b", &["plan", "small"]));
+    let states: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["cached", "remote", "build"].contains(w))
+        .collect();
+    assert_eq!(states, ["remote", "remote", "build"], "{plan}");
+    assert!(plan.contains("on remote cache http://127.0.0.1:"), "{plan}");
     let built = actions(agent(&project, "b", &["build", "small", "--json"]));
     assert_eq!(
         built,

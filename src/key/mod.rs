@@ -112,6 +112,12 @@ fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
     if let Some(image) = &machine.base.image {
         text.push_str(&format!("image={}\n", image.sha256));
     }
+    if machine.backend == crate::spec::model::BackendKind::Libvirt {
+        text.push_str(&format!(
+            "layout={}\n",
+            crate::backend::libvirt::ENTRY_LAYOUT
+        ));
+    }
     if machine.base.debootstrap.is_some() {
         text.push_str(&format!(
             "debootstrap={}\n",

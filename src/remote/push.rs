@@ -263,7 +263,7 @@ impl<W: Write> Write for CountingWriter<W> {
 }
 
 /// HEAD: true on 200, false on 404.
-fn exists(url: &http::Url) -> Result<bool> {
+pub(super) fn exists(url: &http::Url) -> Result<bool> {
     let mut response =
         http::request("HEAD", url, &[], Body::Empty).map_err(|e| unreachable(url, &e))?;
     match response.status {

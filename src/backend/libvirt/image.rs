@@ -111,7 +111,7 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
     load(&dir)?.ok_or_else(|| Error::Failed(format!("{} was not written", dir.display())))
 }
 
-fn load(dir: &Path) -> Result<Option<BaseImage>> {
+pub fn load(dir: &Path) -> Result<Option<BaseImage>> {
     let record = dir.join("image.json");
     let Ok(bytes) = std::fs::read(&record) else {
         return Ok(None);
@@ -267,13 +267,31 @@ pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The backing file a qcow2 file names (without opening it).
+/// The backing file a qcow2 file names, exactly as written in it (relative paths are relative
+/// to the file's folder), without opening the backing file.
 pub fn backing_file(path: &Path) -> Result<Option<PathBuf>> {
     let info = qemu_img_info(path, false)?;
-    Ok(info[0]["full-backing-filename"]
-        .as_str()
-        .or(info[0]["backing-filename"].as_str())
-        .map(PathBuf::from))
+    Ok(info[0]["backing-filename"].as_str().map(PathBuf::from))
+}
+
+/// Rewrites the backing file an overlay names (`qemu-img rebase -u`: the header only, no data
+/// is read or moved). The new backing file need not exist where the overlay is now.
+pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(path)
+        .output()
+        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "qemu-img rebase -u -b {} {} failed: {}",
+            backing.display(),
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The backing chain of a qcow2 file, top first, as `qemu-img info --backing-chain` reports it.
