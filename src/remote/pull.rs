@@ -8,7 +8,7 @@
 //! which the next command removes, and the next pull starts over. Nothing reaches `entries/`
 //! before every check has passed.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use super::http::{self, Body};
@@ -306,6 +306,6 @@ fn download(
         }
     }
     bar.finish("downloaded");
-    let _ = chunks.flush();
+    drop(chunks); // sends what it buffered
     Ok(())
 }
