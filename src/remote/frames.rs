@@ -41,6 +41,8 @@ fn buffer_len() -> usize {
 pub struct Frame {
     buffer: Vec<u8>,
     len: usize,
+    /// The bytes of the tar stream it holds.
+    holds: usize,
     /// `buffer[..len]` is stored in raw blocks behind these headers; otherwise it is a whole
     /// compressed frame.
     raw_headers: Option<[u8; RAW_HEADERS]>,
@@ -65,6 +67,7 @@ impl Frame {
         Frame {
             buffer,
             len,
+            holds: len,
             raw_headers: Some(headers),
         }
     }
@@ -75,6 +78,11 @@ impl Frame {
             Some(_) => 9 + self.len + 3 * self.len.div_ceil(BLOCK),
             None => self.len,
         }
+    }
+
+    /// The bytes of the tar stream it holds (what a push's progress counts).
+    pub fn holds(&self) -> usize {
+        self.holds
     }
 
     /// The pieces of the frame in order: the chunk's own bytes between the block headers.
@@ -180,6 +188,7 @@ impl FrameWriter {
                 frame = Some(Frame {
                     buffer: out,
                     len: n,
+                    holds: self.filled,
                     raw_headers: None,
                 });
             }

@@ -92,7 +92,7 @@ fn upload_streamed(
     let estimate = entry.manifest().map_or(0, |m| m.size);
     let bar = progress.bytes(format!("push {}", entry.name), estimate);
     let (packed, sent) = pack_while(entry, |frames| {
-        let mut total = 0u64;
+        let mut packed = 0u64;
         http::request(
             "PUT",
             &staged,
@@ -101,8 +101,8 @@ fn upload_streamed(
                 send: &mut |chunks| {
                     while let Some(frame) = frames.recv() {
                         chunks.send(&frame.parts())?;
-                        total += frame.size() as u64;
-                        bar.set(total);
+                        packed += frame.holds() as u64;
+                        bar.set(packed);
                         frames.give_back(frame);
                     }
                     Ok(())
