@@ -1,6 +1,6 @@
 //! Remote caches against a real NGINX (WebDAV PUT/DELETE/MOVE) on a loopback port: push/pull
 //! round trip, pull-through during build, tampering, untrusted keys, interrupted downloads,
-//! concurrent pushes, read-only mode, config file and bad input.
+//! a killed push, concurrent pushes, read-only mode, config file and bad input.
 
 mod common;
 
@@ -622,6 +622,141 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     assert_eq!(entries(&project, "b"), entries(&project, "a"));
     ok(agent(&project, "b", &["cache", "verify"]));
     assert!(files_under(&tmp).is_empty(), "{:?}", files_under(&tmp));
+}
+
+#[test]
+fn a_killed_push_publishes_nothing_and_the_next_push_completes() {
+    let project = Project::new();
+    project.write(
+        "big.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "disk"
+steps = ["head -c 3000000 /dev/urandom > disk.img"]
+"#,
+    );
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "");
+    let (key, public) = keygen(&project, "a.key");
+    let key = key.to_str().unwrap().to_string();
+    agent_config(&project, "a", "");
+    agent_config(&project, "b", "");
+    ok(agent(&project, "a", &["build", "big"]));
+    let built = entries(&project, "a");
+
+    // Through a proxy that uploads slowly: the push is killed a third of the way.
+    let (proxy, relayed) = slow_upload_proxy(server.port);
+    let slow_url = format!("http://127.0.0.1:{proxy}/cache");
+    let mut child = agent_process(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &slow_url,
+            "--cache-signing-key",
+            &key,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    while relayed.load(std::sync::atomic::Ordering::SeqCst) < 1_000_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let published: Vec<PathBuf> = files_under(&root.join("cache/v1"))
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("cache/v1/tmp")))
+        .collect();
+    assert!(
+        published.is_empty(),
+        "a killed push published {published:?}"
+    );
+    assert_eq!(entries(&project, "a"), built, "the store is as it was");
+    let tmp = project.path().join("store-a/v1/tmp");
+    assert!(files_under(&tmp).is_empty(), "{:?}", files_under(&tmp));
+
+    // The next push uploads the entry whole; it pulls and verifies.
+    let url = server.url();
+    let out = ok(agent(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &url,
+            "--cache-signing-key",
+            &key,
+        ],
+    ));
+    assert!(out.contains(" pushed to "), "{out}");
+    ok(agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "big",
+            "--cache-from",
+            &url,
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    assert_eq!(entries(&project, "b"), built);
+    ok(agent(&project, "b", &["cache", "verify"]));
+}
+
+/// A loopback proxy to `port` that relays what clients send at about 1 MB/s (answers at full
+/// speed); returns its port and the bytes relayed to the server so far.
+fn slow_upload_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let relayed = Arc::new(AtomicUsize::new(0));
+    let counted = relayed.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut to_client, mut from_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+            });
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match client.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if server.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                    counted.fetch_add(n, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(16));
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (proxy_port, relayed)
 }
 
 #[test]
