@@ -155,10 +155,7 @@ fn upload_streamed(
 
 /// Packs the entry as tar in zstd frames on a second thread while `consume` writes the frames
 /// on this one. Returns the size of the blob (or why packing failed) and what `consume` returned.
-fn pack_while<T: Send>(
-    entry: &Entry,
-    consume: impl FnOnce(&Frames) -> T,
-) -> Result<(Result<u64>, T)> {
+fn pack_while<T>(entry: &Entry, consume: impl FnOnce(&Frames) -> T) -> Result<(Result<u64>, T)> {
     let (writer, frames) = frames::frames().ctx(|| "starting the zstd compressor".into())?;
     Ok(std::thread::scope(|scope| {
         let packer = scope.spawn(move || {
@@ -187,8 +184,9 @@ fn upload_from_file(
     let mut file =
         std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
     let (packed, written) = pack_while(entry, |frames| frames.write_all_to(&mut file))?;
-    let size = packed?;
+    // A failed write stops the packer too; its error is the one that says why.
     written.ctx(|| format!("writing {}", blob.0.display()))?;
+    let size = packed?;
     let blob_url = remote.blob_url(name);
     if !exists(&blob_url)? {
         let mut file =
