@@ -1,11 +1,11 @@
 //! Remote caches against a real NGINX (WebDAV PUT/DELETE/MOVE) on a loopback port: push/pull
 //! round trip, pull-through during build, tampering, untrusted keys, interrupted downloads,
-//! concurrent pushes, read-only mode, config file and bad input.
+//! a killed push, concurrent pushes, read-only mode, config file and bad input.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::nginx::Nginx;
 use common::{Project, count_lines};
@@ -30,6 +30,19 @@ steps = ["echo upgraded >> {c}", "echo new > etc/version"]
         ),
     );
     counter
+}
+
+/// One stage whose artifact is 3 MB of random bytes: transfers long enough to interrupt.
+fn big_env(project: &Project) {
+    project.write(
+        "big.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "disk"
+steps = ["head -c 3000000 /dev/urandom > disk.img"]
+"#,
+    );
 }
 
 /// A signing key and its public key in the project folder.
@@ -453,15 +466,7 @@ fn unsigned_or_untrusted_entries_are_refused() {
 #[test]
 fn a_killed_pull_adds_nothing_and_the_next_pull_starts_over() {
     let project = Project::new();
-    project.write(
-        "big.toml",
-        r#"
-[machines.box]
-[[machines.box.stages]]
-name = "disk"
-steps = ["head -c 3000000 /dev/urandom > disk.img"]
-"#,
-    );
+    big_env(&project);
     let root = project.path().join("www");
     let fast = Nginx::start(&root, "");
     let (key, public) = keygen(&project, "a.key");
@@ -483,7 +488,7 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     // A slow server over the same files: the pull is killed half-way.
     let slow = Nginx::start(&root, "limit_rate 300k;");
     let slow_url = slow.url();
-    let mut child = agent_process(
+    let child = agent_process(
         &project,
         "b",
         &[
@@ -508,15 +513,7 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
             .map(|f| f.metadata().unwrap().len())
             .sum::<u64>()
     };
-    while unpacked() < 500_000 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pull ended before it could be interrupted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once(child, "pull", || unpacked() >= 500_000);
     assert!(
         entries(&project, "b").is_empty(),
         "a killed pull added nothing"
@@ -544,17 +541,114 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
 }
 
 #[test]
+fn a_killed_push_publishes_nothing_and_the_next_push_completes() {
+    let project = Project::new();
+    big_env(&project);
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "");
+    let (key, public) = keygen(&project, "a.key");
+    let key = key.to_str().unwrap().to_string();
+    agent_config(&project, "a", "");
+    agent_config(&project, "b", "");
+    ok(agent(&project, "a", &["build", "big"]));
+    let built = entries(&project, "a");
+
+    // Through a proxy that uploads slowly: the push is killed a third of the way.
+    let (proxy, relayed) = slow_upload_proxy(server.port);
+    let slow_url = format!("http://127.0.0.1:{proxy}/cache");
+    let child = agent_process(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &slow_url,
+            "--cache-signing-key",
+            &key,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    kill_once(child, "push", || {
+        relayed.load(std::sync::atomic::Ordering::SeqCst) >= 1_000_000
+    });
+    let published: Vec<PathBuf> = files_under(&root.join("cache/v1"))
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("cache/v1/tmp")))
+        .collect();
+    assert!(
+        published.is_empty(),
+        "a killed push published {published:?}"
+    );
+    assert_eq!(entries(&project, "a"), built, "the store is as it was");
+    let tmp = project.path().join("store-a/v1/tmp");
+    assert!(files_under(&tmp).is_empty(), "{:?}", files_under(&tmp));
+
+    // The next push uploads the entry whole; it pulls and verifies.
+    let url = server.url();
+    let out = ok(agent(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &url,
+            "--cache-signing-key",
+            &key,
+        ],
+    ));
+    assert!(out.contains(" pushed to "), "{out}");
+    ok(agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "big",
+            "--cache-from",
+            &url,
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    assert_eq!(entries(&project, "b"), built);
+    ok(agent(&project, "b", &["cache", "verify"]));
+}
+
+/// A loopback proxy to `port` that relays what clients send at about 1 MB/s (answers at full
+/// speed); returns its port and the bytes relayed to the server so far.
+fn slow_upload_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let relayed = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = relayed.clone();
+    let proxy_port = proxy(port, Direction::Upload, move |mut client, mut server| {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if server.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+            counted.fetch_add(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(16));
+        }
+    });
+    (proxy_port, relayed)
+}
+
+#[test]
 fn a_broken_connection_is_resumed_with_a_range_request() {
     let project = Project::new();
-    project.write(
-        "big.toml",
-        r#"
-[machines.box]
-[[machines.box.stages]]
-name = "disk"
-steps = ["head -c 3000000 /dev/urandom > disk.img"]
-"#,
-    );
+    big_env(&project);
     let server = Nginx::start(&project.path().join("www"), "");
     let (key, public) = keygen(&project, "a.key");
     agent_config(&project, "a", "");
@@ -599,6 +693,20 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     );
 }
 
+/// Kills the `what` (a pull, a push) running in `child` once `reached()`; it must not end
+/// before.
+fn kill_once(mut child: Child, what: &str, reached: impl Fn() -> bool) {
+    while !reached() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the {what} ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Every file below `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -617,40 +725,60 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// bytes (a connection that breaks mid-transfer); every other connection is relayed whole.
 fn flaky_proxy(port: u16, cut: usize) -> u16 {
     use std::io::{Read, Write};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    proxy(port, Direction::Download, move |mut server, mut client| {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut relayed = 0;
+        loop {
+            let n = match server.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if relayed + n > cut && !done.swap(true, Ordering::SeqCst) {
+                let _ = client.write_all(&buffer[..cut - relayed]);
+                break;
+            }
+            if client.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+            relayed += n;
+        }
+    })
+}
+
+enum Direction {
+    Upload,
+    Download,
+}
+
+/// A loopback proxy to `port`; returns its port. Of each connection, `relay(from, to)` carries
+/// one direction and then both ends are shut; the other direction is copied as it comes.
+fn proxy(
+    port: u16,
+    direction: Direction,
+    relay: impl Fn(std::net::TcpStream, std::net::TcpStream) + Clone + Send + 'static,
+) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
-    let done = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            let mut server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let (mut from_client, mut to_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let Ok(client) = client else { continue };
+            let server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let ((mut copy_from, mut copy_to), (from, to)) = match direction {
+                Direction::Upload => ((server2, client2), (client, server)),
+                Direction::Download => ((client2, server2), (server, client)),
+            };
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = std::io::copy(&mut copy_from, &mut copy_to);
             });
-            let done = done.clone();
+            let relay = relay.clone();
             std::thread::spawn(move || {
-                let mut buffer = vec![0u8; 64 * 1024];
-                let mut relayed = 0;
-                loop {
-                    let n = match server.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if relayed + n > cut && !done.swap(true, Ordering::SeqCst) {
-                        let _ = client.write_all(&buffer[..cut - relayed]);
-                        break;
-                    }
-                    if client.write_all(&buffer[..n]).is_err() {
-                        break;
-                    }
-                    relayed += n;
-                }
-                let _ = client.shutdown(std::net::Shutdown::Both);
-                let _ = server.shutdown(std::net::Shutdown::Both);
+                let (from_end, to_end) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                relay(from, to);
+                let _ = to_end.shutdown(std::net::Shutdown::Both);
+                let _ = from_end.shutdown(std::net::Shutdown::Both);
             });
         }
     });

@@ -9,7 +9,7 @@
 //! before every check has passed.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use super::http::{self, Body};
@@ -363,6 +363,6 @@ fn download(
         }
     }
     bar.finish("downloaded");
-    let _ = chunks.flush();
+    drop(chunks); // sends what it buffered
     Ok(())
 }
