@@ -76,17 +76,28 @@ pub fn pull_through(
         if index.contains_key(&stage_key.key) {
             return;
         }
-        let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
-        for failure in failures {
-            progress.note(&format!(
-                "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
-                stage_key.machine, stage_key.stage
-            ));
-        }
+        let pulled = pull_or_warn(store, remotes, stage_key, progress);
         if pulled.is_some() {
             return;
         }
     }
+}
+
+/// Pulls one stage; a remote that had it but was refused or failed is a warning.
+fn pull_or_warn(
+    store: &Store,
+    remotes: &Remotes,
+    stage_key: &StageKey,
+    progress: &Progress,
+) -> Option<String> {
+    let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
+    for failure in failures {
+        progress.note(&format!(
+            "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
+            stage_key.machine, stage_key.stage
+        ));
+    }
+    pulled
 }
 
 fn pull_prefix(
@@ -102,13 +113,7 @@ fn pull_prefix(
         if index.contains_key(&stage_key.key) {
             continue;
         }
-        let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
-        for failure in failures {
-            progress.note(&format!(
-                "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
-                stage_key.machine, stage_key.stage
-            ));
-        }
+        let pulled = pull_or_warn(store, remotes, stage_key, progress);
         match pulled.and_then(|_| store.find(&stage_key.key).ok().flatten()) {
             Some(entry) => fetched.push(entry),
             None => break,

@@ -249,18 +249,30 @@ impl Drop for RemoveOnDrop {
 /// the chain below it.
 pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        backing.as_os_str(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        path.as_os_str(),
+    ])
+}
+
+/// Runs `qemu-img ARGS`; its stderr becomes the error.
+fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<()> {
     let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-b"])
-        .arg(backing)
-        .args(["-F", "qcow2"])
-        .arg(path)
+        .args(args)
         .output()
         .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
     if !out.status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         return Err(Error::Failed(format!(
-            "qemu-img create -b {} {} failed: {}",
-            backing.display(),
-            path.display(),
+            "qemu-img {} failed: {}",
+            shown.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -277,21 +289,15 @@ pub fn backing_file(path: &Path) -> Result<Option<PathBuf>> {
 /// Rewrites the backing file an overlay names (`qemu-img rebase -u`: the header only, no data
 /// is read or moved). The new backing file need not exist where the overlay is now.
 pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(["rebase", "-u", "-F", "qcow2", "-b"])
-        .arg(backing)
-        .arg(path)
-        .output()
-        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "qemu-img rebase -u -b {} {} failed: {}",
-            backing.display(),
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    qemu_img(&[
+        "rebase".as_ref(),
+        "-u".as_ref(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        backing.as_os_str(),
+        path.as_os_str(),
+    ])
 }
 
 /// The backing chain of a qcow2 file, top first, as `qemu-img info --backing-chain` reports it.
