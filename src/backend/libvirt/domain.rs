@@ -221,7 +221,9 @@ mod tests {
         let top_disk = &top[..top.find("</disk>").unwrap()];
         assert!(top_disk.contains("<boot order='1'/>"));
         assert_eq!(xml.matches("<boot ").count(), 1);
-        let seed = &xml[xml[..xml.find("seed-up.iso").unwrap()].rfind("<disk").unwrap()..];
+        let seed = &xml[xml[..xml.find("seed-up.iso").unwrap()]
+            .rfind("<disk")
+            .unwrap()..];
         let seed_disk = &seed[..seed.find("</disk>").unwrap()];
         assert!(seed_disk.contains("type='raw'") && seed_disk.contains("<readonly/>"));
         // Still serial console, loopback forwards and the management MAC cloud-init matches.
