@@ -48,6 +48,26 @@ fn scalar(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }
 
+/// The digest of what the seed configures in every guest (part of a pinned image's base digest,
+/// docs/hashing.md): a change here rebuilds the stages, as configure-base.sh does for debootstrap.
+pub fn recipe_digest() -> String {
+    crate::key::digest::sha256_bytes(
+        format!(
+            "{}{}",
+            user_data("KEY"),
+            network_config(&[(
+                LinkNic {
+                    mac: "MAC".into(),
+                    local_port: 0,
+                    peer_port: 0
+                },
+                "ADDRESS".into()
+            )])
+        )
+        .as_bytes(),
+    )
+}
+
 pub fn meta_data(instance_id: &str, hostname: &str) -> String {
     format!(
         "instance-id: {}\nlocal-hostname: {}\n",

@@ -321,13 +321,20 @@ fn ensure_pinned(
     let disk = tmp.join("disk.qcow2");
     let info = &qemu_img_info(&download, false)?[0];
     match info["format"].as_str() {
-        Some("qcow2") if info["backing-filename"].is_null() => {
+        Some("qcow2")
+            if info["backing-filename"].is_null()
+                && info["format-specific"]["data"]["data-file"].is_null() =>
+        {
             std::fs::rename(&download, &disk).ctx(|| format!("moving {}", download.display()))?
         }
         Some("qcow2") => {
             return Err(Error::Input(format!(
-                "{}: machine `{}`: the image {} is a qcow2 overlay on another file ({}); pin a self-contained image",
-                pinned.pinned_at, machine.name, pinned.url, info["backing-filename"]
+                "{}: machine `{}`: the image {} is a qcow2 that refers to another file (backing file {}, data file {}); pin a self-contained image",
+                pinned.pinned_at,
+                machine.name,
+                pinned.url,
+                info["backing-filename"],
+                info["format-specific"]["data"]["data-file"]
             )));
         }
         Some("raw") => {
@@ -395,7 +402,12 @@ fn download(url: &str, part: &Path, machine: &Machine, pinned: &PinnedImage) -> 
     } else {
         curl.args(["--silent", "--show-error"]);
     }
-    let out = curl.output().ctx(|| "running curl".into())?;
+    let mut out = curl.output().ctx(|| "running curl".into())?;
+    // 33: the server cannot resume (no byte ranges): start the download over, once.
+    if out.status.code() == Some(33) {
+        let _ = std::fs::remove_file(part);
+        out = curl.output().ctx(|| "running curl".into())?;
+    }
     if out.status.success() {
         return Ok(());
     }
@@ -605,6 +617,28 @@ mod tests {
         let mut names = listing(images.path());
         names.retain(|n| !n.ends_with(".lock"));
         assert_eq!(names, vec![format!("pinned-{}", sha256_bytes(&body))]);
+    }
+
+    #[test]
+    fn a_partial_download_is_resumed_or_started_over_when_the_server_cannot_resume() {
+        let body = vec![9u8; 1 << 18];
+        let (url, hits) = serve(body.clone());
+        let images = tempfile::tempdir().unwrap();
+        let pin = sha256_bytes(&body);
+        // A killed fetch left the first half; this server ignores Range, so curl cannot resume.
+        std::fs::write(
+            images.path().join(format!("pinned-{pin}.part")),
+            &body[..body.len() / 2],
+        )
+        .unwrap();
+        let image = ensure(images.path(), &pinned_machine(&url, &pin), &|_| {}).unwrap();
+        assert_eq!(image.sha256, sha256_file(&image.disk).unwrap());
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "one refused resume, one full fetch"
+        );
+        assert!(!images.path().join(format!("pinned-{pin}.part")).exists());
     }
 
     #[test]
