@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::Project;
+use common::nginx::Nginx;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -52,6 +53,11 @@ fn require_host() {
     unsafe { std::env::set_var("ENVBUILD_IMAGES", cache_dir().join("images")) };
 }
 
+/// The environments of this file: domains of other envbuild runs on the host (another test
+/// file, a developer's VMs) are not this file's to count.
+const TEST_ENVS: [&str; 3] = ["demo", "kill", "pair"];
+
+/// The libvirt domains of this file's environments.
 fn domains() -> Vec<String> {
     let out = Command::new("virsh")
         .args(["-c", "qemu:///system", "list", "--all", "--name"])
@@ -60,7 +66,11 @@ fn domains() -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("envbuild-"))
+        .filter(|l| {
+            TEST_ENVS
+                .iter()
+                .any(|env| l.starts_with(&format!("envbuild-{env}-")))
+        })
         .map(str::to_string)
         .collect()
 }
@@ -137,6 +147,8 @@ fn entry_disk(project: &Project, stage: &str) -> PathBuf {
         .join("artifact/disk.qcow2")
 }
 
+/// The chain as QEMU opens it, each file's real path (overlays name their parents relative to
+/// themselves, and a base image is linked into the store from the images folder).
 fn backing_chain(disk: &Path) -> Vec<PathBuf> {
     let out = Command::new("qemu-img")
         .args(["info", "--backing-chain", "--output=json", "-U"])
@@ -151,8 +163,12 @@ fn backing_chain(disk: &Path) -> Vec<PathBuf> {
     let infos: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     infos
         .iter()
-        .map(|i| PathBuf::from(i["filename"].as_str().unwrap()))
+        .map(|i| std::fs::canonicalize(i["filename"].as_str().unwrap()).unwrap())
         .collect()
+}
+
+fn real(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap()
 }
 
 fn http_get(port: u64, path: &str) -> String {
@@ -194,8 +210,8 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
     let two = entry_disk(&project, "service");
     let chain = backing_chain(&two);
     assert_eq!(chain.len(), 3, "{chain:?}");
-    assert_eq!(chain[0], two);
-    assert_eq!(chain[1], one);
+    assert_eq!(chain[0], real(&two));
+    assert_eq!(chain[1], real(&one));
     assert!(
         chain[2].starts_with(cache_dir().join("images")),
         "{chain:?}"
@@ -222,7 +238,7 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
     let page = http_get(forwarded_port(&up, "http"), "/hello.txt");
     assert!(page.contains("hello from stage one"), "{page}");
     let live = project.state().join("envs/demo/box/root/live.qcow2");
-    assert_eq!(backing_chain(&live)[1], two);
+    assert_eq!(backing_chain(&live)[1], real(&two));
     // The running VM never writes to the store: the entry is unchanged.
     let config = project.ok(&["ssh-config", "demo"]);
     assert!(config.contains("Host demo-box"), "{config}");
@@ -231,6 +247,15 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
         config.contains("HostKeyAlias envbuild-demo-box"),
         "{config}"
     );
+
+    // `up` again while it runs: left as it is (exit 0), nothing booted.
+    let again = project.run(&["up", "demo"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && stderr.contains("already up"),
+        "{stderr}"
+    );
+    assert_eq!(domains(), vec!["envbuild-demo-box".to_string()]);
 
     project.ok(&["down", "demo"]);
     assert!(domains().is_empty(), "down left domains: {:?}", domains());
@@ -264,6 +289,8 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
     assert_eq!(file.trim(), "stage-one\nstage-two");
     project.ok(&["down", "demo"]);
 
+    stages_move_between_stores(&project, &one, &two);
+
     // Changing stage 2 reruns stage 2 only, on an overlay of the same stage-1 disk.
     write_demo(&project, "-changed");
     let rebuilt = outcomes(&project.json(&["build", "demo", "--json"]));
@@ -272,7 +299,7 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
     assert_eq!(rebuilt[1], ("service".to_string(), "built".to_string(), 4));
     let new_two = entry_disk(&project, "service");
     assert_ne!(new_two, two);
-    assert_eq!(backing_chain(&new_two)[1], one);
+    assert_eq!(backing_chain(&new_two)[1], real(&one));
     assert!(domains().is_empty(), "{:?}", domains());
 
     // A chain whose parent is missing is refused (exit 2), never booted.
@@ -288,6 +315,133 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
     );
     assert!(domains().is_empty(), "{:?}", domains());
     std::fs::rename(&aside, &one_entry).unwrap();
+}
+
+/// Overlays name their parents relative to the store, so the stages mean the same in a store at
+/// another path: through `cache export`/`import`, and through a remote cache (a loopback NGINX),
+/// where a build pulls every stage from the first up and replays them with zero steps. A
+/// pulled chain on another base image is dropped and built locally. No VM boots here: the
+/// replay checks the chain, and `qemu-img` resolves it as QEMU would.
+fn stages_move_between_stores(project: &Project, one: &Path, two: &Path) {
+    let other = |name: &str, args: &[&str]| {
+        let mut all = vec![
+            "--store".to_string(),
+            project
+                .path()
+                .join(format!("store-{name}"))
+                .display()
+                .to_string(),
+            "--state".to_string(),
+            project
+                .path()
+                .join(format!("state-{name}"))
+                .display()
+                .to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        project.run(&all)
+    };
+    let ok = |out: std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let report = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+    let entry_disks = |name: &str| -> Vec<PathBuf> {
+        let entries = project.path().join(format!("store-{name}/v1/entries"));
+        let mut disks: Vec<PathBuf> = std::fs::read_dir(entries)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("artifact/disk.qcow2"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        disks.sort();
+        disks
+    };
+
+    // Export / import into a store at another path.
+    let archive = project.path().join("demo.tar");
+    project.ok(&["cache", "export", "demo", "-o", archive.to_str().unwrap()]);
+    ok(other(
+        "imported",
+        &["cache", "import", archive.to_str().unwrap()],
+    ));
+    let (out, _) = ok(other("imported", &["build", "demo", "--json"]));
+    let replayed = outcomes(&report(&out));
+    assert!(replayed.iter().all(|(_, _, steps)| *steps == 0), "{out}");
+    let moved_two = entry_disks("imported")
+        .into_iter()
+        .find(|d| d.to_string_lossy().contains("-demo-box-service"))
+        .unwrap();
+    let chain = backing_chain(&moved_two);
+    assert_eq!(chain.len(), 3, "{chain:?}");
+    let store = real(&project.path().join("store-imported"));
+    assert!(
+        chain[..2].iter().all(|p| p.starts_with(&store)),
+        "{chain:?}"
+    );
+    assert!(!chain.contains(&real(one)) && !chain.contains(&real(two)));
+
+    // Through a remote cache: push, then a build in an empty store pulls from the first stage up.
+    let server = Nginx::start(&project.path().join("www"), "");
+    let url = server.url();
+    let key = project.path().join("agent.key");
+    project.ok(&["cache", "keygen", key.to_str().unwrap()]);
+    let public = format!("{}.pub", key.display());
+    let (_, pushed) = ok(project.run(&[
+        "cache",
+        "push",
+        "demo",
+        "--cache-to",
+        &url,
+        "--cache-signing-key",
+        key.to_str().unwrap(),
+    ]));
+    assert_eq!(pushed.matches(" pushed to ").count(), 2, "{pushed}");
+    let pull = [
+        "--cache-from",
+        url.as_str(),
+        "--cache-trusted-key",
+        public.as_str(),
+    ];
+    let (out, stderr) = ok(other(
+        "pulled",
+        &[&["build", "demo", "--json"][..], &pull].concat(),
+    ));
+    let replayed = outcomes(&report(&out));
+    assert!(
+        replayed.iter().all(|(_, _, steps)| *steps == 0),
+        "{out}\n{stderr}"
+    );
+    assert_eq!(entry_disks("pulled").len(), 2, "{stderr}");
+    ok(other("pulled", &["cache", "verify"]));
+
+    // A chain built on another base image (same recipe, other bytes: a debootstrap image built
+    // on another machine) is not used: the pulled stages are removed, the build goes on locally
+    // (here it fails fast: this fake base has no kernel).
+    let base_id = chain[2].parent().unwrap().file_name().unwrap().to_owned();
+    let fake = project
+        .path()
+        .join("store-otherbase/v1/images")
+        .join(&base_id);
+    std::fs::create_dir_all(&fake).unwrap();
+    std::os::unix::fs::symlink(&chain[2], fake.join("disk.qcow2")).unwrap();
+    std::fs::write(
+        fake.join("image.json"),
+        serde_json::json!({ "recipe": "r", "sha256": "0".repeat(64), "built": "", "seconds": 0.0 })
+            .to_string(),
+    )
+    .unwrap();
+    let failed = other("otherbase", &[&["build", "demo"][..], &pull].concat());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("not the one it was built on") && stderr.contains("building them locally"),
+        "{stderr}"
+    );
+    assert!(entry_disks("otherbase").is_empty(), "{stderr}");
+    assert!(domains().is_empty(), "{:?}", domains());
 }
 
 #[test]
@@ -370,32 +524,149 @@ steps = ["touch /etc/started", "{step}"]
     assert!(domains().is_empty(), "{:?}", domains());
 }
 
+/// An OpenSSH server of the test's own on a loopback port, standing in for a remote hypervisor
+/// host: `qemu+ssh://root@127.0.0.1:PORT/system` reaches this machine's libvirtd through it, with
+/// the test's own client key and a pinned host key (an ssh wrapper given to libvirt as `command`).
+struct Sshd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.is_file(),
+            "the libvirt tests need sshd to stand in for a remote hypervisor host: apt-get install openssh-server (dev/setup installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host", "client"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                .arg(d.join(key))
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host_key = std::fs::read_to_string(d.join("host.pub")).unwrap();
+        let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        std::fs::write(
+            d.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {}\n", host_key.join(" ")),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("ssh_config"),
+            format!(
+                "Host *\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  IdentityFile {d}/client\n  IdentitiesOnly yes\n  BatchMode yes\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let wrapper = d.join("ssh");
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec ssh -F {}/ssh_config \"$@\"\n", d.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap(); // sshd's privilege separation folder
+        let mut child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Sshd { dir, child, port };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "sshd exited ({status}): {}",
+                    std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("sshd did not listen on 127.0.0.1:{port}");
+    }
+
+    /// The libvirt URI of this host's system daemon, reached over SSH.
+    fn uri(&self) -> String {
+        format!(
+            "qemu+ssh://root@127.0.0.1:{}/system?command={}&no_tty=1",
+            self.port,
+            self.dir.path().join("ssh").display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn two_machines_talk_over_their_private_link_on_loopback() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require_host();
     let project = Project::new();
+    // Machine b is driven through a remote URI (qemu+ssh to a test sshd on loopback, this host's
+    // libvirtd behind it), a through the local one: both come up and talk.
+    let sshd = Sshd::start();
     // No stages: each machine is the base image, booted by `up`.
     project.write(
         "pair.toml",
-        r#"
+        &format!(
+            r#"
 [machines.a]
 backend = "libvirt"
-resources = { cpus = 1, memory = "512MiB", disk = "3GiB" }
-base = { debootstrap = { suite = "bookworm" } }
-networks = { lan = "10.0.0.1/24" }
+resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm" }} }}
+networks = {{ lan = "10.0.0.1/24" }}
 
 [machines.b]
 backend = "libvirt"
-resources = { cpus = 1, memory = "512MiB", disk = "3GiB" }
-base = { debootstrap = { suite = "bookworm" } }
-networks = { lan = "10.0.0.2/24" }
+uri = "{}"
+resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm" }} }}
+networks = {{ lan = "10.0.0.2/24" }}
 "#,
+            sshd.uri()
+        ),
     );
     project.ok(&["up", "pair", "-q"]);
     let mut names = domains();
     names.sort();
     assert_eq!(names, vec!["envbuild-pair-a", "envbuild-pair-b"]);
+    // b was started through the SSH transport, with the pinned host key.
+    let running =
+        std::fs::read_to_string(project.state().join("envs/pair/b/root/running.json")).unwrap();
+    assert!(running.contains("qemu+ssh://root@127.0.0.1"), "{running}");
+    let log = std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap();
+    assert!(log.contains("Accepted publickey for root"), "{log}");
 
     // B serves a page on its private address only.
     project.ok(&[
@@ -445,4 +716,126 @@ networks = { lan = "10.0.0.2/24" }
 
     project.ok(&["down", "pair"]);
     assert!(domains().is_empty(), "{:?}", domains());
+}
+
+/// qemu:///session works for an unprivileged user: `nobody` brings a machine up through its own
+/// session daemon (autostarted by libvirt), QEMU runs as `nobody`, SSH works, `down` leaves no
+/// domain. The base image comes read-only from the shared images folder (building one needs root).
+#[test]
+fn an_unprivileged_user_runs_vms_through_qemu_session() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let (uid, gid) = (65534u32, 65534u32);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let project = root.join("project");
+    std::fs::create_dir_all(project.join("environments")).unwrap();
+    std::fs::write(
+        project.join("environments/solo.toml"),
+        r#"
+[machines.box]
+backend = "libvirt"
+resources = { cpus = 1, memory = "512MiB", disk = "3GiB" }
+base = { debootstrap = { suite = "bookworm" } }
+"#,
+    )
+    .unwrap();
+    for sub in ["home", "run"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    // The images folder must already hold the base image: build it as root first (as the
+    // other tests do) when this test runs alone.
+    let setup = Project::new();
+    setup.write(
+        "solo.toml",
+        &std::fs::read_to_string(project.join("environments/solo.toml")).unwrap(),
+    );
+    setup.ok(&["build", "solo", "-q"]);
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let binary = assert_cmd::cargo::cargo_bin("envbuild");
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(&binary)
+            .args(args)
+            .current_dir(&project)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", root.join("home"))
+            .env("XDG_RUNTIME_DIR", root.join("run"))
+            .env("ENVBUILD_STORE", root.join("store"))
+            .env("ENVBUILD_STATE", root.join("state"))
+            .env("ENVBUILD_IMAGES", cache_dir().join("images"))
+            .env("ENVBUILD_LIBVIRT_URI", "qemu:///session")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let session_domains = || {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .args(["virsh", "-c", "qemu:///session", "list", "--all", "--name"])
+            .env("HOME", root.join("home"))
+            .env("XDG_RUNTIME_DIR", root.join("run"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    let (ok, _, stderr) = as_nobody(&["up", "solo"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(session_domains(), vec!["envbuild-solo-box".to_string()]);
+    // QEMU runs as nobody, not as root.
+    let qemu_uids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("guest=envbuild-solo-box"))
+                .unwrap_or(false)
+        })
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(p.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        qemu_uids,
+        vec![uid],
+        "QEMU processes of the domain and their uids"
+    );
+    let (ok, hostname, stderr) = as_nobody(&["ssh", "solo", "box", "--", "hostname"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(hostname.trim(), "box");
+    let (ok, _, stderr) = as_nobody(&["down", "solo"]);
+    assert!(ok, "{stderr}");
+    assert!(session_domains().is_empty(), "{:?}", session_domains());
 }

@@ -1,104 +1,14 @@
 //! Remote caches against a real NGINX (WebDAV PUT/DELETE/MOVE) on a loopback port: push/pull
 //! round trip, pull-through during build, tampering, untrusted keys, interrupted downloads,
-//! concurrent pushes, read-only mode, config file and bad input.
+//! a killed push, concurrent pushes, read-only mode, config file and bad input.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use common::nginx::Nginx;
 use common::{Project, count_lines};
-
-/// An NGINX of this test's own: config, root and logs in a temp dir; killed on drop.
-struct Nginx {
-    dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Nginx {
-    /// Serves `root` (created if missing); `extra` goes into the location block.
-    fn start(root: &Path, extra: &str) -> Nginx {
-        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect(
-                "nginx is required by the remote cache tests and was not found.\n  fix: apt-get install nginx (dev/setup installs it)",
-            );
-        std::fs::create_dir_all(root).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let config = format!(
-            r#"daemon off;
-master_process off;
-user root;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        client_max_body_size 0;
-        location / {{
-            dav_methods PUT DELETE MOVE;
-            create_full_put_path on;
-            {extra}
-        }}
-    }}
-}}
-"#,
-            root = root.display()
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config).unwrap();
-        let mut child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting nginx");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx { dir, child, port };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}) before listening:\n{log}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("nginx did not listen on 127.0.0.1:{port} within 10 s");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cache", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
-    }
-}
 
 /// Two stages; every step appends a line to `counter` so tests can see what ran.
 fn small_env(project: &Project) -> PathBuf {
@@ -120,6 +30,19 @@ steps = ["echo upgraded >> {c}", "echo new > etc/version"]
         ),
     );
     counter
+}
+
+/// One stage whose artifact is 3 MB of random bytes: transfers long enough to interrupt.
+fn big_env(project: &Project) {
+    project.write(
+        "big.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "disk"
+steps = ["head -c 3000000 /dev/urandom > disk.img"]
+"#,
+    );
 }
 
 /// A signing key and its public key in the project folder.
@@ -319,6 +242,15 @@ fn build_pulls_through_and_starts_at_the_first_stage_no_remote_has() {
             server.url()
         ),
     );
+    // plan says which stages a remote has, before anything moves.
+    let plan = ok(agent(&project, "b", &["plan", "small"]));
+    let states: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["cached", "remote", "build"].contains(w))
+        .collect();
+    assert_eq!(states, ["remote", "remote", "build"], "{plan}");
+    assert!(plan.contains("on remote cache http://127.0.0.1:"), "{plan}");
     let built = actions(agent(&project, "b", &["build", "small", "--json"]));
     assert_eq!(
         built,
@@ -534,15 +466,7 @@ fn unsigned_or_untrusted_entries_are_refused() {
 #[test]
 fn a_killed_pull_adds_nothing_and_the_next_pull_starts_over() {
     let project = Project::new();
-    project.write(
-        "big.toml",
-        r#"
-[machines.box]
-[[machines.box.stages]]
-name = "disk"
-steps = ["head -c 3000000 /dev/urandom > disk.img"]
-"#,
-    );
+    big_env(&project);
     let root = project.path().join("www");
     let fast = Nginx::start(&root, "");
     let (key, public) = keygen(&project, "a.key");
@@ -564,7 +488,7 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     // A slow server over the same files: the pull is killed half-way.
     let slow = Nginx::start(&root, "limit_rate 300k;");
     let slow_url = slow.url();
-    let mut child = agent_process(
+    let child = agent_process(
         &project,
         "b",
         &[
@@ -589,15 +513,7 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
             .map(|f| f.metadata().unwrap().len())
             .sum::<u64>()
     };
-    while unpacked() < 500_000 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pull ended before it could be interrupted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once(child, "pull", || unpacked() >= 500_000);
     assert!(
         entries(&project, "b").is_empty(),
         "a killed pull added nothing"
@@ -625,17 +541,114 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
 }
 
 #[test]
+fn a_killed_push_publishes_nothing_and_the_next_push_completes() {
+    let project = Project::new();
+    big_env(&project);
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "");
+    let (key, public) = keygen(&project, "a.key");
+    let key = key.to_str().unwrap().to_string();
+    agent_config(&project, "a", "");
+    agent_config(&project, "b", "");
+    ok(agent(&project, "a", &["build", "big"]));
+    let built = entries(&project, "a");
+
+    // Through a proxy that uploads slowly: the push is killed a third of the way.
+    let (proxy, relayed) = slow_upload_proxy(server.port);
+    let slow_url = format!("http://127.0.0.1:{proxy}/cache");
+    let child = agent_process(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &slow_url,
+            "--cache-signing-key",
+            &key,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    kill_once(child, "push", || {
+        relayed.load(std::sync::atomic::Ordering::SeqCst) >= 1_000_000
+    });
+    let published: Vec<PathBuf> = files_under(&root.join("cache/v1"))
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("cache/v1/tmp")))
+        .collect();
+    assert!(
+        published.is_empty(),
+        "a killed push published {published:?}"
+    );
+    assert_eq!(entries(&project, "a"), built, "the store is as it was");
+    let tmp = project.path().join("store-a/v1/tmp");
+    assert!(files_under(&tmp).is_empty(), "{:?}", files_under(&tmp));
+
+    // The next push uploads the entry whole; it pulls and verifies.
+    let url = server.url();
+    let out = ok(agent(
+        &project,
+        "a",
+        &[
+            "cache",
+            "push",
+            "big",
+            "--cache-to",
+            &url,
+            "--cache-signing-key",
+            &key,
+        ],
+    ));
+    assert!(out.contains(" pushed to "), "{out}");
+    ok(agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "big",
+            "--cache-from",
+            &url,
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    assert_eq!(entries(&project, "b"), built);
+    ok(agent(&project, "b", &["cache", "verify"]));
+}
+
+/// A loopback proxy to `port` that relays what clients send at about 1 MB/s (answers at full
+/// speed); returns its port and the bytes relayed to the server so far.
+fn slow_upload_proxy(port: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let relayed = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = relayed.clone();
+    let proxy_port = proxy(port, Direction::Upload, move |mut client, mut server| {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if server.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+            counted.fetch_add(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(16));
+        }
+    });
+    (proxy_port, relayed)
+}
+
+#[test]
 fn a_broken_connection_is_resumed_with_a_range_request() {
     let project = Project::new();
-    project.write(
-        "big.toml",
-        r#"
-[machines.box]
-[[machines.box.stages]]
-name = "disk"
-steps = ["head -c 3000000 /dev/urandom > disk.img"]
-"#,
-    );
+    big_env(&project);
     let server = Nginx::start(&project.path().join("www"), "");
     let (key, public) = keygen(&project, "a.key");
     agent_config(&project, "a", "");
@@ -680,6 +693,20 @@ steps = ["head -c 3000000 /dev/urandom > disk.img"]
     );
 }
 
+/// Kills the `what` (a pull, a push) running in `child` once `reached()`; it must not end
+/// before.
+fn kill_once(mut child: Child, what: &str, reached: impl Fn() -> bool) {
+    while !reached() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the {what} ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Every file below `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -698,40 +725,60 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// bytes (a connection that breaks mid-transfer); every other connection is relayed whole.
 fn flaky_proxy(port: u16, cut: usize) -> u16 {
     use std::io::{Read, Write};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    proxy(port, Direction::Download, move |mut server, mut client| {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut relayed = 0;
+        loop {
+            let n = match server.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if relayed + n > cut && !done.swap(true, Ordering::SeqCst) {
+                let _ = client.write_all(&buffer[..cut - relayed]);
+                break;
+            }
+            if client.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+            relayed += n;
+        }
+    })
+}
+
+enum Direction {
+    Upload,
+    Download,
+}
+
+/// A loopback proxy to `port`; returns its port. Of each connection, `relay(from, to)` carries
+/// one direction and then both ends are shut; the other direction is copied as it comes.
+fn proxy(
+    port: u16,
+    direction: Direction,
+    relay: impl Fn(std::net::TcpStream, std::net::TcpStream) + Clone + Send + 'static,
+) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_port = listener.local_addr().unwrap().port();
-    let done = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            let mut server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let (mut from_client, mut to_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let Ok(client) = client else { continue };
+            let server = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let ((mut copy_from, mut copy_to), (from, to)) = match direction {
+                Direction::Upload => ((server2, client2), (client, server)),
+                Direction::Download => ((client2, server2), (server, client)),
+            };
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = std::io::copy(&mut copy_from, &mut copy_to);
             });
-            let done = done.clone();
+            let relay = relay.clone();
             std::thread::spawn(move || {
-                let mut buffer = vec![0u8; 64 * 1024];
-                let mut relayed = 0;
-                loop {
-                    let n = match server.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if relayed + n > cut && !done.swap(true, Ordering::SeqCst) {
-                        let _ = client.write_all(&buffer[..cut - relayed]);
-                        break;
-                    }
-                    if client.write_all(&buffer[..n]).is_err() {
-                        break;
-                    }
-                    relayed += n;
-                }
-                let _ = client.shutdown(std::net::Shutdown::Both);
-                let _ = server.shutdown(std::net::Shutdown::Both);
+                let (from_end, to_end) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                relay(from, to);
+                let _ = to_end.shutdown(std::net::Shutdown::Both);
+                let _ = from_end.shutdown(std::net::Shutdown::Both);
             });
         }
     });

@@ -37,6 +37,16 @@ pub trait Backend: Sync {
     fn check_host(&self, machine: &Machine) -> Result<()>;
     /// Makes the machine hold exactly `entry` (a committed stage). `Ok(false)`: the entry is damaged.
     fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool>;
+    /// True when an entry is usable only with the entries below it (libvirt overlays): a remote
+    /// pull then fetches every missing stage from the first, never just the newest.
+    fn chained(&self) -> bool {
+        false
+    }
+    /// Checks that an entry just pulled from a remote can be used on this host (a libvirt
+    /// overlay needs the very base image it was built on); an error says why not.
+    fn check_pulled(&self, _state: &MachineState, _entry: &Entry) -> Result<()> {
+        Ok(())
+    }
     /// Makes the machine empty, as before its first stage.
     fn reset(&self, state: &MachineState) -> Result<()>;
     /// Runs one step; every output line goes to `on_line`. Returns the step's exit code.
@@ -71,6 +81,15 @@ pub trait Backend: Sync {
         names: &[String],
         extra_env: &BTreeMap<String, String>,
     ) -> Result<()>;
+    /// True while everything `start` started still runs (`up` of an environment already up
+    /// then leaves it as it is).
+    fn is_running(&self, _state: &MachineState, running: &RunningServices) -> bool {
+        !running.services.is_empty()
+            && running
+                .services
+                .iter()
+                .all(|s| crate::process::group_alive(s.pid))
+    }
     /// Stops what `start` started. Returns the names of services that had to be killed.
     fn stop(&self, state: &MachineState, running: &RunningServices) -> Vec<String>;
 }

@@ -126,6 +126,7 @@ impl Global {
         crate::backend::libvirt::configure(crate::backend::libvirt::Config {
             uri: self.libvirt_uri.clone(),
             images: self.images(),
+            store: store.clone(),
         });
         let mut ws = Workspace::open(envs, store, state)?;
         ws.remotes = self.remote.resolve()?;

@@ -44,13 +44,20 @@ pub fn run(global: &Global, args: PlanArgs) -> Result<i32> {
             .max()
             .unwrap_or(0);
         for stage in &machine.stages {
-            let state = if stage.cached { "cached" } else { "build " };
+            let state = match (stage.cached, &stage.remote) {
+                (true, _) => "cached",
+                (false, Some(_)) => "remote",
+                (false, None) => "build ",
+            };
             let about = stage.description.as_deref().unwrap_or("");
             println!(
                 "  {state} {:<width$} {}  {about}",
                 stage.name,
                 &stage.key[..16]
             );
+            if let Some(url) = &stage.remote {
+                println!("         - on remote cache {url}");
+            }
             for reason in &stage.reasons {
                 println!("         - {reason}");
             }

@@ -96,6 +96,9 @@ pub struct StagePlan {
     pub description: Option<String>,
     pub key: String,
     pub cached: bool,
+    /// The first remote cache (in lookup order) that has it, when the local store does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// Why it will be built; filled for stages that are not cached when explaining.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<Reason>,
@@ -122,6 +125,11 @@ pub fn plan(
                 .filter(|k| k.machine == machine.name)
                 .map(|k| {
                     let cached = index.contains_key(&k.key);
+                    let remote = if cached {
+                        None
+                    } else {
+                        ws.remotes.holder(&k.key).map(|r| r.url.to_string())
+                    };
                     let reasons = if with_reasons && !cached {
                         let before = ws.store.newest_for(&index, &env.name, &k.machine, &k.stage);
                         explain(before.as_ref().map(|m| &m.material), &k.material)
@@ -137,6 +145,7 @@ pub fn plan(
                             .and_then(|s| s.description.clone()),
                         key: k.key.clone(),
                         cached,
+                        remote,
                         reasons,
                     }
                 })
@@ -275,7 +284,15 @@ fn build_machine(
         steps_run,
     };
 
-    crate::remote::pull_through(&ws.store, &ws.remotes, &keys, progress);
+    crate::remote::pull_through(
+        &ws.store,
+        &ws.remotes,
+        &keys,
+        progress,
+        backend
+            .chained()
+            .then_some(&|entry: &Entry| backend.check_pulled(&state, entry)),
+    );
     // Replay: the newest stage the store has (or the live machine already holds).
     let marker = state.marker();
     let index = ws.store.index()?;
@@ -721,16 +738,15 @@ fn already_up(
     keys: &[StageKey],
 ) -> Result<Option<Vec<(String, RunningServices)>>> {
     let mut running = Vec::new();
-    for machine in env.machines.iter().filter(|m| !m.services.is_empty()) {
+    let started_by_up = |m: &Machine| {
+        !m.services.is_empty() || m.backend == crate::spec::model::BackendKind::Libvirt
+    };
+    for machine in env.machines.iter().filter(|m| started_by_up(m)) {
         let state = ws.state.machine(&env.name, &machine.name)?;
         let Some(services) = state.services() else {
             return Ok(None);
         };
-        if !services
-            .services
-            .iter()
-            .all(|s| crate::process::group_alive(s.pid))
-        {
+        if !backend::for_kind(machine.backend)?.is_running(&state, &services) {
             return Ok(None);
         }
         let last = keys

@@ -89,15 +89,19 @@ impl StageProgress {
     }
 }
 
-/// Progress of one transfer in bytes: a bar on a terminal, a line at the start and the end
-/// otherwise.
+/// Progress of one transfer in bytes: a bar on a terminal; otherwise a line at the start, one
+/// every `LINE_EVERY` (bytes done, total, rate) and one at the end.
 pub struct ByteProgress {
     bar: Option<ProgressBar>,
     label: String,
     total: u64,
     started: Instant,
     quiet: bool,
+    last_line: std::sync::Mutex<Instant>,
 }
+
+/// How often a transfer prints a line when not on a terminal (CI logs).
+const LINE_EVERY: Duration = Duration::from_secs(10);
 
 impl Progress {
     pub fn bytes(&self, label: String, total: u64) -> ByteProgress {
@@ -116,12 +120,14 @@ impl Progress {
         if bar.is_none() && !self.quiet {
             eprintln!("==> {label}: {:.1} MiB", total as f64 / MIB);
         }
+        let started = Instant::now();
         ByteProgress {
             bar,
             label,
             total,
-            started: Instant::now(),
+            started,
             quiet: self.quiet,
+            last_line: std::sync::Mutex::new(started),
         }
     }
 }
@@ -130,9 +136,35 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 impl ByteProgress {
     pub fn set(&self, done: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if self.quiet => {}
+            None => {
+                if let Some(line) = self.line_due(done, Instant::now()) {
+                    eprintln!("{line}");
+                }
+            }
         }
+    }
+
+    /// The plain line to print at `now`, if the last one is `LINE_EVERY` old.
+    fn line_due(&self, done: u64, now: Instant) -> Option<String> {
+        let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(*last) < LINE_EVERY {
+            return None;
+        }
+        *last = now;
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        // A push's total is an estimate (the artifact's size, before packing).
+        let total = self.total.max(done);
+        Some(format!(
+            "==> {}: {:.1} of {:.1} MiB ({:.0} %), {:.0} MiB/s",
+            self.label,
+            done as f64 / MIB,
+            total as f64 / MIB,
+            100.0 * done as f64 / total.max(1) as f64,
+            done as f64 / MIB / elapsed.max(1e-3)
+        ))
     }
 
     pub fn finish(self, outcome: &str) {
@@ -149,5 +181,33 @@ impl ByteProgress {
                 self.label
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_transfer_lines_come_every_ten_seconds_with_bytes_and_rate() {
+        let progress = Progress {
+            multi: None,
+            quiet: false,
+        };
+        let bar = progress.bytes("push e".into(), 1024 * 1024 * 1024);
+        let start = bar.started;
+        assert_eq!(bar.line_due(1, start + Duration::from_secs(3)), None);
+        assert_eq!(
+            bar.line_due(512 * 1024 * 1024, start + Duration::from_secs(10)),
+            Some("==> push e: 512.0 of 1024.0 MiB (50 %), 51 MiB/s".into())
+        );
+        assert_eq!(
+            bar.line_due(600 << 20, start + Duration::from_secs(15)),
+            None
+        );
+        assert!(
+            bar.line_due(1 << 30, start + Duration::from_secs(20))
+                .is_some_and(|l| l.contains("1024.0 of 1024.0 MiB (100 %)"))
+        );
     }
 }

@@ -117,6 +117,12 @@ fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
             crate::backend::libvirt::cloud_init::recipe_digest()
         ));
     }
+    if machine.backend == crate::spec::model::BackendKind::Libvirt {
+        text.push_str(&format!(
+            "layout={}\n",
+            crate::backend::libvirt::ENTRY_LAYOUT
+        ));
+    }
     if machine.base.debootstrap.is_some() {
         text.push_str(&format!(
             "debootstrap={}\n",

@@ -4,7 +4,7 @@
 //! ways through fixed buffers, so a multi-GiB artifact never sits in memory. Responses may be
 //! sized by `Content-Length`, chunked, or end with the connection.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -95,11 +95,49 @@ pub enum Body<'a> {
         len: u64,
         sent: &'a mut dyn FnMut(u64),
     },
-    /// Everything the reader yields, of a length not known in advance (chunked encoding).
+    /// A body of a length not known in advance (chunked encoding): `send` is called once and
+    /// sends every chunk through the `ChunkSender` it is given.
     Chunked {
-        reader: &'a mut dyn Read,
-        sent: &'a mut dyn FnMut(u64),
+        send: &'a mut dyn FnMut(&mut ChunkSender<'_>) -> std::io::Result<()>,
     },
+}
+
+/// Sends the chunks of a chunked body, each with one vectored write: the caller's buffers go
+/// to the socket as they are, without a copy.
+pub struct ChunkSender<'s> {
+    stream: &'s TcpStream,
+}
+
+impl ChunkSender<'_> {
+    pub fn send(&mut self, parts: &[IoSlice<'_>]) -> std::io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len == 0 {
+            return Ok(()); // an empty chunk would end the body
+        }
+        let size_line = format!("{len:x}\r\n");
+        let mut all = Vec::with_capacity(parts.len() + 2);
+        all.push(IoSlice::new(size_line.as_bytes()));
+        all.extend_from_slice(parts);
+        all.push(IoSlice::new(b"\r\n"));
+        write_all_vectored(&mut self.stream, &mut all)
+    }
+}
+
+/// `Write::write_all_vectored` (unstable in std): writes every byte of `parts`.
+pub fn write_all_vectored(
+    out: &mut impl Write,
+    mut parts: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match out.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 pub struct Response {
@@ -188,22 +226,8 @@ pub fn request(
                 sent(total);
             }
         }
-        Body::Chunked { reader, sent } => {
-            let mut buffer = vec![0u8; BUFFER];
-            let mut total = 0u64;
-            loop {
-                let n = match reader.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                writer.write_all(format!("{n:x}\r\n").as_bytes())?;
-                writer.write_all(&buffer[..n])?;
-                writer.write_all(b"\r\n")?;
-                total += n as u64;
-                sent(total);
-            }
+        Body::Chunked { send } => {
+            send(&mut ChunkSender { stream: &stream })?;
             writer.write_all(b"0\r\n\r\n")?;
         }
     }

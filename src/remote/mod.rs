@@ -67,6 +67,21 @@ impl Remotes {
         self.remotes.iter().filter(|r| r.push && !self.read_only)
     }
 
+    /// The first pulling remote whose statement for `key` exists (a HEAD each; signatures are
+    /// checked only when pulling). Unreachable remotes are skipped and not asked again.
+    pub fn holder(&self, key: &str) -> Option<&Remote> {
+        self.pulling()
+            .filter(|r| !self.is_unreachable(r))
+            .find(|remote| match push::exists(&remote.statement_url(key)) {
+                Ok(found) => found,
+                Err(e) => {
+                    eprintln!("warning: {e}");
+                    self.mark_unreachable(remote);
+                    false
+                }
+            })
+    }
+
     fn is_unreachable(&self, remote: &Remote) -> bool {
         let url = remote.url.to_string();
         self.unreachable.lock().unwrap().contains(&url)

@@ -8,7 +8,8 @@
 //! which the next command removes, and the next pull starts over. Nothing reaches `entries/`
 //! before every check has passed.
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use super::http::{self, Body};
@@ -18,7 +19,7 @@ use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
 use crate::error::{Error, IoContext};
 use crate::key::StageKey;
-use crate::store::{Store, archive};
+use crate::store::{Entry, Store, archive};
 
 /// Asks each pulling remote in order for `key`. Returns the entry name pulled (if any) and the
 /// error of every remote that had the key but was refused or failed.
@@ -46,13 +47,31 @@ pub fn pull_key(
     (None, failures)
 }
 
+/// Says whether a pulled entry can be used here.
+pub type EntryCheck<'a> = dyn Fn(&Entry) -> crate::error::Result<()> + 'a;
+
 /// Before a machine is built: fetch the newest of its stages that a remote has and the local
 /// store does not. Problems are warnings; the stage is then built locally.
-pub fn pull_through(store: &Store, remotes: &Remotes, keys: &[&StageKey], progress: &Progress) {
+///
+/// `chained`: the machine's entries are usable only on the entries below them (libvirt
+/// overlays). Then every stage the store lacks is fetched from the first up, stopping at the
+/// first no remote has, and the newest one fetched must pass the check (its base image is
+/// this host's), else what was fetched is removed again and built locally.
+pub fn pull_through(
+    store: &Store,
+    remotes: &Remotes,
+    keys: &[&StageKey],
+    progress: &Progress,
+    chained: Option<&EntryCheck>,
+) {
     if remotes.pulling().next().is_none() {
         return;
     }
     let Ok(index) = store.index() else { return };
+    if let Some(check) = chained {
+        pull_prefix(store, remotes, keys, progress, &index, check);
+        return;
+    }
     for stage_key in keys.iter().rev() {
         if index.contains_key(&stage_key.key) {
             return;
@@ -66,6 +85,44 @@ pub fn pull_through(store: &Store, remotes: &Remotes, keys: &[&StageKey], progre
         }
         if pulled.is_some() {
             return;
+        }
+    }
+}
+
+fn pull_prefix(
+    store: &Store,
+    remotes: &Remotes,
+    keys: &[&StageKey],
+    progress: &Progress,
+    index: &HashMap<String, Entry>,
+    check: &EntryCheck,
+) {
+    let mut fetched: Vec<Entry> = Vec::new();
+    for stage_key in keys {
+        if index.contains_key(&stage_key.key) {
+            continue;
+        }
+        let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
+        for failure in failures {
+            progress.note(&format!(
+                "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
+                stage_key.machine, stage_key.stage
+            ));
+        }
+        match pulled.and_then(|_| store.find(&stage_key.key).ok().flatten()) {
+            Some(entry) => fetched.push(entry),
+            None => break,
+        }
+    }
+    let Some(newest) = fetched.last() else { return };
+    if let Err(why) = check(newest) {
+        progress.note(&format!(
+            "warning: {why}\n  not using the {} stage(s) pulled for {}; building them locally instead",
+            fetched.len(),
+            keys[0].machine
+        ));
+        for entry in fetched.iter().rev() {
+            let _ = store.remove(entry);
         }
     }
 }
@@ -306,6 +363,6 @@ fn download(
         }
     }
     bar.finish("downloaded");
-    let _ = chunks.flush();
+    drop(chunks); // sends what it buffered
     Ok(())
 }

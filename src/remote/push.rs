@@ -8,11 +8,8 @@
 //! without MOVE (S3 presigned URLs, some raw repositories) get a HEAD then a plain PUT; there
 //! the last of two racing pushers wins, and either way the statement names a complete blob.
 
-use std::io::{BufWriter, Write};
-
-use super::frames::FrameWriter;
+use super::frames::{self, Frames};
 use super::http::{self, Body};
-use super::pipe;
 use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
@@ -94,21 +91,25 @@ fn upload_streamed(
     ));
     let estimate = entry.manifest().map_or(0, |m| m.size);
     let bar = progress.bytes(format!("push {}", entry.name), estimate);
-    let (writer, mut reader) = pipe::pipe();
-    let (packed, sent) = std::thread::scope(|scope| {
-        let packer = scope.spawn(move || pack(entry, writer));
-        let sent = http::request(
+    let (packed, sent) = pack_while(entry, |frames| {
+        let mut packed = 0u64;
+        http::request(
             "PUT",
             &staged,
             &[("Content-Type", "application/zstd")],
             Body::Chunked {
-                reader: &mut reader,
-                sent: &mut |n| bar.set(n),
+                send: &mut |chunks| {
+                    while let Some(frame) = frames.recv() {
+                        chunks.send(&frame.parts())?;
+                        packed += frame.holds() as u64;
+                        bar.set(packed);
+                        frames.give_back(frame);
+                    }
+                    Ok(())
+                },
             },
-        );
-        drop(reader); // a failed upload must not leave the packer waiting
-        (packer.join().expect("the packing thread panicked"), sent)
-    });
+        )
+    })?;
     let packed = match packed {
         Ok(packed) => packed,
         Err(e) => {
@@ -152,22 +153,22 @@ fn upload_streamed(
     }
 }
 
-/// Writes the entry as tar in zstd frames to `out`; returns the size of the blob.
-fn pack(entry: &Entry, out: impl Write) -> Result<u64> {
-    let hashing = CountingWriter {
-        inner: out,
-        written: 0,
-    };
-    let mut frames = FrameWriter::new(hashing).ctx(|| "starting the zstd compressor".into())?;
-    archive::export(std::slice::from_ref(entry), &mut frames)?;
-    let mut hashing = frames
-        .finish()
-        .ctx(|| format!("compressing {}", entry.name))?;
-    hashing
-        .inner
-        .flush()
-        .ctx(|| format!("packing {}", entry.name))?;
-    Ok(hashing.written)
+/// Packs the entry as tar in zstd frames on a second thread while `consume` writes the frames
+/// on this one. Returns the size of the blob (or why packing failed) and what `consume` returned.
+fn pack_while<T>(entry: &Entry, consume: impl FnOnce(&Frames) -> T) -> Result<(Result<u64>, T)> {
+    let (writer, frames) = frames::frames().ctx(|| "starting the zstd compressor".into())?;
+    Ok(std::thread::scope(|scope| {
+        let packer = scope.spawn(move || {
+            let writer = archive::export(std::slice::from_ref(entry), writer)?;
+            writer.finish().ctx(|| format!("packing {}", entry.name))
+        });
+        let consumed = consume(&frames);
+        drop(frames); // a consumer that failed must not leave the packer waiting
+        (
+            packer.join().expect("the packing thread panicked"),
+            consumed,
+        )
+    }))
 }
 
 /// For servers that need a Content-Length (S3 presigned URLs, some raw repositories): pack into
@@ -180,8 +181,12 @@ fn upload_from_file(
     progress: &Progress,
 ) -> Result<u64> {
     let blob = TempFile(store.tmp_path("push"));
-    let file = std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
-    let size = pack(entry, BufWriter::with_capacity(http::BUFFER, file))?;
+    let mut file =
+        std::fs::File::create(&blob.0).ctx(|| format!("creating {}", blob.0.display()))?;
+    let (packed, written) = pack_while(entry, |frames| frames.write_all_to(&mut file))?;
+    // A failed write stops the packer too; its error is the one that says why.
+    written.ctx(|| format!("writing {}", blob.0.display()))?;
+    let size = packed?;
     let blob_url = remote.blob_url(name);
     if !exists(&blob_url)? {
         let mut file =
@@ -245,25 +250,8 @@ fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Push
     }
 }
 
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// HEAD: true on 200, false on 404.
-fn exists(url: &http::Url) -> Result<bool> {
+pub(super) fn exists(url: &http::Url) -> Result<bool> {
     let mut response =
         http::request("HEAD", url, &[], Body::Empty).map_err(|e| unreachable(url, &e))?;
     match response.status {

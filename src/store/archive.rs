@@ -14,13 +14,14 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::TreeEntry;
 
+use super::tar_writer::{Sink, TarWriter};
 use super::{Entry, Store, remove_tree};
 
 const ENTRY_FILES: [&str; 4] = ["manifest.json", "tree.json", "log.txt", "artifact"];
 
-/// Writes `entries` to `out` as a tar stream. Refuses entries holding links that point outside
-/// themselves: they would not mean the same thing on another machine.
-pub fn export(entries: &[Entry], out: impl Write) -> Result<()> {
+/// Writes `entries` to `sink` as a tar stream and returns the sink. Refuses entries holding
+/// links that point outside themselves: they would not mean the same thing on another machine.
+pub fn export<S: Sink>(entries: &[Entry], sink: S) -> Result<S> {
     for entry in entries {
         for item in entry.tree()? {
             if let TreeEntry::Link { path, target } = &item
@@ -33,18 +34,13 @@ pub fn export(entries: &[Entry], out: impl Write) -> Result<()> {
             }
         }
     }
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
+    let mut writer = TarWriter::new(sink);
     for entry in entries {
-        builder
-            .append_dir_all(&entry.name, &entry.dir)
+        writer
+            .append_tree(Path::new(&entry.name), &entry.dir)
             .ctx(|| format!("archiving {}", entry.name))?;
     }
-    builder
-        .into_inner()
-        .and_then(|mut w| w.flush())
-        .ctx(|| "writing the archive".into())?;
-    Ok(())
+    writer.finish().ctx(|| "writing the archive".into())
 }
 
 /// True if a link at `link_path` (relative to the artifact root) pointing to `target` leaves it.

@@ -12,6 +12,7 @@
 
 pub mod archive;
 pub mod lock;
+pub mod tar_writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

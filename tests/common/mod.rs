@@ -2,6 +2,8 @@
 //! real envbuild binary.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

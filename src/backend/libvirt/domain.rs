@@ -8,9 +8,10 @@
 //! `cidata` image). Management is QEMU
 //! user networking with host forwards bound to 127.0.0.1 only (passed through
 //! `<qemu:commandline>`: libvirt 9.0 offers port forwards only with passt); private links are
-//! `<interface type='udp'>` socket pairs on loopback. QEMU runs with envbuild's own uid/gid
-//! (`<seclabel model='dac' relabel='no'>`): it opens what envbuild can, and libvirt never
-//! chowns a store file.
+//! `<interface type='udp'>` socket pairs on loopback. Under a system daemon QEMU runs with
+//! envbuild's own uid/gid (`<seclabel model='dac' relabel='no'>`): it opens what envbuild can,
+//! and libvirt never chowns a store file. A session daemon (`qemu:///session`) runs QEMU as its
+//! own user already and has no DAC driver: no seclabel then.
 
 use std::path::PathBuf;
 
@@ -30,8 +31,8 @@ pub struct DomainSpec {
     /// (host port on 127.0.0.1, guest port), ssh first.
     pub forwards: Vec<(u16, u16)>,
     pub links: Vec<LinkNic>,
-    pub uid: u32,
-    pub gid: u32,
+    /// (uid, gid) QEMU runs as; None under a session daemon (see the module comment).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// How the guest starts.
@@ -121,10 +122,7 @@ impl DomainSpec {
     </serial>
     <memballoon model='none'/>
   </devices>
-  <seclabel type='static' model='dac' relabel='no'>
-    <label>+{uid}:+{gid}</label>
-  </seclabel>
-  <qemu:commandline>
+{seclabel}  <qemu:commandline>
     <qemu:arg value='-netdev'/>
     <qemu:arg value='{netdev}'/>
     <qemu:arg value='-device'/>
@@ -139,8 +137,9 @@ impl DomainSpec {
             disk = path(&self.disk),
             seed = path(&self.seed),
             console = path(&self.console_log),
-            uid = self.uid,
-            gid = self.gid,
+            seclabel = self.run_as.map_or(String::new(), |(uid, gid)| format!(
+                "  <seclabel type='static' model='dac' relabel='no'>\n    <label>+{uid}:+{gid}</label>\n  </seclabel>\n"
+            )),
             netdev = escape(&netdev),
             mac = MGMT_MAC,
         )
@@ -181,8 +180,7 @@ mod tests {
                 local_port: 41000,
                 peer_port: 41001,
             }],
-            uid: 0,
-            gid: 0,
+            run_as: Some((0, 0)),
         }
     }
 
@@ -263,13 +261,19 @@ mod tests {
     #[test]
     fn qemu_runs_as_the_caller_and_libvirt_relabels_nothing() {
         let xml = DomainSpec {
-            uid: 1000,
-            gid: 100,
+            run_as: Some((1000, 100)),
             ..spec()
         }
         .xml();
         assert!(xml.contains("<seclabel type='static' model='dac' relabel='no'>"));
         assert!(xml.contains("<label>+1000:+100</label>"));
+        // A session daemon has no DAC driver and would refuse the domain.
+        let session = DomainSpec {
+            run_as: None,
+            ..spec()
+        }
+        .xml();
+        assert!(!session.contains("<seclabel"), "{session}");
     }
 
     #[test]

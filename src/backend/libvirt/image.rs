@@ -48,6 +48,9 @@ pub const GUEST_PACKAGES: [&str; 6] = [
     "busybox",
 ];
 
+/// The first line of a pinned image's record (`image.json`'s `recipe`).
+const PINNED_RECIPE: &str = "envbuild-pinned-1\n";
+
 /// A built base image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BaseImage {
@@ -127,18 +130,18 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
     load(&dir)?.ok_or_else(|| Error::Failed(format!("{} was not written", dir.display())))
 }
 
-fn load(dir: &Path) -> Result<Option<BaseImage>> {
+pub fn load(dir: &Path) -> Result<Option<BaseImage>> {
     let record = dir.join("image.json");
     let Ok(bytes) = std::fs::read(&record) else {
         return Ok(None);
     };
     let record: ImageRecord = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Failed(format!("{} is damaged: {e}", record.display())))?;
-    let kernel = dir.join("vmlinuz");
-    let direct = kernel.is_file();
+    // A debootstrap base boots its kernel directly; a pinned image its own bootloader.
+    let direct = !record.recipe.starts_with(PINNED_RECIPE);
     Ok(Some(BaseImage {
         disk: dir.join("disk.qcow2"),
-        kernel: direct.then_some(kernel),
+        kernel: direct.then(|| dir.join("vmlinuz")),
         initrd: direct.then(|| dir.join("initrd.img")),
         sha256: record.sha256,
     }))
@@ -359,7 +362,7 @@ fn ensure_pinned(
     };
     let record = ImageRecord {
         recipe: format!(
-            "envbuild-pinned-1\nurl={}\nsha256={}\nformat={}\n",
+            "{PINNED_RECIPE}url={}\nsha256={}\nformat={}\n",
             pinned.url, pinned.sha256, info["format"]
         ),
         sha256,
@@ -476,13 +479,31 @@ pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The backing file a qcow2 file names (without opening it).
+/// The backing file a qcow2 file names, exactly as written in it (relative paths are relative
+/// to the file's folder), without opening the backing file.
 pub fn backing_file(path: &Path) -> Result<Option<PathBuf>> {
     let info = qemu_img_info(path, false)?;
-    Ok(info[0]["full-backing-filename"]
-        .as_str()
-        .or(info[0]["backing-filename"].as_str())
-        .map(PathBuf::from))
+    Ok(info[0]["backing-filename"].as_str().map(PathBuf::from))
+}
+
+/// Rewrites the backing file an overlay names (`qemu-img rebase -u`: the header only, no data
+/// is read or moved). The new backing file need not exist where the overlay is now.
+pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(path)
+        .output()
+        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "qemu-img rebase -u -b {} {} failed: {}",
+            backing.display(),
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The backing chain of a qcow2 file, top first, as `qemu-img info --backing-chain` reports it.

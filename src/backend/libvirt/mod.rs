@@ -5,7 +5,13 @@
 //! transient build VM booted on a fresh overlay of the stage below; its steps run over SSH; the
 //! guest is powered off cleanly and the overlay becomes the entry's artifact, with `chain.json`
 //! recording the parent disk and its sha256. A chain whose parent is missing or changed is
-//! refused (exit 2), never booted. `up` boots the machine on a fresh top overlay of its newest
+//! refused (exit 2), never booted.
+//!
+//! Overlays name their backing file relative to their own folder, inside the store
+//! (`../../../entries/<parent>/artifact/disk.qcow2`, or `../../../images/<id>/disk.qcow2` for the
+//! base image), so an entry means the same in any store: `cache export`/`import` and the remote
+//! cache move libvirt stages between machines and store paths unchanged. A base image kept in
+//! another images folder (`--images`) is linked into `STORE/v1/images/<id>`. `up` boots the machine on a fresh top overlay of its newest
 //! stage, so the store is never written by a running VM. See docs/backends.md.
 //!
 //! Files of a machine (STATE/envs/<env>/<machine>/):
@@ -53,11 +59,13 @@ const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Settings from the command line (`--libvirt-uri`, `--images`), set once by the CLI.
+/// Settings from the command line (`--libvirt-uri`, `--images`, `--store`), set once by the CLI.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub uri: Option<String>,
     pub images: PathBuf,
+    /// The store's root: base images are linked into its `v1/images`.
+    pub store: PathBuf,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -67,12 +75,23 @@ pub fn configure(config: Config) {
 }
 
 fn config() -> &'static Config {
-    CONFIG.get_or_init(|| Config {
-        uri: None,
-        images: crate::store::Store::default_root()
-            .join(crate::store::LAYOUT)
-            .join("images"),
+    CONFIG.get_or_init(|| {
+        let store = crate::store::Store::default_root();
+        Config {
+            uri: None,
+            images: store.join(crate::store::LAYOUT).join("images"),
+            store,
+        }
     })
+}
+
+/// The layout of libvirt entries; part of every libvirt stage key (src/key), so entries of an
+/// older layout are never read as this one.
+pub const ENTRY_LAYOUT: &str = "relative-chain-2";
+
+/// A per-user session daemon (`qemu:///session`, `qemu+ssh://host/session`).
+fn is_session(uri: &str) -> bool {
+    uri.split('?').next().unwrap_or(uri).ends_with("/session")
 }
 
 /// The URI a machine is driven through: `--libvirt-uri`, else the spec's `uri`, else the default.
@@ -115,15 +134,70 @@ struct Current {
     base: BaseImage,
 }
 
-/// `artifact/chain.json` of an entry: what its overlay sits on.
+/// `artifact/chain.json` of an entry: what its overlay sits on. Holds no absolute path: an
+/// entry means the same in every store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Chain {
-    /// The parent disk (absolute path, as written in the overlay) and its sha256.
-    pub parent_disk: PathBuf,
+    /// The overlay's backing file exactly as written in it: relative to the entry's artifact
+    /// folder (see `backing_path`).
+    pub backing: PathBuf,
+    /// sha256 of the parent disk.
     pub parent_sha256: String,
     /// The parent entry's name; None when the parent is the base image.
     pub parent_entry: Option<String>,
-    pub base: BaseImage,
+    /// The base image at the bottom of the chain.
+    pub base: BaseRef,
+}
+
+/// A base image as entries name it: its folder under `STORE/v1/images` and its disk's sha256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub id: String,
+    pub sha256: String,
+}
+
+impl BaseRef {
+    fn of(base: &BaseImage) -> BaseRef {
+        BaseRef {
+            id: image_id(base),
+            sha256: base.sha256.clone(),
+        }
+    }
+}
+
+/// The folder name of a base image (its recipe digest, or the pinned image's id).
+fn image_id(base: &BaseImage) -> String {
+    base.disk
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The backing file an entry's overlay names: its parent entry's disk, or the base image's,
+/// relative to the entry's artifact folder. The same from `v1/tmp/<pending>/artifact`, where
+/// the overlay is written, and from `v1/entries/<name>/artifact`, where it is committed.
+fn backing_path(parent_entry: Option<&str>, base: &BaseRef) -> PathBuf {
+    match parent_entry {
+        Some(name) => Path::new("../../../entries")
+            .join(name)
+            .join("artifact/disk.qcow2"),
+        None => Path::new("../../../images")
+            .join(&base.id)
+            .join("disk.qcow2"),
+    }
+}
+
+/// `v1/` of the store holding an entry (`v1/entries/<name>`).
+fn layout_dir(entry: &Entry) -> PathBuf {
+    entry
+        .dir
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,9 +408,22 @@ impl Backend for LibvirtBackend {
         Ok(())
     }
 
+    fn chained(&self) -> bool {
+        true
+    }
+
+    fn check_pulled(&self, state: &MachineState, entry: &Entry) -> Result<()> {
+        base_in_store(&self.machine(state)?)?;
+        check_chain(entry)?
+            .map(|_| ())
+            .ok_or_else(|| Error::Failed(format!("pulled stage {} is damaged", entry.name)))
+    }
+
     fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool> {
         self.refuse_if_running(state)?;
         self.abandon_build(state);
+        // An entry imported or pulled into this store finds its base image here.
+        base_in_store(&self.machine(state)?)?;
         let Some(checked) = check_chain(entry)? else {
             return Ok(false);
         };
@@ -348,7 +435,7 @@ impl Backend for LibvirtBackend {
         self.refuse_if_running(state)?;
         self.abandon_build(state);
         let machine = self.machine(state)?;
-        let base = image::ensure(&config().images, &machine, &|text| eprintln!("{text}"))?;
+        let base = base_in_store(&machine)?;
         self.set_current(
             state,
             &Current {
@@ -425,8 +512,13 @@ impl Backend for LibvirtBackend {
             uri: vm.uri.clone(),
         };
         power_off(&virsh, &vm.domain, &vm.trust, vm.port)?;
-        // Moved before the guard goes: it deletes the build overlay if it is still there.
+        // The overlay names its parent by the store-relative path it will have once committed
+        // (a header rewrite: no data moves).
+        let base = BaseRef::of(&current.base);
+        let backing = backing_path(current.entry.as_deref(), &base);
         let overlay = state.root().join("build.qcow2");
+        image::set_backing(&overlay, &backing)?;
+        // Moved before the guard goes: it deletes the build overlay if it is still there.
         let disk = pending.artifact().join("disk.qcow2");
         if std::fs::rename(&overlay, &disk).is_err() {
             std::fs::copy(&overlay, &disk).ctx(|| format!("copying {}", overlay.display()))?;
@@ -436,10 +528,10 @@ impl Backend for LibvirtBackend {
             debug_assert_eq!(current.entry.as_deref(), Some(parent.name.as_str()));
         }
         let chain = Chain {
-            parent_disk: current.disk.clone(),
+            backing,
             parent_sha256: current.sha256.clone(),
             parent_entry: current.entry.clone(),
-            base: current.base.clone(),
+            base,
         };
         let chain_file = pending.artifact().join("chain.json");
         std::fs::write(
@@ -528,6 +620,11 @@ impl Backend for LibvirtBackend {
         })
     }
 
+    fn is_running(&self, state: &MachineState, _running: &RunningServices) -> bool {
+        read_json::<Running>(&state.root().join("running.json"))
+            .is_some_and(|r| (Virsh { uri: r.uri }).exists(&r.domain))
+    }
+
     fn control(
         &self,
         ctx: &RuntimeContext,
@@ -563,6 +660,32 @@ impl Backend for LibvirtBackend {
         }
         killed
     }
+}
+
+/// The machine's base image (built or fetched first if need be), as the store sees it:
+/// `STORE/v1/images/<id>`, a link to the images folder's copy when `--images` is elsewhere.
+fn base_in_store(machine: &Machine) -> Result<BaseImage> {
+    let config = config();
+    let base = image::ensure(&config.images, machine, &|text| eprintln!("{text}"))?;
+    let id = image_id(&base);
+    let images = config.store.join(crate::store::LAYOUT).join("images");
+    let linked = images.join(&id);
+    if std::fs::symlink_metadata(&linked).is_err() {
+        std::fs::create_dir_all(&images).ctx(|| format!("creating {}", images.display()))?;
+        let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
+            .ctx(|| format!("resolving {}", base.disk.display()))?;
+        let tmp = images.join(format!("{id}.link.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
+        std::fs::rename(&tmp, &linked).ctx(|| format!("linking {}", linked.display()))?;
+    }
+    image::load(&linked)?.ok_or_else(|| {
+        Error::Failed(format!(
+            "{} holds no image.json; remove it and build again",
+            linked.display()
+        ))
+    })
 }
 
 /// The sha256 of an entry's disk, from its tree.
@@ -604,25 +727,33 @@ fn check_chain(entry: &Entry) -> Result<Option<Current>> {
             entry.name
         ))
     };
+    let v1 = layout_dir(entry);
+    if chain.backing != backing_path(chain.parent_entry.as_deref(), &chain.base) {
+        return Err(refuse(format!(
+            "its chain.json names backing file {} for parent {:?}",
+            chain.backing.display(),
+            chain.parent_entry
+        )));
+    }
     let mut child = chain.clone();
     loop {
-        if !child.parent_disk.is_file() {
+        if child.base != chain.base {
             return Err(refuse(format!(
-                "its parent disk {} is missing",
-                child.parent_disk.display()
+                "its chain names two base images ({} and {})",
+                chain.base.id, child.base.id
             )));
         }
         match &child.parent_entry {
             Some(name) => {
-                let dir = child
-                    .parent_disk
-                    .parent()
-                    .and_then(Path::parent)
-                    .expect("an entry disk lives in ENTRY/artifact/");
                 let parent = Entry {
                     name: name.clone(),
-                    dir: dir.to_path_buf(),
+                    dir: v1.join("entries").join(name),
                 };
+                if !parent.artifact().join("disk.qcow2").is_file() {
+                    return Err(refuse(format!(
+                        "its parent {name} is missing from this store (cache import and pull need every stage below it too)"
+                    )));
+                }
                 let actual = disk_sha256(&parent).unwrap_or_default();
                 if actual != child.parent_sha256 {
                     return Err(refuse(format!(
@@ -633,41 +764,43 @@ fn check_chain(entry: &Entry) -> Result<Option<Current>> {
                 child = serde_json::from_slice(
                     &std::fs::read(parent.artifact().join("chain.json")).unwrap_or_default(),
                 )
-                .map_err(|_| refuse(format!("its parent {name} has no chain.json")))?;
+                .map_err(|_| refuse(format!("its parent {name} has no readable chain.json")))?;
             }
             None => {
-                let record = child
-                    .parent_disk
-                    .parent()
-                    .map(|d| d.join("image.json"))
-                    .unwrap_or_default();
-                let actual = read_json::<serde_json::Value>(&record)
-                    .and_then(|v| v["sha256"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                if actual != child.parent_sha256 {
+                let folder = v1.join("images").join(&child.base.id);
+                let Some(base) = image::load(&folder).ok().flatten() else {
+                    return Err(Error::Input(format!(
+                        "cached stage {} needs base image {} (disk sha256 {}), which is not in {}.\n  fix: build the machine here once so its base image exists (the same recipe gives the same image only on the machine that built it: a debootstrap image is not bit-for-bit reproducible), copy that folder from the machine that built the stage, or pin the base image (`base = {{ image = URL, sha256 = ... }}`) so every machine has the same bytes",
+                        entry.name,
+                        child.base.id,
+                        child.base.sha256,
+                        folder.display()
+                    )));
+                };
+                if base.sha256 != child.parent_sha256 || base.sha256 != chain.base.sha256 {
                     return Err(refuse(format!(
-                        "the base image {} changed (sha256 {actual}, built on {}): it was rebuilt or replaced",
-                        child.parent_disk.display(),
+                        "the base image {} is not the one it was built on (disk sha256 {}, built on {}): it was rebuilt, replaced, or the stage came from another machine",
+                        folder.display(),
+                        base.sha256,
                         child.parent_sha256
                     )));
                 }
-                break;
+                let backing = image::backing_file(&disk).map_err(|e| refuse(e.to_string()))?;
+                if backing.as_ref() != Some(&chain.backing) {
+                    return Err(refuse(format!(
+                        "its overlay's backing file is {backing:?}, but it was built on {}",
+                        chain.backing.display()
+                    )));
+                }
+                return Ok(Some(Current {
+                    disk,
+                    sha256,
+                    entry: Some(entry.name.clone()),
+                    base,
+                }));
             }
         }
     }
-    let backing = image::backing_file(&disk).map_err(|e| refuse(e.to_string()))?;
-    if backing.as_ref() != Some(&chain.parent_disk) {
-        return Err(refuse(format!(
-            "its overlay's backing file is {backing:?}, but it was built on {}",
-            chain.parent_disk.display()
-        )));
-    }
-    Ok(Some(Current {
-        disk,
-        sha256,
-        entry: Some(entry.name.clone()),
-        base: chain.base,
-    }))
 }
 
 struct BootPlan<'a> {
@@ -759,8 +892,7 @@ fn boot(plan: &BootPlan) -> Result<Booted> {
         forwards,
         links: plan.links.iter().map(|(nic, _)| nic.clone()).collect(),
         // SAFETY: getuid/getgid have no preconditions.
-        uid: unsafe { libc::getuid() },
-        gid: unsafe { libc::getgid() },
+        run_as: (!is_session(plan.uri)).then(|| unsafe { (libc::getuid(), libc::getgid()) }),
     };
     let xml = root.join(format!("{}.xml", plan.kind));
     std::fs::write(&xml, spec.xml()).ctx(|| format!("writing {}", xml.display()))?;
@@ -1203,11 +1335,14 @@ mod tests {
             };
             let disk = entry.artifact().join("disk.qcow2");
             image::create_overlay(&parent_disk, &disk).unwrap();
+            let base = BaseRef::of(&self.base);
+            let backing = backing_path(parent.map(|p| p.name.as_str()), &base);
+            image::set_backing(&disk, &backing).unwrap();
             let chain = Chain {
-                parent_disk,
+                backing,
                 parent_sha256,
                 parent_entry: parent.map(|p| p.name.clone()),
-                base: self.base.clone(),
+                base,
             };
             std::fs::write(
                 entry.artifact().join("chain.json"),
@@ -1246,6 +1381,57 @@ mod tests {
         assert_eq!(current.entry.as_deref(), Some("k2-e-m-two"));
         assert_eq!(current.sha256, disk_sha256(&two).unwrap());
         assert_eq!(current.base, layout.base);
+    }
+
+    #[test]
+    fn session_uris_are_told_from_system_ones() {
+        assert!(is_session("qemu:///session"));
+        assert!(is_session("qemu+ssh://me@lab/session?keyfile=/k"));
+        assert!(!is_session("qemu:///system"));
+        assert!(!is_session(
+            "qemu+ssh://root@lab/system?command=/w&no_tty=1"
+        ));
+    }
+
+    #[test]
+    fn entries_mean_the_same_in_a_store_at_another_path() {
+        let layout = Layout::new();
+        let one = layout.entry("k1-e-m-one", None);
+        layout.entry("k2-e-m-two", Some(&one));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join("store/v1");
+        std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&layout.root)
+                .arg(&moved)
+                .status()
+                .unwrap()
+                .success()
+        );
+        drop(layout); // the original store is gone: nothing may point into it
+        let two = Entry {
+            name: "k2-e-m-two".into(),
+            dir: moved.join("entries/k2-e-m-two"),
+        };
+        let current = check_chain(&two).unwrap().unwrap();
+        assert_eq!(current.base.disk, moved.join("images/abc/disk.qcow2"));
+        let chain = image::backing_chain(&current.disk).unwrap();
+        assert_eq!(chain.len(), 3, "{chain:?}");
+        assert!(chain.iter().all(|p| p.starts_with(&moved)), "{chain:?}");
+    }
+
+    #[test]
+    fn a_missing_base_image_names_the_ways_to_get_it() {
+        let layout = Layout::new();
+        let one = layout.entry("k1-e-m-one", None);
+        std::fs::remove_dir_all(layout.root.join("images/abc")).unwrap();
+        let why = refusal(check_chain(&one));
+        assert!(
+            why.contains("needs base image abc") && why.contains("pin the base image"),
+            "{why}"
+        );
     }
 
     #[test]
