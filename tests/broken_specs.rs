@@ -38,6 +38,7 @@ const CASES: &[Case] = &[
     // Machine settings.
     Case { name: "unknown-backend", args: &[], location: Some(":4:11"), phrases: &["unknown backend `docker`", "allowed: local, libvirt, vagrant"] },
     Case { name: "image-without-sha256", args: &[], location: Some(":5:18"), phrases: &["add sha256 = \"<64 hex digits>\""] },
+    Case { name: "image-not-http", args: &[], location: Some(":5:18"), phrases: &["an image URL starts with http:// or https://"] },
     Case { name: "bad-port", args: &[], location: Some(":4:17"), phrases: &["a number from 1 to 65535"] },
     Case { name: "unknown-stop-signal", args: &[], location: Some(":8:15"), phrases: &["allowed: TERM, INT, QUIT, HUP, KILL"] },
     Case { name: "bad-duration", args: &[], location: Some(":8:11"), phrases: &["a positive number of seconds or a string like \"90s\""] },

@@ -111,6 +111,11 @@ fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
     let mut text = format!("backend={}\n", machine.backend.as_str());
     if let Some(image) = &machine.base.image {
         text.push_str(&format!("image={}\n", image.sha256));
+        // What envbuild's cloud-init seed configures ends up on the stage disks too.
+        text.push_str(&format!(
+            "cloud-init={}\n",
+            crate::backend::libvirt::cloud_init::recipe_digest()
+        ));
     }
     if machine.backend == crate::spec::model::BackendKind::Libvirt {
         text.push_str(&format!(

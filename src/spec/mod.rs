@@ -912,9 +912,17 @@ impl Loader<'_> {
                         "the local backend runs on this host and takes no image; use host_tools",
                     );
                 }
+                if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+                {
+                    return self.err(
+                        url.span().start,
+                        "an image URL starts with http:// or https:// (serve a local file from http://127.0.0.1:PORT/)",
+                    );
+                }
                 base.image = Some(PinnedImage {
                     url: url.get_ref().clone(),
                     sha256: sha.get_ref().to_lowercase(),
+                    pinned_at: self.at(sha.span().start).to_string(),
                 });
             }
             (Some(url), None) => {

@@ -112,6 +112,9 @@ pub struct Debootstrap {
 pub struct PinnedImage {
     pub url: String,
     pub sha256: String,
+    /// Where the pin is written (`file:line:col`), for the error when a download does not match.
+    #[serde(skip)]
+    pub pinned_at: String,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

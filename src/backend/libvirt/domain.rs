@@ -1,9 +1,11 @@
 //! Domain XML generated from a machine spec.
 //!
 //! One transient domain per boot (`virsh create`, never `define`): when its QEMU exits, libvirt
-//! forgets it, so a crashed or killed envbuild cannot leave a defined domain behind. The guest
-//! kernel boots directly; the console goes to a log file; disk 1 is the machine's top overlay,
-//! disk 2 the read-only seed (a tar archive with SSH keys and link addresses). Management is QEMU
+//! forgets it, so a crashed or killed envbuild cannot leave a defined domain behind. A debootstrap
+//! guest's kernel boots directly; a pinned cloud image boots from its disk through SeaBIOS and
+//! its own bootloader. The console goes to a log file; disk 1 is the machine's top overlay, disk
+//! 2 the read-only seed (a tar archive with SSH keys and link addresses, or a cloud-init NoCloud
+//! `cidata` image). Management is QEMU
 //! user networking with host forwards bound to 127.0.0.1 only (passed through
 //! `<qemu:commandline>`: libvirt 9.0 offers port forwards only with passt); private links are
 //! `<interface type='udp'>` socket pairs on loopback. Under a system daemon QEMU runs with
@@ -22,8 +24,7 @@ pub struct DomainSpec {
     pub kvm: bool,
     pub vcpus: u32,
     pub memory_mib: u64,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    pub boot: Boot,
     pub disk: PathBuf,
     pub seed: PathBuf,
     pub console_log: PathBuf,
@@ -32,6 +33,15 @@ pub struct DomainSpec {
     pub links: Vec<LinkNic>,
     /// (uid, gid) QEMU runs as; None under a session daemon (see the module comment).
     pub run_as: Option<(u32, u32)>,
+}
+
+/// How the guest starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Direct kernel boot (a debootstrap base: root file system on the whole disk).
+    Kernel { kernel: PathBuf, initrd: PathBuf },
+    /// The disk's own bootloader, through the BIOS (a pinned cloud image).
+    Disk,
 }
 
 /// One end of a point-to-point UDP link on loopback.
@@ -56,6 +66,17 @@ fn path(p: &std::path::Path) -> String {
 
 impl DomainSpec {
     pub fn xml(&self) -> String {
+        let (kernel, boot_order) = match &self.boot {
+            Boot::Kernel { kernel, initrd } => (
+                format!(
+                    "    <kernel>{}</kernel>\n    <initrd>{}</initrd>\n    <cmdline>root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet</cmdline>\n",
+                    path(kernel),
+                    path(initrd)
+                ),
+                "",
+            ),
+            Boot::Disk => (String::new(), "      <boot order='1'/>\n"),
+        };
         let mut netdev = String::from("user,id=mgmt,net=10.0.2.0/24,restrict=off");
         for (host, guest) in &self.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
@@ -77,10 +98,7 @@ impl DomainSpec {
   <vcpu>{vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet</cmdline>
-  </os>
+{kernel}  </os>
   <features><acpi/></features>
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
@@ -91,7 +109,7 @@ impl DomainSpec {
       <driver name='qemu' type='qcow2'/>
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+{boot_order}    </disk>
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
       <source file='{seed}'/>
@@ -116,8 +134,6 @@ impl DomainSpec {
             name = escape(&self.name),
             memory = self.memory_mib,
             vcpus = self.vcpus,
-            kernel = path(&self.kernel),
-            initrd = path(&self.initrd),
             disk = path(&self.disk),
             seed = path(&self.seed),
             console = path(&self.console_log),
@@ -151,8 +167,10 @@ mod tests {
             kvm: false,
             vcpus: 1,
             memory_mib: 512,
-            kernel: "/images/abc/vmlinuz".into(),
-            initrd: "/images/abc/initrd.img".into(),
+            boot: Boot::Kernel {
+                kernel: "/images/abc/vmlinuz".into(),
+                initrd: "/images/abc/initrd.img".into(),
+            },
             disk: "/state/envs/demo/box/root/live.qcow2".into(),
             seed: "/state/envs/demo/box/root/seed.tar".into(),
             console_log: "/state/envs/demo/box/logs/console.log".into(),
@@ -175,6 +193,7 @@ mod tests {
         assert!(xml.contains("<kernel>/images/abc/vmlinuz</kernel>"));
         assert!(xml.contains("<initrd>/images/abc/initrd.img</initrd>"));
         assert!(xml.contains("console=ttyS0"));
+        assert!(!xml.contains("<boot "));
         assert!(xml.contains("<source path='/state/envs/demo/box/logs/console.log'/>"));
         let kvm = DomainSpec {
             kvm: true,
@@ -182,6 +201,33 @@ mod tests {
         }
         .xml();
         assert!(kvm.starts_with("<domain type='kvm' "));
+    }
+
+    #[test]
+    fn a_cloud_image_boots_from_its_disk_with_its_own_bootloader() {
+        let xml = DomainSpec {
+            boot: Boot::Disk,
+            seed: "/state/envs/demo/box/root/seed-up.iso".into(),
+            ..spec()
+        }
+        .xml();
+        assert!(!xml.contains("<kernel>") && !xml.contains("<initrd>"));
+        assert!(!xml.contains("<cmdline>") && !xml.contains("root=/dev/vda"));
+        assert!(xml.contains("<type arch='x86_64' machine='pc'>hvm</type>\n  </os>"));
+        // The top overlay is the first (BIOS) boot disk; the seed is never booted.
+        let top = &xml[xml.find("live.qcow2").unwrap()..];
+        let top_disk = &top[..top.find("</disk>").unwrap()];
+        assert!(top_disk.contains("<boot order='1'/>"));
+        assert_eq!(xml.matches("<boot ").count(), 1);
+        let seed = &xml[xml[..xml.find("seed-up.iso").unwrap()]
+            .rfind("<disk")
+            .unwrap()..];
+        let seed_disk = &seed[..seed.find("</disk>").unwrap()];
+        assert!(seed_disk.contains("type='raw'") && seed_disk.contains("<readonly/>"));
+        // Still serial console, loopback forwards and the management MAC cloud-init matches.
+        assert!(xml.contains("<serial type='file'>"));
+        assert!(xml.contains("hostfwd=tcp:127.0.0.1:40022-:22"));
+        assert!(xml.contains(&format!("mac={MGMT_MAC}")));
     }
 
     #[test]

@@ -12,6 +12,16 @@
 //! Guests boot their kernel directly (`<kernel>`/`<initrd>` in the domain): no bootloader, no
 //! firmware wait. The disk's sha256 is recorded in `image.json`; every stage built on it records
 //! that digest, so a rebuilt base (same recipe, other bytes) never silently changes a chain.
+//!
+//! A pinned image (`base = { image = URL, sha256 = ... }`, e.g. a Debian or Ubuntu cloud image)
+//! is fetched once with curl, verified against its pin before it is stored, and kept as qcow2
+//! (a raw image is converted once). It boots with its own bootloader and gets its keys from a
+//! cloud-init NoCloud seed (seed.rs):
+//!
+//! ```text
+//! IMAGES/pinned-<sha256>/{disk.qcow2, image.json}   read-only, immutable
+//! IMAGES/pinned-<sha256>.part                        a download in progress (resumed if killed)
+//! ```
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::{sha256_bytes, sha256_file};
-use crate::spec::model::{Debootstrap, Machine};
+use crate::spec::model::{Debootstrap, Machine, PinnedImage};
 use crate::store::lock::FileLock;
 use crate::store::remove_tree;
 
@@ -38,12 +48,19 @@ pub const GUEST_PACKAGES: [&str; 6] = [
     "busybox",
 ];
 
+/// The first line of a pinned image's record (`image.json`'s `recipe`).
+const PINNED_RECIPE: &str = "envbuild-pinned-1\n";
+
 /// A built base image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BaseImage {
     pub disk: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// The kernel and initrd a debootstrap base boots directly; None for a pinned image, which
+    /// boots with its own bootloader and reads a cloud-init seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
     /// sha256 of disk.qcow2.
     pub sha256: String,
 }
@@ -83,10 +100,12 @@ fn recipe_text(recipe: &Debootstrap, disk_mib: u64) -> String {
 /// The machine's base image, built first if the images folder does not have it.
 pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<BaseImage> {
     let Some(recipe) = &machine.base.debootstrap else {
-        return Err(Error::Input(format!(
-            "machine `{}`: pinned cloud images (base.image) are not supported by this version of the libvirt backend; use base = {{ debootstrap = {{ suite = \"bookworm\" }} }}",
-            machine.name
-        )));
+        let pinned = machine
+            .base
+            .image
+            .as_ref()
+            .expect("a libvirt machine has a debootstrap recipe or a pinned image");
+        return ensure_pinned(images, machine, pinned, note);
     };
     let digest = recipe_digest(machine);
     let dir = images.join(&digest);
@@ -118,10 +137,12 @@ pub fn load(dir: &Path) -> Result<Option<BaseImage>> {
     };
     let record: ImageRecord = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Failed(format!("{} is damaged: {e}", record.display())))?;
+    // A debootstrap base boots its kernel directly; a pinned image its own bootloader.
+    let direct = !record.recipe.starts_with(PINNED_RECIPE);
     Ok(Some(BaseImage {
         disk: dir.join("disk.qcow2"),
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
+        kernel: direct.then(|| dir.join("vmlinuz")),
+        initrd: direct.then(|| dir.join("initrd.img")),
         sha256: record.sha256,
     }))
 }
@@ -153,14 +174,19 @@ fn check_can_build(machine: &Machine) -> Result<()> {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn build(images: &Path, dir: &Path, recipe: &Debootstrap, disk_mib: u64) -> Result<()> {
-    let started = std::time::Instant::now();
+/// A fresh `IMAGES/tmp.<pid>.<n>` path, removed with its guard.
+fn temp_dir(images: &Path) -> (PathBuf, RemoveOnDrop) {
     let tmp = images.join(format!(
         "tmp.{}.{}",
         std::process::id(),
         TMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let _cleanup = RemoveOnDrop(tmp.clone());
+    (tmp.clone(), RemoveOnDrop(tmp))
+}
+
+fn build(images: &Path, dir: &Path, recipe: &Debootstrap, disk_mib: u64) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (tmp, _cleanup) = temp_dir(images);
     let root = tmp.join("root");
     let debs = images.join("debs");
     std::fs::create_dir_all(&debs).ctx(|| format!("creating {}", debs.display()))?;
@@ -223,25 +249,211 @@ fn build(images: &Path, dir: &Path, recipe: &Debootstrap, disk_mib: u64) -> Resu
         built: crate::store::now_rfc3339(),
         seconds: started.elapsed().as_secs_f64(),
     };
+    commit(&tmp, dir, &record, &["disk.qcow2", "vmlinuz", "initrd.img"])
+}
+
+/// Writes `image.json`, makes the files read-only and renames the folder into place.
+fn commit(tmp: &Path, dir: &Path, record: &ImageRecord, files: &[&str]) -> Result<()> {
     std::fs::write(
         tmp.join("image.json"),
-        serde_json::to_vec_pretty(&record).expect("record serializes"),
+        serde_json::to_vec_pretty(record).expect("record serializes"),
     )
     .ctx(|| "writing image.json".into())?;
-    for file in ["disk.qcow2", "vmlinuz", "initrd.img", "image.json"] {
+    for file in files.iter().chain(&["image.json"]) {
         let path = tmp.join(file);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
             .ctx(|| format!("making {} read-only", path.display()))?;
     }
-    std::fs::rename(&tmp, dir).ctx(|| format!("storing {}", dir.display()))?;
+    std::fs::rename(tmp, dir).ctx(|| format!("storing {}", dir.display()))?;
     Ok(())
 }
 
-struct RemoveOnDrop(PathBuf);
+/// The folder of a pinned image: named by its pin, whatever URL it came from.
+pub fn pinned_dir(images: &Path, pinned: &PinnedImage) -> PathBuf {
+    images.join(format!("pinned-{}", pinned.sha256))
+}
+
+/// A pinned image, fetched and verified first if the images folder does not have it.
+fn ensure_pinned(
+    images: &Path,
+    machine: &Machine,
+    pinned: &PinnedImage,
+    note: &dyn Fn(&str),
+) -> Result<BaseImage> {
+    let dir = pinned_dir(images, pinned);
+    if let Some(image) = load(&dir)? {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(images).ctx(|| format!("creating {}", images.display()))?;
+    let name = dir.file_name().expect("named above").to_string_lossy();
+    let _lock = FileLock::acquire(&images.join(format!("{name}.lock")), || {
+        note("waiting for another envbuild fetching the same image")
+    })?;
+    if let Some(image) = load(&dir)? {
+        return Ok(image);
+    }
+    for (program, package) in [("curl", "curl"), ("qemu-img", "qemu-utils")] {
+        if crate::process::find_program(program).is_none() {
+            return Err(Error::MissingTool {
+                machine: machine.name.clone(),
+                what: format!("program `{program}` (to fetch its pinned base image)"),
+                fix: format!("apt-get install {package} (or run dev/setup)"),
+            });
+        }
+    }
+    let started = std::time::Instant::now();
+    let part = images.join(format!("{name}.part"));
+    note(&format!(
+        "fetching base image {} (once; verified against its sha256 and kept in {})",
+        pinned.url,
+        images.display()
+    ));
+    download(&pinned.url, &part, machine, pinned)?;
+    let actual = sha256_file(&part)?;
+    if actual != pinned.sha256 {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::Input(format!(
+            "{}: machine `{}`: the image downloaded from {} does not match its pin\n  expected sha256 {}\n  actual   sha256 {}\n  nothing was kept.\n  fix: if the image was updated upstream, check its published checksum and put its sha256 in the spec; otherwise the download is damaged or was tampered with: do not use it",
+            pinned.pinned_at, machine.name, pinned.url, pinned.sha256, actual
+        )));
+    }
+    let (tmp, _cleanup) = temp_dir(images);
+    std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    let download = tmp.join("download");
+    std::fs::rename(&part, &download).ctx(|| format!("moving {}", part.display()))?;
+    let disk = tmp.join("disk.qcow2");
+    let info = &qemu_img_info(&download, false)?[0];
+    match info["format"].as_str() {
+        Some("qcow2")
+            if info["backing-filename"].is_null()
+                && info["format-specific"]["data"]["data-file"].is_null() =>
+        {
+            std::fs::rename(&download, &disk).ctx(|| format!("moving {}", download.display()))?
+        }
+        Some("qcow2") => {
+            return Err(Error::Input(format!(
+                "{}: machine `{}`: the image {} is a qcow2 that refers to another file (backing file {}, data file {}); pin a self-contained image",
+                pinned.pinned_at,
+                machine.name,
+                pinned.url,
+                info["backing-filename"],
+                info["format-specific"]["data"]["data-file"]
+            )));
+        }
+        Some("raw") => {
+            note("converting the raw image to qcow2 (once)");
+            convert_to_qcow2(&download, &disk)?;
+            std::fs::remove_file(&download).ctx(|| format!("removing {}", download.display()))?;
+        }
+        other => {
+            return Err(Error::Input(format!(
+                "{}: machine `{}`: the image {} is in format {}; the libvirt backend boots qcow2 or raw images",
+                pinned.pinned_at,
+                machine.name,
+                pinned.url,
+                other.unwrap_or("unknown")
+            )));
+        }
+    }
+    let sha256 = if info["format"] == "qcow2" {
+        actual
+    } else {
+        sha256_file(&disk)?
+    };
+    let record = ImageRecord {
+        recipe: format!(
+            "{PINNED_RECIPE}url={}\nsha256={}\nformat={}\n",
+            pinned.url, pinned.sha256, info["format"]
+        ),
+        sha256,
+        built: crate::store::now_rfc3339(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    commit(&tmp, &dir, &record, &["disk.qcow2"])?;
+    note(&format!(
+        "fetched base image in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    load(&dir)?.ok_or_else(|| Error::Failed(format!("{} was not written", dir.display())))
+}
+
+/// `curl` into `part`, resuming what a killed fetch left there. Progress on a terminal only.
+fn download(url: &str, part: &Path, machine: &Machine, pinned: &PinnedImage) -> Result<()> {
+    use std::io::IsTerminal;
+    let mut curl = Command::new("curl");
+    curl.args([
+        "--fail",
+        "--location",
+        "--retry",
+        "3",
+        "--retry-delay",
+        "2",
+        "--connect-timeout",
+        "20",
+        "--proto",
+        "=http,https",
+        "--continue-at",
+        "-",
+        "--output",
+    ])
+    .arg(part)
+    .arg(url)
+    .stdin(std::process::Stdio::null());
+    if std::io::stderr().is_terminal() {
+        curl.arg("--progress-bar")
+            .stderr(std::process::Stdio::inherit());
+    } else {
+        curl.args(["--silent", "--show-error"]);
+    }
+    let mut out = curl.output().ctx(|| "running curl".into())?;
+    // 33: the server cannot resume (no byte ranges): start the download over, once.
+    if out.status.code() == Some(33) {
+        let _ = std::fs::remove_file(part);
+        out = curl.output().ctx(|| "running curl".into())?;
+    }
+    if out.status.success() {
+        return Ok(());
+    }
+    // A download that was already complete cannot be resumed; its digest decides.
+    if sha256_file(part).is_ok_and(|d| d == pinned.sha256) {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "{}: machine `{}`: cannot fetch its base image {url}: {}\n  fix: check the URL and that this host reaches it; or fetch the image by other means and serve it from a local URL (http://127.0.0.1:PORT/...) with the same sha256",
+        pinned.pinned_at,
+        machine.name,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// `qemu-img convert -O qcow2`: a raw image stored once as qcow2 (sparse, overlay-ready).
+fn convert_to_qcow2(raw: &Path, qcow2: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(qcow2)
+        .output()
+        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "qemu-img convert {} failed: {}",
+            raw.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a file or a folder when dropped: what a failed or finished step leaves behind.
+pub struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = remove_tree(&self.0);
+        if self.0.is_dir() {
+            let _ = remove_tree(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -349,6 +561,156 @@ mod tests {
             .unwrap();
         assert!(ok.success());
         disk
+    }
+
+    /// Serves `body` over HTTP on 127.0.0.1 for each connection; counts the requests.
+    fn serve(body: Vec<u8>) -> (String, std::sync::Arc<AtomicU64>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let url = format!("http://{}/image.raw", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        (url, hits)
+    }
+
+    fn pinned_machine(url: &str, sha256: &str) -> Machine {
+        Machine {
+            name: "box".into(),
+            description: None,
+            backend: crate::spec::model::BackendKind::Libvirt,
+            base: crate::spec::model::Base {
+                image: Some(PinnedImage {
+                    url: url.into(),
+                    sha256: sha256.into(),
+                    pinned_at: "demo.toml:4:9".into(),
+                }),
+                ..Default::default()
+            },
+            resources: Default::default(),
+            requires: vec![],
+            ports: vec![],
+            prestart: vec![],
+            stages: vec![],
+            services: vec![],
+            vm: Default::default(),
+        }
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_pinned_raw_image_is_fetched_once_verified_and_stored_as_qcow2() {
+        let body = vec![5u8; 1 << 20];
+        let (url, hits) = serve(body.clone());
+        let images = tempfile::tempdir().unwrap();
+        let machine = pinned_machine(&url, &sha256_bytes(&body));
+        let image = ensure(images.path(), &machine, &|_| {}).unwrap();
+        assert_eq!(image.kernel, None, "a pinned image boots from its disk");
+        assert_eq!(
+            image.disk,
+            images
+                .path()
+                .join(format!("pinned-{}/disk.qcow2", sha256_bytes(&body)))
+        );
+        assert_eq!(
+            qemu_img_info(&image.disk, false).unwrap()[0]["format"],
+            "qcow2"
+        );
+        assert_eq!(image.sha256, sha256_file(&image.disk).unwrap());
+        let again = ensure(images.path(), &machine, &|_| {}).unwrap();
+        assert_eq!(again, image);
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once");
+        let mut names = listing(images.path());
+        names.retain(|n| !n.ends_with(".lock"));
+        assert_eq!(names, vec![format!("pinned-{}", sha256_bytes(&body))]);
+    }
+
+    #[test]
+    fn a_partial_download_is_resumed_or_started_over_when_the_server_cannot_resume() {
+        let body = vec![9u8; 1 << 18];
+        let (url, hits) = serve(body.clone());
+        let images = tempfile::tempdir().unwrap();
+        let pin = sha256_bytes(&body);
+        // A killed fetch left the first half; this server ignores Range, so curl cannot resume.
+        std::fs::write(
+            images.path().join(format!("pinned-{pin}.part")),
+            &body[..body.len() / 2],
+        )
+        .unwrap();
+        let image = ensure(images.path(), &pinned_machine(&url, &pin), &|_| {}).unwrap();
+        assert_eq!(image.sha256, sha256_file(&image.disk).unwrap());
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "one refused resume, one full fetch"
+        );
+        assert!(!images.path().join(format!("pinned-{pin}.part")).exists());
+    }
+
+    #[test]
+    fn a_wrong_pin_is_refused_with_both_digests_and_nothing_is_kept() {
+        let body = vec![6u8; 1 << 16];
+        let (url, _) = serve(body.clone());
+        let images = tempfile::tempdir().unwrap();
+        let wrong = "ab".repeat(32);
+        let err = ensure(images.path(), &pinned_machine(&url, &wrong), &|_| {}).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(text.starts_with("demo.toml:4:9: machine `box`"), "{text}");
+        assert!(text.contains(&format!("expected sha256 {wrong}")), "{text}");
+        assert!(
+            text.contains(&format!("actual   sha256 {}", sha256_bytes(&body))),
+            "{text}"
+        );
+        assert!(text.contains("fix:"), "{text}");
+        let mut names = listing(images.path());
+        names.retain(|n| !n.ends_with(".lock"));
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn an_unreachable_url_is_bad_input_with_a_fix() {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/gone.qcow2");
+        let images = tempfile::tempdir().unwrap();
+        let err = ensure(
+            images.path(),
+            &pinned_machine(&url, &"0".repeat(64)),
+            &|_| {},
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot fetch") && text.contains(&url),
+            "{text}"
+        );
+        assert!(text.contains("fix:"), "{text}");
     }
 
     #[test]

@@ -20,11 +20,13 @@
 //! root/build.qcow2    the overlay a build VM writes (moved into the entry at commit)
 //! root/live.qcow2     the overlay of the running machine (`up`), removed by `down`
 //! root/running.json   the running domain: URI, name, ports
-//! root/*.tar, *.xml   seed disks and domain XML of the last boots
+//! root/seed-*.tar|iso seed disks (private keys, 0600), only while a VM boots
+//! root/*.xml          domain XML of the last boots
 //! logs/console*.log   serial consoles
 //! ssh/                host key (see ssh.rs)
 //! ```
 
+pub mod cloud_init;
 pub mod domain;
 pub mod image;
 pub mod ssh;
@@ -46,7 +48,7 @@ use crate::process::{self, StepEnd};
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending};
-use domain::{DomainSpec, LinkNic};
+use domain::{Boot, DomainSpec, LinkNic};
 use image::BaseImage;
 use ssh::{Trust, quote};
 use virsh::{Guard, Virsh};
@@ -380,6 +382,20 @@ impl Backend for LibvirtBackend {
                 });
             }
         }
+        if machine.base.image.is_some() {
+            for (program, package, why) in [
+                ("curl", "curl", "to fetch its pinned image"),
+                ("genisoimage", "genisoimage", "to write its cloud-init seed"),
+            ] {
+                if process::find_program(program).is_none() {
+                    return Err(Error::MissingTool {
+                        machine: machine.name.clone(),
+                        what: format!("program `{program}` ({why})"),
+                        fix: format!("apt-get install {package} (or run dev/setup)"),
+                    });
+                }
+            }
+        }
         Virsh {
             uri: uri_for(machine),
         }
@@ -639,6 +655,9 @@ impl Backend for LibvirtBackend {
         }
         let _ = std::fs::remove_file(&running_file);
         let _ = std::fs::remove_file(state.root().join("live.qcow2"));
+        for seed in ["seed-up.tar", "seed-up.iso"] {
+            let _ = std::fs::remove_file(state.root().join(seed));
+        }
         killed
     }
 }
@@ -816,8 +835,26 @@ fn boot(plan: &BootPlan) -> Result<Booted> {
     let root = state.root();
     std::fs::create_dir_all(state.logs()).ctx(|| format!("creating {}", state.logs().display()))?;
     let trust = Trust::ensure(&env_dir(state), &state.dir, plan.env, &plan.machine.name)?;
-    let seed = root.join(format!("seed-{}.tar", plan.kind));
-    write_seed(&seed, &trust, &plan.machine.name, plan.links)?;
+    let (seed, boot_from) = match (&plan.base.kernel, &plan.base.initrd) {
+        (Some(kernel), Some(initrd)) => {
+            let seed = root.join(format!("seed-{}.tar", plan.kind));
+            write_seed(&seed, &trust, &plan.machine.name, plan.links)?;
+            let (kernel, initrd) = (kernel.clone(), initrd.clone());
+            (seed, Boot::Kernel { kernel, initrd })
+        }
+        _ => {
+            let seed = root.join(format!("seed-{}.iso", plan.kind));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let instance_id = format!("{}-{nanos}", plan.domain);
+            cloud_init::write_seed(&seed, &trust, &plan.machine.name, &instance_id, plan.links)?;
+            (seed, Boot::Disk)
+        }
+    };
+    // The seed holds the private host key: it goes once the guest has read it (QEMU keeps its
+    // open file for a reboot), or with the guard if the boot fails or envbuild is killed.
+    let _seed_gone = image::RemoveOnDrop(seed.clone());
     let virsh = Virsh {
         uri: plan.uri.to_string(),
     };
@@ -848,8 +885,7 @@ fn boot(plan: &BootPlan) -> Result<Booted> {
         kvm,
         vcpus: plan.machine.resources.cpus,
         memory_mib: plan.machine.resources.memory_mib,
-        kernel: plan.base.kernel.clone(),
-        initrd: plan.base.initrd.clone(),
+        boot: boot_from,
         disk: plan.disk.to_path_buf(),
         seed: seed.clone(),
         console_log: console.clone(),
@@ -860,7 +896,9 @@ fn boot(plan: &BootPlan) -> Result<Booted> {
     };
     let xml = root.join(format!("{}.xml", plan.kind));
     std::fs::write(&xml, spec.xml()).ctx(|| format!("writing {}", xml.display()))?;
-    let guard = Guard::spawn(plan.uri, plan.domain, &plan.guard_removes)?;
+    let mut removes = plan.guard_removes.clone();
+    removes.push(seed.clone());
+    let guard = Guard::spawn(plan.uri, plan.domain, &removes)?;
     virsh.create(&xml)?;
     let deadline = started + BOOT_TIMEOUT;
     loop {
@@ -1116,6 +1154,12 @@ pub fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
         ("ssh", "openssh-client", "runs steps in the VMs"),
         ("ssh-keygen", "openssh-client", "makes the SSH keys"),
         ("debootstrap", "debootstrap", "builds Debian base images"),
+        ("curl", "curl", "fetches pinned cloud images"),
+        (
+            "genisoimage",
+            "genisoimage",
+            "writes cloud-init NoCloud seeds for pinned images",
+        ),
         ("mkfs.ext4", "e2fsprogs", "writes base image file systems"),
     ] {
         let found = process::find_program(program);
@@ -1265,8 +1309,8 @@ mod tests {
             )
             .unwrap();
             let base = BaseImage {
-                kernel: images.join("vmlinuz"),
-                initrd: images.join("initrd.img"),
+                kernel: Some(images.join("vmlinuz")),
+                initrd: Some(images.join("initrd.img")),
                 disk,
                 sha256,
             };
