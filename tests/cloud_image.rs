@@ -20,42 +20,18 @@ use common::Project;
 const IMAGE: &str = "debian-12-cloud-test.qcow2";
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("ENVBUILD_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/envbuild-test"))
-        .join("cloud-image")
+    common::vm::test_cache().join("cloud-image")
 }
 
 /// Fails (never skips) when the host lacks what the test needs, naming what to install.
 fn require_host() {
-    for (program, package) in [
-        ("virsh", "libvirt-clients"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("ssh", "openssh-client"),
+    common::vm::require_vm_host(&[
         ("curl", "curl"),
         ("genisoimage", "genisoimage"),
         ("debootstrap", "debootstrap"),
         ("sfdisk", "fdisk"),
         ("mkfs.ext4", "e2fsprogs"),
-    ] {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(program).is_file());
-        assert!(
-            found,
-            "the cloud image test needs `{program}`: apt-get install {package} (dev/setup installs it)"
-        );
-    }
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "libvirt is not reachable at qemu:///system ({}): run dev/setup, which starts libvirtd",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ]);
 }
 
 /// The test's cloud image, made once per machine.
@@ -173,15 +149,7 @@ fn domains() -> Vec<String> {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    common::file_names(dir)
 }
 
 /// The base64 lines of an OpenSSH private key file.

@@ -18,37 +18,12 @@ use common::nginx::Nginx;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("ENVBUILD_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/envbuild-test"))
+    common::vm::test_cache()
 }
 
 /// Fails (never skips) when the host cannot run VMs, naming what to install or start.
 fn require_host() {
-    for (program, package) in [
-        ("virsh", "libvirt-clients"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("debootstrap", "debootstrap"),
-        ("ssh", "openssh-client"),
-    ] {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(program).is_file());
-        assert!(
-            found,
-            "the libvirt tests need `{program}`: apt-get install {package} (dev/setup installs it)"
-        );
-    }
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "libvirt is not reachable at qemu:///system ({}): run dev/setup, which starts libvirtd",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    common::vm::require_vm_host(&[("debootstrap", "debootstrap")]);
     // SAFETY: every test of this file sets the same value before running envbuild.
     unsafe { std::env::set_var("ENVBUILD_IMAGES", cache_dir().join("images")) };
 }

@@ -101,16 +101,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn entries(project: &Project, name: &str) -> Vec<String> {
-    let dir = project.path().join(format!("store-{name}/v1/entries"));
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    common::file_names(&project.path().join(format!("store-{name}/v1/entries")))
 }
 
 fn actions(out: Output) -> Vec<String> {

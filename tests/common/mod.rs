@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -114,16 +115,7 @@ impl Project {
     }
 
     pub fn entries(&self) -> Vec<String> {
-        let dir = self.store().join("v1/entries");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        file_names(&self.store().join("v1/entries"))
     }
 
     pub fn tmp_leftovers(&self) -> Vec<String> {
@@ -138,6 +130,19 @@ impl Project {
 }
 
 /// Lines of a counter file that steps append to (one line per executed step).
+/// The names in a folder, sorted; none when it does not exist.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 pub fn count_lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count())
