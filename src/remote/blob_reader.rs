@@ -288,7 +288,10 @@ mod tests {
     #[test]
     fn raw_frames_are_read_here_and_others_by_libzstd() {
         let data = random(300_000, 7);
-        assert!(matches!(classify(&raw_frame(&data)), Frame::Raw { header: 9 }));
+        assert!(matches!(
+            classify(&raw_frame(&data)),
+            Frame::Raw { header: 9 }
+        ));
         let text = b"abcabcabd".repeat(1000);
         assert!(matches!(
             classify(&zstd::bulk::compress(&text, 3).unwrap()),
