@@ -14,8 +14,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// No byte for this long and the transfer is abandoned (a dead server must not hang a build).
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 pub const BUFFER: usize = 1 << 20;
-/// Reads of a body at least this big bypass the connection's buffer.
-const DIRECT_READ: usize = 64 << 10;
 
 /// A parsed `http://host[:port]/base` URL, without a trailing slash on the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,13 +357,7 @@ fn read_at_most(
     eof: &str,
 ) -> std::io::Result<usize> {
     let want = buf.len().min(*left as usize);
-    // Once what came with the headers is used up, big reads (a pulled blob's chunks) go from
-    // the socket straight into `buf`: through our buffer they would be copied once more.
-    let n = if reader.buffer().is_empty() && want >= DIRECT_READ {
-        reader.get_mut().read(&mut buf[..want])?
-    } else {
-        reader.read(&mut buf[..want])?
-    };
+    let n = reader.read(&mut buf[..want])?;
     if n == 0 {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, eof));
     }
