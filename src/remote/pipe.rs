@@ -126,7 +126,7 @@ impl Read for PipeReader {
     }
 }
 
-/// A consumer that reads through `fill_buf` (the zstd decoder) takes the bytes from the chunk
+/// A consumer that reads through `fill_buf` (the blob reader, libzstd) takes the bytes from the chunk
 /// itself, without a copy into a buffer of its own.
 impl BufRead for PipeReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
