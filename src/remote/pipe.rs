@@ -126,8 +126,8 @@ impl Read for PipeReader {
     }
 }
 
-/// A consumer that reads through `fill_buf` (the blob reader, libzstd) takes the bytes from the chunk
-/// itself, without a copy into a buffer of its own.
+/// A consumer that reads through `fill_buf` (the blob reader, libzstd) takes the bytes from
+/// the chunk itself, without a copy into a buffer of its own.
 impl BufRead for PipeReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.at == self.current.len() {
