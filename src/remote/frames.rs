@@ -24,10 +24,8 @@ const INCOMPRESSIBLE: f64 = 7.5;
 /// The entropy is measured on this many windows of this many bytes, spread over the chunk.
 const WINDOWS: usize = 64;
 const WINDOW: usize = 128;
-/// The magic number that starts a zstd frame.
-pub(super) const MAGIC: u32 = 0xFD2F_B528;
 /// The largest block a zstd frame may hold.
-pub(super) const BLOCK: usize = 128 * 1024;
+const BLOCK: usize = 128 * 1024;
 /// The headers of a raw frame: the frame's (magic, descriptor, 4-byte size), then 3 per block.
 const RAW_HEADERS: usize = 9 + 3 * CHUNK.div_ceil(BLOCK);
 /// Frames in flight between the packer and the sender.
@@ -53,7 +51,7 @@ pub struct Frame {
 impl Frame {
     fn raw(buffer: Vec<u8>, len: usize) -> Frame {
         let mut headers = [0u8; RAW_HEADERS];
-        headers[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        headers[..4].copy_from_slice(&0xFD2F_B528u32.to_le_bytes());
         // Frame header descriptor: 4-byte content size, single segment, no checksum, no dictionary.
         headers[4] = 0b1010_0000;
         let size = u32::try_from(len).expect("chunks are small");

@@ -10,7 +10,6 @@
 //! WebDAV MOVE that refuses to overwrite, so two pushers of one key never mix their files.
 //! See docs/remote-cache.md.
 
-mod blob_reader;
 pub mod config;
 mod frames;
 pub mod http;

@@ -3,7 +3,6 @@
 //! a transfer use both cores and memory stays at a few chunks. (Push has its own channel, of
 //! zstd frames: `frames.rs`.)
 
-use std::collections::VecDeque;
 use std::io::{BufRead, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -25,7 +24,6 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
             receiver,
             current: Vec::new(),
             at: 0,
-            ahead: VecDeque::new(),
             give_back,
         },
     )
@@ -81,39 +79,7 @@ pub struct PipeReader {
     receiver: Receiver<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
-    /// Chunks received by `peek` ahead of `current`, in order.
-    ahead: VecDeque<Vec<u8>>,
     give_back: std::sync::mpsc::Sender<Vec<u8>>,
-}
-
-impl PipeReader {
-    /// Copies the bytes `offset` past the read position into `out`, without consuming them
-    /// (receiving chunks ahead if needed); false if the stream ends before.
-    pub fn peek(&mut self, offset: usize, out: &mut [u8]) -> std::io::Result<bool> {
-        let (mut skip, mut copied, mut chunk) = (offset, 0, 0);
-        while copied < out.len() {
-            if chunk > self.ahead.len() {
-                match self.receiver.recv() {
-                    Ok(next) => self.ahead.push_back(next),
-                    Err(_) => return Ok(false),
-                }
-            }
-            let bytes = match chunk {
-                0 => &self.current[self.at..],
-                i => &self.ahead[i - 1][..],
-            };
-            chunk += 1;
-            if skip >= bytes.len() {
-                skip -= bytes.len();
-                continue;
-            }
-            let n = (bytes.len() - skip).min(out.len() - copied);
-            out[copied..copied + n].copy_from_slice(&bytes[skip..skip + n]);
-            copied += n;
-            skip = 0;
-        }
-        Ok(true)
-    }
 }
 
 impl Read for PipeReader {
@@ -126,24 +92,20 @@ impl Read for PipeReader {
     }
 }
 
-/// A consumer that reads through `fill_buf` (the blob reader, libzstd) takes the bytes from
-/// the chunk itself, without a copy into a buffer of its own.
+/// A consumer that reads through `fill_buf` (the zstd decoder) takes the bytes from the chunk
+/// itself, without a copy into a buffer of its own.
 impl BufRead for PipeReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.at == self.current.len() {
-            let next = match self.ahead.pop_front() {
-                Some(chunk) => Some(chunk),
-                None => self.receiver.recv().ok(),
-            };
-            match next {
-                Some(chunk) => {
+            match self.receiver.recv() {
+                Ok(chunk) => {
                     let done = std::mem::replace(&mut self.current, chunk);
                     if done.capacity() == CHUNK {
                         let _ = self.give_back.send(done);
                     }
                     self.at = 0;
                 }
-                None => return Ok(&[]),
+                Err(_) => return Ok(&[]),
             }
         }
         Ok(&self.current[self.at..])

@@ -12,13 +12,12 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::blob_reader::BlobReader;
 use super::http::{self, Body};
 use super::pipe::PipeWriter;
 use super::signing::Statement;
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::engine::progress::Progress;
-use crate::error::Error;
+use crate::error::{Error, IoContext};
 use crate::key::StageKey;
 use crate::store::{Entry, Store, archive};
 
@@ -214,21 +213,24 @@ fn pull_from(
                 *fetch_result.borrow_mut() = fetched.recv().ok();
             }
         };
-        // Straight from the pipe's chunks: raw frames are copied once, into the unpacker's
-        // buffer; others go through libzstd.
-        let result = archive::import_one(
-            store,
-            BlobReader::new(received),
-            Path::new(&blob_url.to_string()),
-            &statement.entry,
-            |dir, written| {
-                wait_for_fetch();
-                match fetch_result.borrow().as_ref() {
-                    Some(Ok(())) => signed_files_match(&statement, dir, written),
-                    _ => Err(Error::Failed("the download did not complete".into())),
-                }
-            },
-        );
+        // Straight from the pipe's chunks: no copy into a buffer of the decoder's own.
+        let result = zstd::Decoder::with_buffer(received)
+            .ctx(|| "starting the zstd decompressor".into())
+            .and_then(|decoder| {
+                archive::import_one(
+                    store,
+                    decoder,
+                    Path::new(&blob_url.to_string()),
+                    &statement.entry,
+                    |dir, written| {
+                        wait_for_fetch();
+                        match fetch_result.borrow().as_ref() {
+                            Some(Ok(())) => signed_files_match(&statement, dir, written),
+                            _ => Err(Error::Failed("the download did not complete".into())),
+                        }
+                    },
+                )
+            });
         wait_for_fetch();
         result
     });
