@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Remote cache benchmark: the push/pull figures in docs/performance.md.
 
-Usage: bench/remote_cache.py [--size-mib N] [--runs N] [--no-build]
+Usage: bench/remote_cache.py [--size-mib N] [--runs N] [--no-build] [--bin PATH]
 Builds envbuild in release mode, builds a one-stage environment whose artifact is one file of
 N MiB (default 1024) of random bytes (incompressible, like a qcow2 overlay full of packages),
 starts its own NGINX with WebDAV PUT on a loopback port (client_body_buffer_size 1m, as
@@ -12,6 +12,7 @@ docs/remote-cache.md recommends), then in the same run, alternating, measures:
     with every file digest recomputed) and `curl -o` of the same file;
   - the peak RSS and the CPU time (user+sys) of each command.
 Best of --runs (default 3), and the ratio of the median runs. Prints a Markdown table; traffic stays on 127.0.0.1.
+--bin measures another envbuild binary (an old build copied aside, for an A/B in one session).
 """
 import argparse
 import json
@@ -105,8 +106,12 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--bin", help="the envbuild binary to measure (default: a release build of this tree)")
     args = parser.parse_args()
-    if not args.no_build:
+    global BIN
+    if args.bin:
+        BIN = os.path.abspath(args.bin)
+    elif not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="envbuild-remote-bench-", dir=os.environ.get("BENCH_DIR"))
     nginx = None
