@@ -674,7 +674,13 @@ fn base_in_store(machine: &Machine) -> Result<BaseImage> {
         std::fs::create_dir_all(&images).ctx(|| format!("creating {}", images.display()))?;
         let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
             .ctx(|| format!("resolving {}", base.disk.display()))?;
-        let tmp = images.join(format!("{id}.link.{}", std::process::id()));
+        // Machines of one environment are prepared on parallel threads: a name of its own each.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = images.join(format!(
+            "{id}.link.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp)
             .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
