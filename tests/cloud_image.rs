@@ -136,16 +136,7 @@ steps = [
 }
 
 fn domains() -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system", "list", "--all", "--name"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("envbuild-cloud-"))
-        .map(str::to_string)
-        .collect()
+    common::vm::domains_of(&["cloud"])
 }
 
 fn listing(dir: &Path) -> Vec<String> {

@@ -28,26 +28,9 @@ fn require_host() {
     unsafe { std::env::set_var("ENVBUILD_IMAGES", cache_dir().join("images")) };
 }
 
-/// The environments of this file: domains of other envbuild runs on the host (another test
-/// file, a developer's VMs) are not this file's to count.
-const TEST_ENVS: [&str; 3] = ["demo", "kill", "pair"];
-
 /// The libvirt domains of this file's environments.
 fn domains() -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system", "list", "--all", "--name"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            TEST_ENVS
-                .iter()
-                .any(|env| l.starts_with(&format!("envbuild-{env}-")))
-        })
-        .map(str::to_string)
-        .collect()
+    common::vm::domains_of(&["demo", "kill", "pair"])
 }
 
 fn write_demo(project: &Project, stage_two_extra: &str) {

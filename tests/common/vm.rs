@@ -39,3 +39,21 @@ pub fn require_vm_host(programs: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
+
+/// The domains at qemu:///system of these environments (`envbuild-<env>-...`): domains of other
+/// envbuild runs on the host (another test file, a developer's VMs) are not a test's to count.
+pub fn domains_of(envs: &[&str]) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            envs.iter()
+                .any(|env| l.starts_with(&format!("envbuild-{env}-")))
+        })
+        .map(str::to_string)
+        .collect()
+}
