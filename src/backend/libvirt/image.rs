@@ -428,20 +428,16 @@ fn download(url: &str, part: &Path, machine: &Machine, pinned: &PinnedImage) -> 
 
 /// `qemu-img convert -O qcow2`: a raw image stored once as qcow2 (sparse, overlay-ready).
 fn convert_to_qcow2(raw: &Path, qcow2: &Path) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(qcow2)
-        .output()
-        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "qemu-img convert {} failed: {}",
-            raw.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    qemu_img(&[
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        raw.as_os_str(),
+        qcow2.as_os_str(),
+    ])
 }
 
 /// Removes a file or a folder when dropped: what a failed or finished step leaves behind.
