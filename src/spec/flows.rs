@@ -1,0 +1,314 @@
+//! Flows and the [cloud] table: phases, probes, checks and the credentials they use.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::*;
+use crate::error::Result;
+
+impl Loader<'_> {
+    pub(super) fn flow(
+        &self,
+        name: &Name,
+        raw: &RawFlow,
+        machines: &[Machine],
+        vars: &BTreeMap<String, Var>,
+        secrets: &BTreeMap<String, SecretSpec>,
+    ) -> Result<Flow> {
+        self.check_name(name, "flow")?;
+        let find_machine = |m: &Name| -> Result<&Machine> {
+            machines.iter().find(|x| x.name == *m.get_ref()).map_or_else(
+                || {
+                    let known: Vec<&str> = machines.iter().map(|x| x.name.as_str()).collect();
+                    self.err(m.span().start, format!("flow names machine `{}`, which this environment does not define; machines: {}", m.get_ref(), known.join(", ")))
+                },
+                Ok,
+            )
+        };
+        let default_machine = match &raw.machine {
+            Some(m) => find_machine(m)?,
+            None if machines.len() == 1 => &machines[0],
+            None => return self.err(name.span().start, "this environment has several machines: say which one the flow acts on with `machine = \"NAME\"`"),
+        };
+        let stage_scope = Scope {
+            vars,
+            ports: None,
+            probe_secrets: None,
+        };
+        let version = |v: &Option<Spanned<String>>| -> Result<Option<String>> {
+            let Some(v) = v else { return Ok(None) };
+            self.check_placeholders(v, &stage_scope)?;
+            Ok(Some(
+                template::render(v.get_ref(), |n| vars.get(n).map(|x| x.value.clone()))
+                    .expect("validated"),
+            ))
+        };
+        let mut phases: Vec<Phase> = Vec::new();
+        for raw_phase in &raw.phases {
+            let p = raw_phase.get_ref();
+            self.check_name(&p.name, "phase")?;
+            if phases.iter().any(|x| x.name == *p.name.get_ref()) {
+                return self.err(
+                    p.name.span().start,
+                    format!(
+                        "flow `{}` has two phases named `{}`",
+                        name.get_ref(),
+                        p.name.get_ref()
+                    ),
+                );
+            }
+            let machine = match &p.machine {
+                Some(m) => find_machine(m)?,
+                None => default_machine,
+            };
+            let runtime = Scope {
+                vars,
+                ports: Some(&machine.ports),
+                probe_secrets: None,
+            };
+            let services = |list: &[Name]| -> Result<Vec<String>> {
+                if list.is_empty() {
+                    return self.err(
+                        p.action.span().start,
+                        format!("`{}` needs services = [\"NAME\", ...]", p.action.get_ref()),
+                    );
+                }
+                list.iter()
+                    .map(|s| {
+                        if machine.services.iter().any(|x| x.name == *s.get_ref()) {
+                            Ok(s.get_ref().clone())
+                        } else {
+                            let known: Vec<&str> =
+                                machine.services.iter().map(|x| x.name.as_str()).collect();
+                            self.err(
+                                s.span().start,
+                                format!(
+                                    "machine `{}` has no service `{}`; its services: {}",
+                                    machine.name,
+                                    s.get_ref(),
+                                    known.join(", ")
+                                ),
+                            )
+                        }
+                    })
+                    .collect()
+            };
+            for command in &p.run {
+                self.check_placeholders(command, &runtime)?;
+            }
+            let action =
+                match p.action.get_ref().as_str() {
+                    "up" => PhaseAction::Up,
+                    "down" => PhaseAction::Down,
+                    "run" if !p.run.is_empty() => {
+                        PhaseAction::Run(p.run.iter().map(|c| c.get_ref().clone()).collect())
+                    }
+                    "run" => {
+                        return self.err(
+                            p.action.span().start,
+                            "a `run` phase needs run = [\"command\", ...]",
+                        );
+                    }
+                    "stop" => PhaseAction::Stop(services(&p.services)?),
+                    "start" => PhaseAction::Start(services(&p.services)?),
+                    "restart" => PhaseAction::Restart(services(&p.services)?),
+                    other => return self.err(
+                        p.action.span().start,
+                        format!(
+                            "unknown action `{other}`; allowed: up, down, run, stop, start, restart"
+                        ),
+                    ),
+                };
+            let mut env = BTreeMap::new();
+            for (key, value) in &p.env {
+                self.check_placeholders(value, &runtime)?;
+                env.insert(key.get_ref().clone(), value.get_ref().clone());
+            }
+            for step in &p.cleanup {
+                self.check_placeholders(step, &runtime)?;
+            }
+            let resume = match &p.resume {
+                None => phases.len(),
+                Some(target) => match phases.iter().position(|x| x.name == *target.get_ref()) {
+                    Some(i) => i,
+                    None if target.get_ref() == p.name.get_ref() => phases.len(),
+                    None => {
+                        return self.err(
+                            target.span().start,
+                            format!(
+                                "resume names `{}`, which is not an earlier phase of this flow",
+                                target.get_ref()
+                            ),
+                        );
+                    }
+                },
+            };
+            phases.push(Phase {
+                name: p.name.get_ref().clone(),
+                description: p.description.clone(),
+                action,
+                machine: machine.name.clone(),
+                env,
+                probes: p.probes,
+                retries: p.retries,
+                cleanup: p.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+                resume,
+                timeout: self.duration(p.timeout.as_ref(), Duration::from_secs(3600))?,
+            });
+        }
+        if phases.is_empty() {
+            return self.err(
+                name.span().start,
+                format!("flow `{}` has no phases", name.get_ref()),
+            );
+        }
+        let mut probes: Vec<HttpProbe> = Vec::new();
+        let probe_scope = Scope {
+            vars,
+            ports: Some(&default_machine.ports),
+            probe_secrets: Some(secrets),
+        };
+        for raw_probe in &raw.probes {
+            let r = raw_probe.get_ref();
+            self.check_name(&r.name, "probe")?;
+            if probes.iter().any(|x| x.name == *r.name.get_ref()) {
+                return self.err(
+                    r.name.span().start,
+                    format!(
+                        "flow `{}` has two probes named `{}`",
+                        name.get_ref(),
+                        r.name.get_ref()
+                    ),
+                );
+            }
+            self.check_placeholders(&r.url, &probe_scope)?;
+            if !r.url.get_ref().starts_with("http://") {
+                return self.err(r.url.span().start, "a probe URL starts with http://");
+            }
+            for value in r.headers.values() {
+                self.check_placeholders(value, &probe_scope)?;
+            }
+            if let Some(body) = &r.body {
+                self.check_placeholders(body, &probe_scope)?;
+            }
+            let method = r
+                .method
+                .as_ref()
+                .map_or("GET".to_string(), |m| m.get_ref().to_uppercase());
+            if !["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"].contains(&method.as_str()) {
+                return self.err(
+                    r.method.as_ref().unwrap().span().start,
+                    "method is one of GET, POST, PUT, DELETE, HEAD, PATCH",
+                );
+            }
+            let expect = match &r.expect {
+                None => 200,
+                Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+                Some(s) => {
+                    return self.err(s.span().start, "expect is an HTTP status code (100-599)");
+                }
+            };
+            let rate_hz = match &r.rate {
+                None => 1.0,
+                Some(rate) if *rate.get_ref() > 0.0 && *rate.get_ref() <= 1000.0 => *rate.get_ref(),
+                Some(rate) => {
+                    return self.err(
+                        rate.span().start,
+                        "rate is requests per second, above 0 and at most 1000",
+                    );
+                }
+            };
+            probes.push(HttpProbe {
+                name: r.name.get_ref().clone(),
+                method,
+                url: r.url.get_ref().clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect(),
+                body: r.body.as_ref().map(|b| b.get_ref().clone()),
+                expect,
+                rate_hz,
+                timeout: self.duration(r.timeout.as_ref(), Duration::from_secs(5))?,
+                machine: default_machine.name.clone(),
+            });
+        }
+        if !probes.is_empty() && !phases.iter().any(|p| p.probes) {
+            return self.err(
+                name.span().start,
+                "the flow declares probes but no phase has `probes = true`",
+            );
+        }
+        Ok(Flow {
+            name: name.get_ref().clone(),
+            description: raw.description.clone(),
+            default: raw.default,
+            from_version: version(&raw.from_version)?,
+            to_version: version(&raw.to_version)?,
+            max_failed_requests: match &raw.max_failed_requests {
+                None => None,
+                Some(n) if *n.get_ref() >= 0 => Some(*n.get_ref() as u64),
+                Some(n) => {
+                    return self.err(
+                        n.span().start,
+                        "max_failed_requests is a number of requests, 0 or more",
+                    );
+                }
+            },
+            cleanup: raw.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+            phases,
+            probes,
+        })
+    }
+
+    pub(super) fn cloud(
+        &self,
+        raw: &RawCloud,
+        machines: &[Machine],
+        vars: &BTreeMap<String, Var>,
+        secrets: &BTreeMap<String, SecretSpec>,
+    ) -> Result<Cloud> {
+        let Some(machine) = machines.iter().find(|m| m.name == *raw.machine.get_ref()) else {
+            let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+            return self.err(
+                raw.machine.span().start,
+                format!("[cloud] names machine `{}`, which this environment does not define; machines: {}", raw.machine.get_ref(), known.join(", ")),
+            );
+        };
+        self.check_placeholders(
+            &raw.auth_url,
+            &Scope {
+                vars,
+                ports: Some(&machine.ports),
+                probe_secrets: None,
+            },
+        )?;
+        if !secrets.contains_key(raw.password_secret.get_ref()) {
+            return self.err(
+                raw.password_secret.span().start,
+                format!(
+                    "[cloud] password_secret `{}` is not declared in [secrets]",
+                    raw.password_secret.get_ref()
+                ),
+            );
+        }
+        Ok(Cloud {
+            machine: machine.name.clone(),
+            auth_url: raw.auth_url.get_ref().clone(),
+            username: raw.username.clone(),
+            password_secret: raw.password_secret.get_ref().clone(),
+            project: raw.project.clone(),
+            user_domain: raw.user_domain.clone().unwrap_or_else(|| "Default".into()),
+            project_domain: raw
+                .project_domain
+                .clone()
+                .unwrap_or_else(|| "Default".into()),
+            region: raw.region.clone().unwrap_or_else(|| "RegionOne".into()),
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! Stages: steps, inputs, templates, sources and the vars they use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::*;
+use crate::error::{Error, Location, Result};
+
+impl Loader<'_> {
+    /// An input or template path with its `{{ var }}` placeholders rendered (e.g. a lock file
+    /// per version); the vars it names count as used by the stage.
+    pub(super) fn rendered_path(
+        &self,
+        path: &Spanned<String>,
+        scope: &Scope,
+        used: &mut BTreeSet<String>,
+    ) -> Result<Spanned<String>> {
+        let names = self.check_placeholders(path, scope)?;
+        if names.is_empty() {
+            return Ok(path.clone());
+        }
+        used.extend(names);
+        let rendered = template::render(path.get_ref(), |n| {
+            scope.vars.get(n).map(|v| v.value.clone())
+        })
+        .expect("placeholders were validated");
+        Ok(Spanned::new(path.span(), rendered))
+    }
+
+    pub(super) fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<String> {
+        let p = Path::new(path.get_ref());
+        let clean = !path.get_ref().is_empty()
+            && p.is_relative()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !clean {
+            return self.err(
+                path.span().start,
+                format!(
+                    "{what} `{}` must be a relative path inside {} without `..`",
+                    path.get_ref(),
+                    self.dir.display()
+                ),
+            );
+        }
+        let full = self.dir.join(p);
+        if std::fs::symlink_metadata(&full).is_err() {
+            return self.err(
+                path.span().start,
+                format!(
+                    "{what} `{}` does not exist: expected {}",
+                    path.get_ref(),
+                    full.display()
+                ),
+            );
+        }
+        Ok(path.get_ref().trim_end_matches('/').to_string())
+    }
+
+    pub(super) fn stage(&self, raw: &RawStage, vars: &BTreeMap<String, Var>) -> Result<Stage> {
+        self.check_name(&raw.name, "stage")?;
+        let scope = Scope {
+            vars,
+            ports: None,
+            probe_secrets: None,
+        };
+        let mut used = BTreeSet::new();
+        for var in &raw.vars {
+            if !vars.contains_key(var.get_ref()) {
+                let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
+                return self.err(
+                    var.span().start,
+                    format!(
+                        "stage uses var `{}` but [vars] does not declare it; declared vars: {}",
+                        var.get_ref(),
+                        if declared.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ),
+                );
+            }
+            used.insert(var.get_ref().clone());
+        }
+        let mut after = Vec::new();
+        for reference in &raw.after {
+            match reference.get_ref().split_once('.') {
+                Some((m, s)) if !m.is_empty() && !s.is_empty() => {
+                    after.push((m.to_string(), s.to_string()))
+                }
+                _ => {
+                    return self.err(
+                        reference.span().start,
+                        "`after` names a stage of another machine as \"machine.stage\"",
+                    );
+                }
+            }
+        }
+        let mut inputs = Vec::new();
+        for input in &raw.inputs {
+            let input = self.rendered_path(input, &scope, &mut used)?;
+            inputs.push(self.relative_input(&input, "input")?);
+        }
+        let mut templates = Vec::new();
+        for template in &raw.templates {
+            let template = &self.rendered_path(template, &scope, &mut used)?;
+            let relative = self.relative_input(template, "template")?;
+            used.extend(self.template_file_vars(&relative, template, &scope)?);
+            templates.push(relative);
+        }
+        let mut sources = Vec::new();
+        for source in &raw.sources {
+            let s = source.get_ref();
+            self.check_sha256(&s.sha256)?;
+            let url = s.url.get_ref();
+            if !(url.starts_with("https://")
+                || url.starts_with("http://")
+                || url.starts_with("file://"))
+            {
+                return self.err(
+                    s.url.span().start,
+                    "a source url starts with https://, http:// or file://",
+                );
+            }
+            if s.name.get_ref().contains('/') || s.name.get_ref().starts_with('.') {
+                return self.err(s.name.span().start, "a source name is a plain file name");
+            }
+            sources.push(Source {
+                name: s.name.get_ref().clone(),
+                url: url.clone(),
+                sha256: s.sha256.get_ref().to_lowercase(),
+            });
+        }
+        let mut env = BTreeMap::new();
+        for (key, value) in &raw.env {
+            let valid = key
+                .get_ref()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || key.get_ref().starts_with("ENVBUILD_") {
+                return self.err(key.span().start, format!("`{}` is not a usable variable name (letters, digits, `_`; ENVBUILD_ is reserved)", key.get_ref()));
+            }
+            used.extend(self.check_placeholders(value, &scope)?);
+            env.insert(key.get_ref().clone(), value.get_ref().clone());
+        }
+        if raw.steps.is_empty() {
+            return self.err(
+                raw.name.span().start,
+                format!(
+                    "stage `{}` has no steps; add steps = [\"...\"]",
+                    raw.name.get_ref()
+                ),
+            );
+        }
+        for step in &raw.steps {
+            used.extend(self.check_placeholders(step, &scope)?);
+        }
+        let lookup = |n: &str| vars.get(n).map(|v| v.value.clone());
+        let render = |s: &str| template::render(s, lookup).expect("placeholders were validated");
+        Ok(Stage {
+            name: raw.name.get_ref().clone(),
+            description: raw.description.clone(),
+            after,
+            inputs,
+            templates,
+            sources,
+            vars: used
+                .into_iter()
+                .map(|n| {
+                    let v = vars[&n].value.clone();
+                    (n, v)
+                })
+                .collect(),
+            env: env.iter().map(|(k, v)| (k.clone(), render(v))).collect(),
+            steps: raw.steps.iter().map(|s| render(s.get_ref())).collect(),
+            env_template: env,
+            steps_template: raw.steps.iter().map(|s| s.get_ref().clone()).collect(),
+            timeout: self.duration(raw.timeout.as_ref(), DEFAULT_STAGE_TIMEOUT)?,
+        })
+    }
+
+    /// Vars named by a template file's placeholders; errors point into the template file itself.
+    pub(super) fn template_file_vars(
+        &self,
+        relative: &str,
+        declared: &Spanned<String>,
+        scope: &Scope,
+    ) -> Result<Vec<String>> {
+        let path = self.dir.join(relative);
+        if !path.is_file() {
+            return self.err(
+                declared.span().start,
+                format!("template `{relative}` must be a file"),
+            );
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::spec(
+                self.at(declared.span().start),
+                format!("template `{relative}` is not readable UTF-8 text: {e}"),
+            )
+        })?;
+        let found = template::placeholders(&text)
+            .map_err(|e| Error::spec(Location::at(&path, &text, e.offset), e.message))?;
+        let mut names = Vec::new();
+        for placeholder in found {
+            if !scope.allows(&placeholder.name) {
+                return Err(Error::spec(
+                    Location::at(&path, &text, placeholder.offset),
+                    format!(
+                        "`{{{{ {} }}}}` is not a declared var; allowed: {}",
+                        placeholder.name,
+                        scope.describe()
+                    ),
+                ));
+            }
+            names.push(placeholder.name);
+        }
+        Ok(names)
+    }
+}
