@@ -1,0 +1,368 @@
+//! Builds machines: replay the newest cached stage, run the missing stages, commit each one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Workspace;
+use super::inputs::{RemoveOnDrop, prepare_inputs};
+use crate::backend::{self, Backend, StepContext};
+use crate::engine::progress::Progress;
+use crate::error::{Error, IoContext, Result};
+use crate::key::StageKey;
+use crate::process::StepEnd;
+use crate::spec::model::{Environment, Machine, Stage};
+use crate::spec::var_env_name;
+use crate::state::{MachineState, Marker};
+use crate::store::lock::FileLock;
+use crate::store::{self, Entry, Manifest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The live machine already held this stage.
+    Current,
+    /// Restored from the store (replay).
+    Restored,
+    /// Cached, and below the stage that was restored: nothing to do.
+    Cached,
+    /// Built by another envbuild while this one waited for the stage's lock.
+    Reused,
+    Built,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub machine: String,
+    pub stage: String,
+    pub key: String,
+    pub action: Action,
+    pub seconds: f64,
+    pub steps_run: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BuildReport {
+    pub env: String,
+    pub stages: Vec<StageOutcome>,
+    pub seconds: f64,
+}
+
+/// Builds every machine of `env`: machines that do not wait for each other in parallel.
+pub fn build(
+    ws: &Workspace,
+    env: &Environment,
+    keys: &[StageKey],
+    progress: &Progress,
+) -> Result<BuildReport> {
+    let started = Instant::now();
+    for machine in &env.machines {
+        let backend = backend::for_kind(machine.backend)?;
+        backend.check_host(machine)?;
+    }
+    let mut report = BuildReport {
+        env: env.name.clone(),
+        ..Default::default()
+    };
+    for wave in waves(env) {
+        let results: Vec<Result<Vec<StageOutcome>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|machine| scope.spawn(move || build_machine(ws, env, machine, keys, progress)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a machine build panicked"))
+                .collect()
+        });
+        for result in results {
+            report.stages.extend(result?);
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Groups machines so that each group only waits for earlier groups.
+pub(super) fn waves(env: &Environment) -> Vec<Vec<&Machine>> {
+    let mut level: HashMap<&str, usize> = HashMap::new();
+    for machine in &env.machines {
+        let depth = machine
+            .stages
+            .iter()
+            .flat_map(|s| s.after.iter())
+            .map(|(m, _)| level.get(m.as_str()).map_or(0, |l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level.insert(&machine.name, depth);
+    }
+    let depth = level.values().copied().max().unwrap_or(0);
+    (0..=depth)
+        .map(|d| {
+            env.machines
+                .iter()
+                .filter(|m| level[m.name.as_str()] == d)
+                .collect()
+        })
+        .collect()
+}
+
+fn build_machine(
+    ws: &Workspace,
+    env: &Environment,
+    machine: &Machine,
+    keys: &[StageKey],
+    progress: &Progress,
+) -> Result<Vec<StageOutcome>> {
+    let backend = backend::for_kind(machine.backend)?;
+    let state = ws.state.machine(&env.name, &machine.name)?;
+    let label = format!("{}/{}", env.name, machine.name);
+    let _machine_lock = FileLock::acquire(&state.lock_file(), || {
+        progress.note(&format!(
+            "{label}: waiting for another envbuild using this machine"
+        ))
+    })?;
+    if state.services().is_some_and(|s| {
+        s.services
+            .iter()
+            .any(|s| crate::process::group_alive(s.pid))
+    }) {
+        return Err(Error::Input(format!(
+            "{label} is running; stop it first with `envbuild down {}`",
+            env.name
+        )));
+    }
+    let keys: Vec<&StageKey> = keys.iter().filter(|k| k.machine == machine.name).collect();
+    let mut outcomes: Vec<StageOutcome> = Vec::new();
+    let outcome = |stage: &StageKey, action: Action, seconds: f64, steps_run: usize| StageOutcome {
+        machine: machine.name.clone(),
+        stage: stage.stage.clone(),
+        key: stage.key.clone(),
+        action,
+        seconds,
+        steps_run,
+    };
+
+    crate::remote::pull_through(
+        &ws.store,
+        &ws.remotes,
+        &keys,
+        progress,
+        backend
+            .chained()
+            .then_some(&|entry: &Entry| backend.check_pulled(&state, entry)),
+    );
+    // Replay: the newest stage the store has (or the live machine already holds).
+    let marker = state.marker();
+    let index = ws.store.index()?;
+    let mut start = 0;
+    for (i, stage_key) in keys.iter().enumerate().rev() {
+        let Some(entry) = index.get(&stage_key.key) else {
+            continue;
+        };
+        let t = Instant::now();
+        let current = marker.pristine
+            && marker.key.as_deref() == Some(stage_key.key.as_str())
+            && state.root().is_dir();
+        if !current && !restore_or_quarantine(ws, backend, &state, entry, progress)? {
+            continue;
+        }
+        state.set_marker(&Marker {
+            key: Some(stage_key.key.clone()),
+            stage: Some(stage_key.stage.clone()),
+            pristine: true,
+        })?;
+        for earlier in &keys[..i] {
+            outcomes.push(outcome(earlier, Action::Cached, 0.0, 0));
+        }
+        let action = if current {
+            Action::Current
+        } else {
+            Action::Restored
+        };
+        outcomes.push(outcome(stage_key, action, t.elapsed().as_secs_f64(), 0));
+        start = i + 1;
+        break;
+    }
+    if start == 0 {
+        backend.reset(&state)?;
+    }
+
+    for i in start..keys.len() {
+        let stage_key = keys[i];
+        let stage = &machine.stages[i];
+        let t = Instant::now();
+        let _key_lock = ws.store.lock(&stage_key.key, || {
+            progress.note(&format!(
+                "{label}/{}: waiting for another build of this stage",
+                stage.name
+            ))
+        })?;
+        if let Some(entry) = ws.store.find(&stage_key.key)? {
+            if restore_or_quarantine(ws, backend, &state, &entry, progress)? {
+                state.set_marker(&Marker {
+                    key: Some(stage_key.key.clone()),
+                    stage: Some(stage.name.clone()),
+                    pristine: true,
+                })?;
+                outcomes.push(outcome(
+                    stage_key,
+                    Action::Reused,
+                    t.elapsed().as_secs_f64(),
+                    0,
+                ));
+                continue;
+            }
+            // A damaged entry was quarantined; the machine must be rebuilt from the last good one.
+            return Err(Error::Failed(format!(
+                "{label}/{}: a cached entry was damaged and quarantined; run the build again",
+                stage.name
+            )));
+        }
+        let parent = if i == 0 {
+            None
+        } else {
+            ws.store.find(&keys[i - 1].key)?
+        };
+        let steps_run = build_stage(
+            ws,
+            backend,
+            env,
+            machine,
+            stage,
+            stage_key,
+            parent.as_ref(),
+            &state,
+            progress,
+        )?;
+        outcomes.push(outcome(
+            stage_key,
+            Action::Built,
+            t.elapsed().as_secs_f64(),
+            steps_run,
+        ));
+    }
+    Ok(outcomes)
+}
+
+fn restore_or_quarantine(
+    ws: &Workspace,
+    backend: &dyn Backend,
+    state: &MachineState,
+    entry: &Entry,
+    progress: &Progress,
+) -> Result<bool> {
+    state.set_marker(&Marker::default())?;
+    if backend.restore(state, entry)? {
+        return Ok(true);
+    }
+    let moved = ws.store.quarantine(entry)?;
+    progress.note(&format!(
+        "warning: cache entry {} does not match its digests (tampered or damaged); moved to {} and not used",
+        entry.name,
+        moved.display()
+    ));
+    Ok(false)
+}
+
+static INPUTS_SEQ: AtomicU64 = AtomicU64::new(0);
+
+#[allow(clippy::too_many_arguments)]
+fn build_stage(
+    ws: &Workspace,
+    backend: &dyn Backend,
+    env: &Environment,
+    machine: &Machine,
+    stage: &Stage,
+    stage_key: &StageKey,
+    parent: Option<&Entry>,
+    state: &MachineState,
+    progress: &Progress,
+) -> Result<usize> {
+    let started = Instant::now();
+    let label = format!("{}/{}/{}", env.name, machine.name, stage.name);
+    state.set_marker(&Marker::default())?;
+    let pending = ws.store.begin(&stage_key.key)?;
+    let inputs = ws.state.root.join("tmp").join(format!(
+        "inputs.{}.{}",
+        std::process::id(),
+        INPUTS_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _inputs_guard = RemoveOnDrop(inputs.clone());
+    prepare_inputs(ws, env, stage, &inputs)?;
+
+    let mut step_env = BTreeMap::from([
+        ("ENVBUILD_ENV".to_string(), env.name.clone()),
+        ("ENVBUILD_MACHINE".to_string(), machine.name.clone()),
+        ("ENVBUILD_STAGE".to_string(), stage.name.clone()),
+    ]);
+    for (name, value) in &stage.vars {
+        step_env.insert(var_env_name(name), value.clone());
+    }
+    step_env.extend(stage.env.clone());
+    let ctx = StepContext {
+        state,
+        inputs: &inputs,
+        env: step_env,
+        deadline: started + stage.timeout,
+    };
+
+    let mut log = std::fs::File::create(pending.log())
+        .ctx(|| format!("creating {}", pending.log().display()))?;
+    let bar = progress.stage(label.clone(), "building");
+    for (n, step) in stage.steps.iter().enumerate() {
+        use std::io::Write;
+        let _ = writeln!(log, "$ {step}");
+        let end = backend.run_step(&ctx, step, &mut |line: &str| {
+            let _ = writeln!(log, "{line}");
+            bar.line(line);
+        })?;
+        if end != StepEnd::Exited(0) {
+            backend.abandon(state);
+            bar.finish("failed");
+            let kept = state.logs().join(format!("{}.failed.log", stage.name));
+            let _ = std::fs::create_dir_all(state.logs());
+            let _ = std::fs::copy(pending.log(), &kept);
+            let why = match end {
+                StepEnd::TimedOut => format!("timed out after {}s", stage.timeout.as_secs()),
+                StepEnd::Aborted => "was interrupted".to_string(),
+                StepEnd::Exited(code) => format!("exited with status {code}"),
+            };
+            return Err(Error::Failed(format!(
+                "stage {label} failed: step {} `{}` {why}.\n  last lines:\n{}\n  full log: {}\n  Nothing was cached for this stage; earlier stages stay cached.",
+                n + 1,
+                step.lines().next().unwrap_or(""),
+                crate::process::tail(&kept, 15),
+                kept.display()
+            )));
+        }
+    }
+    let (tree, size) = backend.snapshot(state, &pending, parent)?;
+    let manifest = Manifest {
+        key: stage_key.key.clone(),
+        parent: stage_key.material.parent.clone(),
+        env: env.name.clone(),
+        machine: machine.name.clone(),
+        stage: stage.name.clone(),
+        backend: machine.backend.as_str().to_string(),
+        material: stage_key.material.clone(),
+        artifact_digest: crate::key::digest::tree_digest(&tree),
+        files: tree.len() as u64,
+        size,
+        created: store::now_rfc3339(),
+        created_unix: store::now_unix(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let entry = ws.store.commit(pending, &manifest, &tree)?;
+    backend.committed(state, &entry)?;
+    state.set_marker(&Marker {
+        key: Some(stage_key.key.clone()),
+        stage: Some(stage.name.clone()),
+        pristine: true,
+    })?;
+    bar.finish("built");
+    Ok(stage.steps.len())
+}
