@@ -2,6 +2,7 @@
 
 mod backend;
 mod cli;
+mod clock;
 mod engine;
 mod error;
 mod harness;
@@ -12,6 +13,7 @@ mod report;
 mod spec;
 mod state;
 mod store;
+mod ui;
 
 use clap::Parser;
 

@@ -207,7 +207,7 @@ pub fn spawn_service(
     let _ = writeln!(
         out,
         "--- envbuild: starting at {}",
-        crate::store::now_rfc3339()
+        crate::clock::now_rfc3339()
     );
     let err = out
         .try_clone()
@@ -311,4 +311,12 @@ pub fn tail(path: &Path, n: usize) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// True while a process with this pid exists (possibly owned by another user).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }

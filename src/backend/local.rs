@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use super::{Backend, RuntimeContext, ServiceControl, StepContext};
 use crate::error::{Error, IoContext, Result};
-use crate::key::digest::TreeEntry;
 use crate::process::{self, StepEnd};
 use crate::spec::model::{Machine, Probe, ReadyCheck, Service};
 use crate::spec::template::RuntimeValues;
 use crate::spec::{secret_env_name, var_env_name};
 use crate::state::{MachineState, RunningService, RunningServices};
+use crate::store::TreeEntry;
 use crate::store::{self, Entry, Pending, remove_tree};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -122,7 +122,7 @@ impl Backend for LocalBackend {
         let mut running = RunningServices {
             ports: ports.clone(),
             services: Vec::new(),
-            started: store::now_rfc3339(),
+            started: crate::clock::now_rfc3339(),
         };
 
         let hook_log = ctx.state.logs().join("prestart.log");

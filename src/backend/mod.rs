@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::key::digest::TreeEntry;
 use crate::spec::model::{BackendKind, Machine};
 use crate::state::{MachineState, RunningServices};
+use crate::store::TreeEntry;
 use crate::store::{Entry, Pending};
 
 /// What a backend needs to run one stage's steps.

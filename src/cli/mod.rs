@@ -143,8 +143,8 @@ impl Global {
         })
     }
 
-    pub fn progress(&self) -> crate::engine::progress::Progress {
-        crate::engine::progress::Progress::new(self.quiet)
+    pub fn progress(&self) -> crate::ui::Progress {
+        crate::ui::Progress::new(self.quiet)
     }
 }
 

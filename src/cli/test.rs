@@ -63,7 +63,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         })
     })?;
     let keys = ws.keys(&env)?;
-    let stamp = crate::store::now_rfc3339().replace(':', "");
+    let stamp = crate::clock::now_rfc3339().replace(':', "");
     let out = args.out.clone().unwrap_or_else(|| {
         ws.state
             .root

@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::Workspace;
 use super::inputs::{RemoveOnDrop, prepare_inputs};
 use crate::backend::{self, Backend, StepContext};
-use crate::engine::progress::Progress;
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::StepEnd;
@@ -17,7 +16,8 @@ use crate::spec::model::{Environment, Machine, Stage};
 use crate::spec::var_env_name;
 use crate::state::{MachineState, Marker};
 use crate::store::lock::FileLock;
-use crate::store::{self, Entry, Manifest};
+use crate::store::{Entry, Manifest};
+use crate::ui::Progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -348,11 +348,11 @@ fn build_stage(
         stage: stage.name.clone(),
         backend: machine.backend.as_str().to_string(),
         material: stage_key.material.clone(),
-        artifact_digest: crate::key::digest::tree_digest(&tree),
+        artifact_digest: crate::store::tree::tree_digest(&tree),
         files: tree.len() as u64,
         size,
-        created: store::now_rfc3339(),
-        created_unix: store::now_unix(),
+        created: crate::clock::now_rfc3339(),
+        created_unix: crate::clock::now_unix(),
         duration_ms: started.elapsed().as_millis() as u64,
         envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
     };

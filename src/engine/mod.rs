@@ -12,7 +12,6 @@
 mod build;
 mod inputs;
 mod plan;
-pub mod progress;
 mod services;
 mod workspace;
 

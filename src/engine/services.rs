@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use super::Workspace;
 use super::build::{BuildReport, build, waves};
 use crate::backend::{self, RuntimeContext};
-use crate::engine::progress::Progress;
 use crate::error::{Error, Result};
 use crate::key::StageKey;
 use crate::spec::model::{Environment, Machine};
 use crate::state::{MachineState, RunningServices};
+use crate::ui::Progress;
 
 /// Builds, then starts every machine's services. An environment that is already up with its
 /// current build is left as it is; one running an older build must be taken down first.

@@ -7,7 +7,7 @@ use crate::key::fingerprint::FingerprintCache;
 use crate::key::{self, StageKey};
 use crate::spec::model::Environment;
 use crate::state::State;
-use crate::store::{self, Store, remove_tree};
+use crate::store::{Store, remove_tree};
 
 /// The places a command works with, opened once.
 pub struct Workspace {
@@ -54,7 +54,7 @@ fn clean_stale_tmp(dir: &Path) {
     for item in items.flatten() {
         let name = item.file_name().to_string_lossy().into_owned();
         let pid = name.split('.').nth(1).and_then(|p| p.parse::<i32>().ok());
-        if pid.is_none_or(|pid| !store::process_alive(pid)) {
+        if pid.is_none_or(|pid| !crate::process::process_alive(pid)) {
             let _ = remove_tree(&item.path());
         }
     }

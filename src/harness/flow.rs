@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::local::runtime_env;
 use crate::backend::{self, RuntimeContext, ServiceControl};
-use crate::engine::{self, Workspace, progress::Progress};
+use crate::clock::now_rfc3339;
+use crate::engine::{self, Workspace};
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::{self, StepEnd};
@@ -20,7 +21,7 @@ use crate::report::json::{
 };
 use crate::spec::model::{Environment, Flow, Phase, PhaseAction};
 use crate::spec::template::{self, RuntimeValues};
-use crate::store::now_rfc3339;
+use crate::ui::Progress;
 
 use super::probe::{self, ResolvedProbe, RunningProbes};
 use super::stats::{Sample, summarize_all};

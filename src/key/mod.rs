@@ -6,6 +6,7 @@ pub mod explain;
 pub mod fingerprint;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -155,13 +156,45 @@ fn input_digests(
     cache: &FingerprintCache,
 ) -> Result<BTreeMap<String, String>> {
     let mut digests = BTreeMap::new();
+    let mut hash = |path: &Path, meta: &std::fs::Metadata| cache.digest(path, meta);
     for input in &stage.inputs {
-        let mut hash = |path: &Path, meta: &std::fs::Metadata| cache.digest(path, meta);
-        for entry in digest::tree(&env.dir.join(input), input, &mut hash)? {
-            digests.insert(entry.path().to_string(), entry.fingerprint());
+        let path = env.dir.join(input);
+        let meta =
+            std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+        digests.insert(input.clone(), input_fingerprint(&path, &meta, &mut hash)?);
+        if meta.is_dir() {
+            digest::walk(&path, &mut |relative, full, meta| {
+                let fingerprint = input_fingerprint(full, meta, &mut hash)?;
+                digests.insert(format!("{input}/{relative}"), fingerprint);
+                Ok(())
+            })?;
         }
     }
     Ok(digests)
+}
+
+/// What identifies one input file, link or folder in a key (docs/hashing.md): "MODE:SHA256",
+/// "link:TARGET" or "dir:MODE", the mode in octal without the file type.
+fn input_fingerprint(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    hash: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<String>,
+) -> Result<String> {
+    let mode = meta.permissions().mode() & 0o7777;
+    let file_type = meta.file_type();
+    if file_type.is_symlink() {
+        let target = std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?;
+        Ok(format!("link:{}", target.to_string_lossy()))
+    } else if file_type.is_dir() {
+        Ok(format!("dir:{mode:o}"))
+    } else if file_type.is_file() {
+        Ok(format!("{mode:o}:{}", hash(path, meta)?))
+    } else {
+        Err(Error::Input(format!(
+            "{} is neither a file, a folder nor a link (a socket or device?); inputs hold only those",
+            path.display()
+        )))
+    }
 }
 
 /// Renders a stage's templates with its vars: (relative path, text).

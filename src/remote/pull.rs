@@ -16,10 +16,10 @@ use super::http::{self, Body};
 use super::pipe::PipeWriter;
 use super::signing::Statement;
 use super::{Remote, Remotes, unexpected, unreachable};
-use crate::engine::progress::Progress;
 use crate::error::{Error, IoContext};
 use crate::key::StageKey;
 use crate::store::{Entry, Store, archive};
+use crate::ui::Progress;
 
 /// Asks each pulling remote in order for `key`. Returns the entry name pulled (if any) and the
 /// error of every remote that had the key but was refused or failed.

@@ -12,10 +12,10 @@ use super::frames::{self, Frames};
 use super::http::{self, Body};
 use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
-use crate::engine::progress::Progress;
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest;
 use crate::store::{Entry, Store, archive};
+use crate::ui::Progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::key::digest::TreeEntry;
+use crate::store::TreeEntry;
 
 use super::tar_writer::{Sink, TarWriter};
 use super::{Entry, Store, remove_tree};

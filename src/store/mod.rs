@@ -13,6 +13,9 @@
 pub mod archive;
 pub mod lock;
 pub mod tar_writer;
+pub mod tree;
+
+pub use tree::TreeEntry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -23,9 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_unix;
 use crate::error::{Error, IoContext, Result};
 use crate::key::KeyMaterial;
-use crate::key::digest::{self, TreeEntry};
+use crate::key::digest;
+use crate::process::process_alive;
 use lock::FileLock;
 
 pub const LAYOUT: &str = "v1";
@@ -41,7 +46,7 @@ pub struct Manifest {
     pub backend: String,
     /// Everything the key was computed from: inputs and their digests, vars, steps, base.
     pub material: KeyMaterial,
-    /// sha256 over tree.json's entries (see `digest::tree_digest`).
+    /// sha256 over tree.json's entries (see `tree::tree_digest`).
     pub artifact_digest: String,
     pub files: u64,
     pub size: u64,
@@ -325,14 +330,14 @@ impl Store {
             Ok(t) => t,
             Err(e) => return vec![e.to_string()],
         };
-        if digest::tree_digest(&tree) != manifest.artifact_digest {
+        if tree::tree_digest(&tree) != manifest.artifact_digest {
             problems.push("tree.json does not match the manifest's artifact digest".to_string());
         }
         let mut hash = |path: &Path, _: &std::fs::Metadata| match written.get(path) {
             Some(sha256) => Ok(sha256.clone()),
             None => digest::sha256_file(path),
         };
-        match digest::tree(&entry.artifact(), "", &mut hash) {
+        match tree::tree(&entry.artifact(), "", &mut hash) {
             Err(e) => problems.push(format!("artifact unreadable: {e}")),
             Ok(actual) => {
                 let actual: BTreeMap<String, String> = actual
@@ -611,21 +616,4 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
             std::fs::remove_dir_all(path)
         }
     }
-}
-
-pub fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -171,7 +171,7 @@ pub(super) fn boot(plan: &BootPlan) -> Result<Booted> {
             f,
             "{} {} {seconds:.1}",
             plan.kind,
-            crate::store::now_rfc3339()
+            crate::clock::now_rfc3339()
         );
     }
     Ok(Booted {

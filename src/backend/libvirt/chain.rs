@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::error::{Error, Result};
-use crate::key::digest::TreeEntry;
 use crate::store::Entry;
+use crate::store::TreeEntry;
 use image::BaseImage;
 
 /// The disk a machine holds: the top of its chain.

@@ -246,7 +246,7 @@ fn build(images: &Path, dir: &Path, recipe: &Debootstrap, disk_mib: u64) -> Resu
     let record = ImageRecord {
         recipe: recipe_text(recipe, disk_mib),
         sha256: sha256_file(&disk)?,
-        built: crate::store::now_rfc3339(),
+        built: crate::clock::now_rfc3339(),
         seconds: started.elapsed().as_secs_f64(),
     };
     commit(&tmp, dir, &record, &["disk.qcow2", "vmlinuz", "initrd.img"])
@@ -366,7 +366,7 @@ fn ensure_pinned(
             pinned.url, pinned.sha256, info["format"]
         ),
         sha256,
-        built: crate::store::now_rfc3339(),
+        built: crate::clock::now_rfc3339(),
         seconds: started.elapsed().as_secs_f64(),
     };
     commit(&tmp, &dir, &record, &["disk.qcow2"])?;

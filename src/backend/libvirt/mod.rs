@@ -55,10 +55,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Backend, RuntimeContext, ServiceControl, StepContext};
 use crate::error::{Error, IoContext, Result};
-use crate::key::digest::{TreeEntry, sha256_file};
+use crate::key::digest::sha256_file;
 use crate::process::{self, StepEnd};
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
+use crate::store::TreeEntry;
 use crate::store::{Entry, Pending};
 use image::BaseImage;
 use ssh::{Trust, quote};
@@ -540,7 +541,7 @@ impl Backend for LibvirtBackend {
         Ok(RunningServices {
             ports,
             services: Vec::new(),
-            started: crate::store::now_rfc3339(),
+            started: crate::clock::now_rfc3339(),
         })
     }
 
