@@ -1,5 +1,6 @@
 //! Per-environment state that is not cache: live machine roots, generated secrets, running
-//! services and their ports. Default $XDG_STATE_HOME/envbuild (~/.local/state/envbuild).
+//! services and their ports. Default $XDG_STATE_HOME/envbuild (~/.local/state/envbuild; see
+//! src/settings.rs).
 //!
 //! ```text
 //! STATE/envs/<env>/secrets.json            generated secrets (0600), never in the store
@@ -99,23 +100,22 @@ impl MachineState {
 }
 
 impl State {
-    pub fn default_root() -> PathBuf {
-        std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"))
-            .join("envbuild")
-    }
-
     pub fn env_dir(&self, env: &str) -> PathBuf {
         self.root.join("envs").join(env)
     }
 
+    /// The state of one machine, its folder created if need be.
     pub fn machine(&self, env: &str, machine: &str) -> Result<MachineState> {
-        let dir = self.env_dir(env).join(machine);
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(MachineState { dir })
+        let state = self.locate(env, machine);
+        std::fs::create_dir_all(&state.dir).ctx(|| format!("creating {}", state.dir.display()))?;
+        Ok(state)
+    }
+
+    /// Where the state of one machine lives, creating nothing.
+    pub fn locate(&self, env: &str, machine: &str) -> MachineState {
+        MachineState {
+            dir: self.env_dir(env).join(machine),
+        }
     }
 
     /// The environment's secrets, generating (and saving, 0600) any that do not exist yet.

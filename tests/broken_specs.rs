@@ -6,8 +6,9 @@
 //! Adding a case: create `fixtures/broken/<case>/environments/<case>.toml` (plus a `<case>/` folder
 //! for inputs and templates when needed) and add one row to `CASES`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// One broken spec and what envbuild must say about it.
 struct Case {
@@ -92,8 +93,7 @@ fn check(case: &Case) -> Vec<String> {
     let tmp = tempfile::tempdir().expect("temp dir");
     let store = tmp.path().join("store");
     let state = tmp.path().join("state");
-    let output = Command::new(env!("CARGO_BIN_EXE_envbuild"))
-        .current_dir(tmp.path())
+    let output = common::envbuild(tmp.path())
         .env_remove("ENVBUILD_LOG")
         .arg("--envs")
         .arg(&envs)

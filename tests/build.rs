@@ -226,12 +226,10 @@ fn concurrent_cold_builds_run_each_stage_once() {
         "\"sh $ENVBUILD_INPUTS/one.sh\", \"sleep 1\"",
     );
     std::fs::write(&file, text).unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("envbuild");
     let handles: Vec<_> = (0..4)
         .map(|i| {
-            std::process::Command::new(&bin)
-                .current_dir(project.path())
-                .env("ENVBUILD_STORE", project.store())
+            project
+                .process()
                 .env(
                     "ENVBUILD_STATE",
                     project.path().join(format!("state-{}", i % 3)),
@@ -277,11 +275,8 @@ steps = ["echo partial > partial.txt", "sh -c 'sleep 300; echo {marker}' & sleep
 "#
         ),
     );
-    let bin = assert_cmd::cargo::cargo_bin("envbuild");
-    let mut child = std::process::Command::new(&bin)
-        .current_dir(project.path())
-        .env("ENVBUILD_STORE", project.store())
-        .env("ENVBUILD_STATE", project.state())
+    let mut child = project
+        .process()
         .args(["build", "slow", "-q"])
         .spawn()
         .unwrap();

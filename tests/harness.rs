@@ -374,11 +374,8 @@ run = ["sleep 120 # {marker}"]
         ),
     );
     let out = project.path().join("run");
-    let bin = assert_cmd::cargo::cargo_bin("envbuild");
-    let mut child = std::process::Command::new(&bin)
-        .current_dir(project.path())
-        .env("ENVBUILD_STORE", project.store())
-        .env("ENVBUILD_STATE", project.state())
+    let mut child = project
+        .process()
         .args(["test", "web", "--out", out.to_str().unwrap(), "-q"])
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -422,11 +422,9 @@ steps = ["touch /etc/started", "{step}"]
         )
     };
     project.write("kill.toml", &spec("sleep 3600"));
-    let mut build = std::process::Command::new(assert_cmd::cargo::cargo_bin("envbuild"))
+    let mut build = project
+        .process()
         .args(["build", "kill", "-q"])
-        .current_dir(project.path())
-        .env("ENVBUILD_STORE", project.store())
-        .env("ENVBUILD_STATE", project.state())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -59,25 +59,8 @@ fn agent(project: &Project, name: &str, args: &[&str]) -> Output {
 
 /// Agent `name` as a process to spawn (for runs that are killed or run side by side).
 fn agent_process(project: &Project, name: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("envbuild"));
-    cmd.current_dir(project.path())
-        .env_remove("ENVBUILD_ENVS")
-        .env("NO_COLOR", "1")
-        // A developer's own remote-cache config must not reach into tests.
-        .env("XDG_CONFIG_HOME", project.path().join("config"))
-        .env(
-            "ENVBUILD_STORE",
-            project.path().join(format!("store-{name}")),
-        )
-        .env(
-            "ENVBUILD_STATE",
-            project.path().join(format!("state-{name}")),
-        )
-        .env(
-            "ENVBUILD_CONFIG",
-            project.path().join(format!("{name}.toml")),
-        )
-        .args(args);
+    let mut cmd = project.agent(name);
+    cmd.args(args);
     cmd
 }
 
@@ -963,18 +946,6 @@ fn bad_input_exits_2_and_says_what_to_fix() {
             vec!["cache", "push", "small", "--cache-to", &down],
             "signing key",
         ),
-        (
-            vec![
-                "cache",
-                "push",
-                "small",
-                "--cache-to",
-                &down,
-                "--cache-signing-key",
-                key,
-            ],
-            "cannot reach",
-        ),
         (vec!["cache", "push", "small"], "no remote cache to push to"),
         (
             vec!["cache", "pull", "small"],
@@ -992,18 +963,6 @@ fn bad_input_exits_2_and_says_what_to_fix() {
             ],
             "trusted key",
         ),
-        (
-            vec![
-                "cache",
-                "pull",
-                "small",
-                "--cache-from",
-                &down,
-                "--cache-trusted-key",
-                &public,
-            ],
-            "cannot reach",
-        ),
     ];
     agent_config(&project, "empty", "");
     for (args, expected) in cases {
@@ -1018,29 +977,81 @@ fn bad_input_exits_2_and_says_what_to_fix() {
         );
     }
 
-    // A server error on the statement is reported, not taken for a missing entry.
-    let root = project.path().join("www");
-    let server = Nginx::start(&root, "return 500;");
-    let out = agent(
-        &project,
-        "a",
-        &[
-            "cache",
-            "push",
-            "small",
-            "--cache-to",
-            &server.url(),
-            "--cache-signing-key",
-            key,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("answered 500"), "{}", stderr(&out));
-
     agent_config(&project, "a", "[cache]\nremotes = 1\n");
     let out = agent(&project, "a", &["cache", "ls"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("a.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_remote_that_is_down_or_answers_out_of_protocol_fails_the_work_with_exit_1() {
+    let project = Project::new();
+    small_env(&project);
+    agent_config(&project, "a", "");
+    agent_config(&project, "empty", "");
+    ok(agent(&project, "a", &["build", "small"]));
+    let (key, public) = keygen(&project, "a.key");
+    let key = key.to_str().unwrap();
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{free_port}/cache");
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "return 500;");
+    let failing = server.url();
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "a",
+            vec![
+                "cache",
+                "push",
+                "small",
+                "--cache-to",
+                &down,
+                "--cache-signing-key",
+                key,
+            ],
+            "cannot reach",
+        ),
+        (
+            "empty",
+            vec![
+                "cache",
+                "pull",
+                "small",
+                "--cache-from",
+                &down,
+                "--cache-trusted-key",
+                &public,
+            ],
+            "cannot reach",
+        ),
+        // A server error on the statement is reported, not taken for a missing entry.
+        (
+            "a",
+            vec![
+                "cache",
+                "push",
+                "small",
+                "--cache-to",
+                &failing,
+                "--cache-signing-key",
+                key,
+            ],
+            "answered 500",
+        ),
+    ];
+    for (name, args, expected) in cases {
+        let out = agent(&project, name, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expected) && err.contains("\n  fix: "),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

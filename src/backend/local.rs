@@ -12,22 +12,30 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Backend, RuntimeContext, ServiceControl, StepContext};
+use super::{Backend, Check, MachineContext, Runtime, ServiceControl, StepContext};
 use crate::error::{Error, IoContext, Result};
 use crate::process::{self, StepEnd};
+use crate::settings::Settings;
 use crate::spec::model::{Machine, Probe, ReadyCheck, Service};
 use crate::spec::template::RuntimeValues;
 use crate::spec::{secret_env_name, var_env_name};
-use crate::state::{MachineState, RunningService, RunningServices};
-use crate::store::TreeEntry;
-use crate::store::{self, Entry, Pending, remove_tree};
+use crate::state::{RunningService, RunningServices};
+use crate::store::{self, Entry, Pending, TreeEntry, remove_tree};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 pub struct LocalBackend;
 
+impl LocalBackend {
+    /// The local backend takes no settings: its machines are folders of the state folder.
+    pub fn new(_settings: &Settings) -> LocalBackend {
+        LocalBackend
+    }
+}
+
 impl Backend for LocalBackend {
-    fn check_host(&self, machine: &Machine) -> Result<()> {
+    fn check_host(&self, m: &MachineContext) -> Result<()> {
+        let machine = m.machine;
         for requirement in &machine.requires {
             let (found, what) = match &requirement.probe {
                 Probe::Program(p) => (process::find_program(p).is_some(), format!("program `{p}`")),
@@ -50,8 +58,16 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool> {
-        let root = state.root();
+    fn host_checks(&self, _folders: &[&Path]) -> Vec<Check> {
+        vec![Check {
+            what: "/bin/sh".into(),
+            ok: Path::new("/bin/sh").is_file(),
+            detail: "steps and services run as host processes".into(),
+        }]
+    }
+
+    fn restore(&self, m: &MachineContext, entry: &Entry) -> Result<bool> {
+        let root = m.state.root();
         let sound = store::restore(entry, &root)?;
         if !sound {
             remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;
@@ -59,19 +75,20 @@ impl Backend for LocalBackend {
         Ok(sound)
     }
 
-    fn reset(&self, state: &MachineState) -> Result<()> {
-        let root = state.root();
+    fn reset(&self, m: &MachineContext) -> Result<()> {
+        let root = m.state.root();
         remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;
         std::fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))
     }
 
     fn run_step(
         &self,
+        m: &MachineContext,
         ctx: &StepContext,
         step: &str,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<StepEnd> {
-        let root = ctx.state.root();
+        let root = m.state.root();
         let mut env = process::base_env(&root.join(".home"));
         env.insert("ENVBUILD_ROOT".into(), root.display().to_string());
         env.insert("ENVBUILD_INPUTS".into(), ctx.inputs.display().to_string());
@@ -83,7 +100,7 @@ impl Backend for LocalBackend {
 
     fn snapshot(
         &self,
-        state: &MachineState,
+        m: &MachineContext,
         pending: &Pending,
         parent: Option<&Entry>,
     ) -> Result<(Vec<TreeEntry>, u64)> {
@@ -94,7 +111,7 @@ impl Backend for LocalBackend {
         // The artifact folder exists (created by `begin`); snapshot fills it.
         let artifact = pending.artifact();
         store::snapshot(
-            &state.root(),
+            &m.state.root(),
             &artifact,
             parent_tree
                 .as_ref()
@@ -102,19 +119,19 @@ impl Backend for LocalBackend {
         )
     }
 
-    fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices> {
-        let machine = ctx.machine;
-        let root = ctx.state.root();
-        let run = ctx.state.run_dir();
+    fn start(&self, m: &MachineContext, runtime: &Runtime) -> Result<RunningServices> {
+        let machine = m.machine;
+        let root = m.state.root();
+        let run = m.state.run_dir();
         remove_tree(&run).ctx(|| format!("clearing {}", run.display()))?;
         std::fs::create_dir_all(&run).ctx(|| format!("creating {}", run.display()))?;
-        std::fs::create_dir_all(ctx.state.logs())
-            .ctx(|| format!("creating {}", ctx.state.logs().display()))?;
+        std::fs::create_dir_all(m.state.logs())
+            .ctx(|| format!("creating {}", m.state.logs().display()))?;
         let ports = allocate_ports(machine)?;
-        let env = runtime_env(ctx, &ports);
-        let (root_dir, run_dir) = (ctx.state.root(), ctx.state.run_dir());
+        let env = runtime_env(m, runtime, &ports);
+        let (root_dir, run_dir) = (m.state.root(), m.state.run_dir());
         let values = RuntimeValues {
-            vars: &ctx.vars,
+            vars: &runtime.vars,
             ports: &ports,
             dirs: Some((&root_dir, &run_dir)),
         };
@@ -125,7 +142,7 @@ impl Backend for LocalBackend {
             started: crate::clock::now_rfc3339(),
         };
 
-        let hook_log = ctx.state.logs().join("prestart.log");
+        let hook_log = m.state.logs().join("prestart.log");
         for hook in &machine.prestart {
             let command = render(hook)?;
             let mut log = std::fs::OpenOptions::new()
@@ -148,9 +165,9 @@ impl Backend for LocalBackend {
         }
 
         for service in &machine.services {
-            if let Err(e) = start_service(ctx, service, &env, &ports, &mut running) {
-                self.stop(ctx.state, &running);
-                ctx.state.set_services(None)?;
+            if let Err(e) = start_service(m, runtime, service, &env, &ports, &mut running) {
+                self.stop(m, &running);
+                m.state.set_services(None)?;
                 return Err(e);
             }
         }
@@ -159,16 +176,17 @@ impl Backend for LocalBackend {
 
     fn control(
         &self,
-        ctx: &RuntimeContext,
+        m: &MachineContext,
+        runtime: &Runtime,
         control: ServiceControl,
         names: &[String],
         extra_env: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let mut running = ctx
+        let mut running = m
             .state
             .services()
-            .ok_or_else(|| Error::Failed(format!("machine `{}` is not up", ctx.machine.name)))?;
-        let mut env = runtime_env(ctx, &running.ports);
+            .ok_or_else(|| Error::Failed(format!("machine `{}` is not up", m.machine.name)))?;
+        let mut env = runtime_env(m, runtime, &running.ports);
         env.extend(extra_env.clone());
         for name in names {
             if control != ServiceControl::Start
@@ -176,22 +194,23 @@ impl Backend for LocalBackend {
             {
                 let old = running.services.remove(at);
                 process::stop_group(old.pid, old.stop_signal, STOP_GRACE);
-                ctx.state.set_services(Some(&running))?;
+                m.state.set_services(Some(&running))?;
             }
             if control != ServiceControl::Stop {
-                let service = ctx
+                let service = m
                     .machine
                     .services
                     .iter()
                     .find(|s| s.name == *name)
                     .expect("spec checked service names");
-                start_service(ctx, service, &env, &running.ports.clone(), &mut running)?;
+                let ports = running.ports.clone();
+                start_service(m, runtime, service, &env, &ports, &mut running)?;
             }
         }
         Ok(())
     }
 
-    fn stop(&self, state: &MachineState, running: &RunningServices) -> Vec<String> {
+    fn stop(&self, m: &MachineContext, running: &RunningServices) -> Vec<String> {
         let killed = running
             .services
             .iter()
@@ -199,7 +218,7 @@ impl Backend for LocalBackend {
             .filter(|s| process::stop_group(s.pid, s.stop_signal, STOP_GRACE))
             .map(|s| s.name.clone())
             .collect();
-        let _ = remove_tree(&state.run_dir());
+        let _ = remove_tree(&m.state.run_dir());
         killed
     }
 }
@@ -207,21 +226,22 @@ impl Backend for LocalBackend {
 /// Starts one service, records it in `running` (and services.json), and waits until it is
 /// ready; on failure its process group is stopped and the error says why, with its log.
 fn start_service(
-    ctx: &RuntimeContext,
+    m: &MachineContext,
+    runtime: &Runtime,
     service: &Service,
     env: &BTreeMap<String, String>,
     ports: &BTreeMap<String, u16>,
     running: &mut RunningServices,
 ) -> Result<()> {
-    let root = ctx.state.root();
-    let run_dir = ctx.state.run_dir();
+    let root = m.state.root();
+    let run_dir = m.state.run_dir();
     let values = RuntimeValues {
-        vars: &ctx.vars,
+        vars: &runtime.vars,
         ports,
         dirs: Some((&root, &run_dir)),
     };
     let render = |text: &str| values.render(text).map_err(|e| Error::Failed(e.message));
-    let log = ctx.state.logs().join(format!("{}.log", service.name));
+    let log = m.state.logs().join(format!("{}.log", service.name));
     let command = render(&service.command)?;
     let pid = process::spawn_service(&command, &root, env, &log)?;
     running.services.push(RunningService {
@@ -231,7 +251,7 @@ fn start_service(
         log: log.clone(),
         url: service.url.as_deref().map(render).transpose()?,
     });
-    ctx.state.set_services(Some(running))?;
+    m.state.set_services(Some(running))?;
     let Some(ready) = &service.ready else {
         return Ok(());
     };
@@ -247,7 +267,7 @@ fn start_service(
         Error::Failed(format!(
             "service `{}` of machine `{}` did not become ready: {why}.\n  last lines of its log:\n{}\n  full log: {}",
             service.name,
-            ctx.machine.name,
+            m.machine.name,
             process::tail(&log, 15),
             log.display()
         ))
@@ -285,27 +305,28 @@ fn allocate_ports(machine: &Machine) -> Result<BTreeMap<String, u16>> {
 
 /// The environment of prestart hooks, services and `envbuild exec`.
 pub fn runtime_env(
-    ctx: &RuntimeContext,
+    m: &MachineContext,
+    runtime: &Runtime,
     ports: &BTreeMap<String, u16>,
 ) -> BTreeMap<String, String> {
-    let root = ctx.state.root();
+    let root = m.state.root();
     let mut env = process::base_env(&root.join(".home"));
     env.insert("ENVBUILD_ROOT".into(), root.display().to_string());
     env.insert(
         "ENVBUILD_RUN".into(),
-        ctx.state.run_dir().display().to_string(),
+        m.state.run_dir().display().to_string(),
     );
-    env.insert("ENVBUILD_MACHINE".into(), ctx.machine.name.clone());
+    env.insert("ENVBUILD_MACHINE".into(), m.machine.name.clone());
     for (name, port) in ports {
         env.insert(
             format!("ENVBUILD_PORT_{}", name.to_uppercase().replace('-', "_")),
             port.to_string(),
         );
     }
-    for (name, value) in &ctx.vars {
+    for (name, value) in &runtime.vars {
         env.insert(var_env_name(name), value.clone());
     }
-    for (name, value) in &ctx.secrets {
+    for (name, value) in &runtime.secrets {
         env.insert(secret_env_name(name), value.clone());
     }
     env

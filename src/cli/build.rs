@@ -5,6 +5,7 @@ use clap::Args;
 use super::{Global, VarArgs, load, print_json};
 use crate::engine::{self, Action, BuildReport};
 use crate::error::Result;
+use crate::ops::{self, build::AfterBuild};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -40,17 +41,16 @@ pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
     let env = load(&ws, &args.env, &args.vars)?;
     let keys = ws.keys(&env)?;
-    let report = engine::build(&ws, &env, &keys, &global.progress())?;
+    let (report, after) = ops::build::build(&ws, &env, &keys)?;
     if args.json {
         print_json(&report);
     } else if !global.quiet {
         eprintln!("{}", summary(&report));
     }
-    if ws.remotes.read_only && ws.remotes.remotes.iter().any(|r| r.push) {
-        eprintln!("read-only cache mode: nothing pushed");
-    } else if ws.remotes.pushing().next().is_some() {
-        let keys: Vec<String> = keys.into_iter().map(|k| k.key).collect();
-        super::cache::push(global, &ws, &keys)?;
+    match after {
+        AfterBuild::NoPush => {}
+        AfterBuild::ReadOnly => eprintln!("read-only cache mode: nothing pushed"),
+        AfterBuild::Pushed(outcomes) => super::cache::print_pushed(&outcomes, global.quiet),
     }
     Ok(0)
 }
@@ -65,7 +65,7 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
     let env = load(&ws, &args.env, &args.vars)?;
     let keys = ws.keys(&env)?;
-    let (report, running) = engine::up(&ws, &env, &keys, &global.progress())?;
+    let (report, running) = engine::up(&ws, &env, &keys, &ws.progress())?;
     if args.json {
         let machines = running
             .iter()
@@ -105,11 +105,12 @@ pub fn run_down(global: &Global, args: EnvArg) -> Result<i32> {
     let ws = global.workspace()?;
     let env = ws.load(&args.env, &[])?;
     let killed = engine::down(&ws, &env)?;
+    let progress = ws.progress();
     for (machine, service) in &killed {
-        eprintln!(
-            "warning: {}/{machine}/{service} did not stop in time and was killed",
+        progress.warn(&format!(
+            "{}/{machine}/{service} did not stop in time and was killed",
             env.name
-        );
+        ));
     }
     if !global.quiet {
         eprintln!("{}: down", env.name);

@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::{Global, print_json};
-use crate::backend::libvirt;
-use crate::error::Result;
+use crate::error::{ExitCode, Result};
+use crate::ops;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -14,33 +14,7 @@ pub struct DoctorArgs {
 }
 
 pub fn run(global: &Global, args: DoctorArgs) -> Result<i32> {
-    let store = global
-        .store
-        .clone()
-        .unwrap_or_else(crate::store::Store::default_root);
-    let state = global
-        .state
-        .clone()
-        .unwrap_or_else(crate::state::State::default_root);
-    let images = global.images();
-    let uri = global
-        .libvirt_uri
-        .clone()
-        .unwrap_or_else(|| libvirt::DEFAULT_URI.to_string());
-    let mut checks = vec![libvirt::Check {
-        what: "local backend: /bin/sh".into(),
-        ok: std::path::Path::new("/bin/sh").is_file(),
-        detail: "steps and services run as host processes".into(),
-    }];
-    let folders = [store.as_path(), state.as_path(), images.as_path()];
-    checks.extend(
-        libvirt::host_checks(&uri, &folders)
-            .into_iter()
-            .map(|mut c| {
-                c.what = format!("libvirt backend: {}", c.what);
-                c
-            }),
-    );
+    let checks = ops::doctor::checks(&global.workspace()?);
     let failed = checks.iter().filter(|c| !c.ok).count();
     if args.json {
         print_json(&checks);
@@ -62,5 +36,10 @@ pub fn run(global: &Global, args: DoctorArgs) -> Result<i32> {
             }
         );
     }
-    Ok(if failed == 0 { 0 } else { 2 })
+    Ok(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::BadInput
+    }
+    .code())
 }

@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::Global;
-use crate::backend::RuntimeContext;
 use crate::backend::local::runtime_env;
+use crate::engine::MachineHandle;
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Args)]
@@ -30,29 +30,21 @@ pub fn run(global: &Global, args: ExecArgs) -> Result<i32> {
             known.join(", ")
         ))
     })?;
-    let state = ws.state.machine(&env.name, &machine.name)?;
+    let handle = MachineHandle::new(&ws, &env, machine)?;
+    let state = &handle.state;
     if !state.root().is_dir() {
-        return Err(Error::Input(format!(
-            "{}/{} is not built yet; run `envbuild build {}`",
-            env.name, machine.name, env.name
-        )));
+        return Err(Error::input(
+            format!("{}/{} is not built yet", env.name, machine.name),
+            format!("run `envbuild build {}`", env.name),
+        ));
     }
     let ports = state.services().map(|s| s.ports).unwrap_or_default();
-    let ctx = RuntimeContext {
-        machine,
-        state: &state,
-        vars: env
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect(),
-        secrets: ws.state.secrets(&env)?,
-    };
+    let runtime = crate::engine::runtime(&ws, &env)?;
     let status = std::process::Command::new(&args.command[0])
         .args(&args.command[1..])
         .current_dir(state.root())
         .env_clear()
-        .envs(runtime_env(&ctx, &ports))
+        .envs(runtime_env(&handle.context(), &runtime, &ports))
         .status()
         .ctx(|| format!("running {}", args.command[0]))?;
     Ok(status.code().unwrap_or(1))

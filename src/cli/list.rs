@@ -21,10 +21,10 @@ struct Listed {
 }
 
 pub fn run(global: &Global, args: ListArgs) -> Result<i32> {
-    let dir = crate::spec::find_envs_dir(global.envs.as_deref())?;
+    let ws = global.workspace()?;
     let mut listed = Vec::new();
-    for name in crate::spec::list_names(&dir)? {
-        let env = crate::spec::load(&dir, &name, &[])?;
+    for name in crate::spec::list_names(ws.envs()?)? {
+        let env = ws.load(&name, &[])?;
         listed.push(Listed {
             stages: env.machines.iter().map(|m| m.stages.len()).sum(),
             machines: env.machines.iter().map(|m| m.name.clone()).collect(),

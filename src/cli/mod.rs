@@ -1,5 +1,6 @@
-//! The command line: argument types and one file per command. Commands parse, call into the
-//! engine/store, and print; they hold no business logic.
+//! The command line: argument types and one file per command. A command parses its arguments,
+//! calls one operation (src/ops, or the engine for the simplest ones) and prints its answer; it
+//! holds no policy. Flags become [`Settings`] here, once.
 
 mod build;
 mod cache;
@@ -19,15 +20,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::Workspace;
 use crate::error::Result;
+use crate::settings::{Flags, Settings};
 use crate::spec::model::Environment;
 use crate::spec::parse_var_override;
-use crate::state::State;
-use crate::store::Store;
 
 /// Reproducible, cached environments for testing OpenStack rolling upgrades.
 ///
-/// Exit codes: 0 success, 1 the work failed (a step, a service, a check), 2 bad input (a broken
-/// spec, an unknown name, a missing host tool, a rejected archive).
+/// Exit codes: 0 success, 1 the work failed (a step, a service, a check, a remote cache), 2 bad
+/// input (a broken spec, an unknown name, a missing host tool, a rejected archive), 3 (test) an
+/// incomplete run, 130 aborted.
 #[derive(Debug, Parser)]
 #[command(name = "envbuild", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
@@ -119,32 +120,22 @@ pub enum Command {
 }
 
 impl Global {
+    /// The raw flags, for [`Settings::resolve`].
+    fn flags(&self) -> Flags {
+        Flags {
+            envs: self.envs.clone(),
+            store: self.store.clone(),
+            state: self.state.clone(),
+            quiet: self.quiet,
+            libvirt_uri: self.libvirt_uri.clone(),
+            images: self.images.clone(),
+            remote: self.remote.overrides(),
+        }
+    }
+
+    /// The workspace of this run, from its resolved settings.
     pub fn workspace(&self) -> Result<Workspace> {
-        let envs = crate::spec::find_envs_dir(self.envs.as_deref())?;
-        let store = self.store.clone().unwrap_or_else(Store::default_root);
-        let state = self.state.clone().unwrap_or_else(State::default_root);
-        crate::backend::libvirt::configure(crate::backend::libvirt::Config {
-            uri: self.libvirt_uri.clone(),
-            images: self.images(),
-            store: store.clone(),
-        });
-        let mut ws = Workspace::open(envs, store, state)?;
-        ws.remotes = self.remote.resolve()?;
-        Ok(ws)
-    }
-
-    pub fn images(&self) -> PathBuf {
-        self.images.clone().unwrap_or_else(|| {
-            self.store
-                .clone()
-                .unwrap_or_else(Store::default_root)
-                .join(crate::store::LAYOUT)
-                .join("images")
-        })
-    }
-
-    pub fn progress(&self) -> crate::ui::Progress {
-        crate::ui::Progress::new(self.quiet)
+        Workspace::open(Settings::resolve(self.flags())?)
     }
 }
 

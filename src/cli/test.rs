@@ -71,7 +71,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
             .join(&env.name)
             .join(format!("{stamp}-{}", flow.name))
     });
-    let progress = global.progress();
+    let progress = ws.progress();
     progress.note(&format!(
         "{} {}: {}",
         env.name,

@@ -8,15 +8,16 @@ use serde::Serialize;
 
 use super::Workspace;
 use super::inputs::{RemoveOnDrop, prepare_inputs};
-use crate::backend::{self, Backend, StepContext};
-use crate::error::{Error, IoContext, Result};
+use super::workspace::MachineHandle;
+use crate::backend::{MachineContext, StepContext};
+use crate::error::{Error, IoContext, Result, StageFailure};
 use crate::key::StageKey;
 use crate::process::StepEnd;
 use crate::spec::model::{Environment, Machine, Stage};
 use crate::spec::var_env_name;
-use crate::state::{MachineState, Marker};
+use crate::state::Marker;
 use crate::store::lock::FileLock;
-use crate::store::{Entry, Manifest};
+use crate::store::{Entry, Manifest, Store};
 use crate::ui::Progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,8 +60,14 @@ pub fn build(
 ) -> Result<BuildReport> {
     let started = Instant::now();
     for machine in &env.machines {
-        let backend = backend::for_kind(machine.backend)?;
-        backend.check_host(machine)?;
+        let state = ws.state.locate(&env.name, &machine.name);
+        ws.backends
+            .get(machine.backend)?
+            .check_host(&MachineContext {
+                env: &env.name,
+                machine,
+                state: &state,
+            })?;
     }
     let mut report = BuildReport {
         env: env.name.clone(),
@@ -116,24 +123,24 @@ fn build_machine(
     keys: &[StageKey],
     progress: &Progress,
 ) -> Result<Vec<StageOutcome>> {
-    let backend = backend::for_kind(machine.backend)?;
-    let state = ws.state.machine(&env.name, &machine.name)?;
-    let label = format!("{}/{}", env.name, machine.name);
+    let handle = MachineHandle::new(ws, env, machine)?;
+    let (backend, state, m) = (handle.backend, &handle.state, handle.context());
+    let label = m.label();
     let _machine_lock = FileLock::acquire(&state.lock_file(), || {
         progress.note(&format!(
             "{label}: waiting for another envbuild using this machine"
         ))
     })?;
-    if state.services().is_some_and(|s| {
-        s.services
-            .iter()
-            .any(|s| crate::process::group_alive(s.pid))
-    }) {
-        return Err(Error::Input(format!(
-            "{label} is running; stop it first with `envbuild down {}`",
-            env.name
-        )));
+    if state
+        .services()
+        .is_some_and(|running| backend.runs_anything(&m, &running))
+    {
+        return Err(Error::input(
+            format!("{label} is running"),
+            format!("stop it first with `envbuild down {}`", env.name),
+        ));
     }
+    let store = ws.store()?;
     let keys: Vec<&StageKey> = keys.iter().filter(|k| k.machine == machine.name).collect();
     let mut outcomes: Vec<StageOutcome> = Vec::new();
     let outcome = |stage: &StageKey, action: Action, seconds: f64, steps_run: usize| StageOutcome {
@@ -146,17 +153,17 @@ fn build_machine(
     };
 
     crate::remote::pull_through(
-        &ws.store,
+        store,
         &ws.remotes,
         &keys,
         progress,
         backend
             .chained()
-            .then_some(&|entry: &Entry| backend.check_pulled(&state, entry)),
+            .then_some(&|entry: &Entry| backend.check_pulled(&m, entry)),
     );
     // Replay: the newest stage the store has (or the live machine already holds).
     let marker = state.marker();
-    let index = ws.store.index()?;
+    let index = store.index()?;
     let mut start = 0;
     for (i, stage_key) in keys.iter().enumerate().rev() {
         let Some(entry) = index.get(&stage_key.key) else {
@@ -166,7 +173,7 @@ fn build_machine(
         let current = marker.pristine
             && marker.key.as_deref() == Some(stage_key.key.as_str())
             && state.root().is_dir();
-        if !current && !restore_or_quarantine(ws, backend, &state, entry, progress)? {
+        if !current && !restore_or_quarantine(store, &handle, entry, progress)? {
             continue;
         }
         state.set_marker(&Marker {
@@ -187,21 +194,21 @@ fn build_machine(
         break;
     }
     if start == 0 {
-        backend.reset(&state)?;
+        backend.reset(&m)?;
     }
 
     for i in start..keys.len() {
         let stage_key = keys[i];
         let stage = &machine.stages[i];
         let t = Instant::now();
-        let _key_lock = ws.store.lock(&stage_key.key, || {
+        let _key_lock = store.lock(&stage_key.key, || {
             progress.note(&format!(
                 "{label}/{}: waiting for another build of this stage",
                 stage.name
             ))
         })?;
-        if let Some(entry) = ws.store.find(&stage_key.key)? {
-            if restore_or_quarantine(ws, backend, &state, &entry, progress)? {
+        if let Some(entry) = store.find(&stage_key.key)? {
+            if restore_or_quarantine(store, &handle, &entry, progress)? {
                 state.set_marker(&Marker {
                     key: Some(stage_key.key.clone()),
                     stage: Some(stage.name.clone()),
@@ -217,26 +224,17 @@ fn build_machine(
             }
             // A damaged entry was quarantined; the machine must be rebuilt from the last good one.
             return Err(Error::Failed(format!(
-                "{label}/{}: a cached entry was damaged and quarantined; run the build again",
+                "{label}/{}: a cached entry was damaged and quarantined",
                 stage.name
-            )));
+            ))
+            .fix("run the build again"));
         }
         let parent = if i == 0 {
             None
         } else {
-            ws.store.find(&keys[i - 1].key)?
+            store.find(&keys[i - 1].key)?
         };
-        let steps_run = build_stage(
-            ws,
-            backend,
-            env,
-            machine,
-            stage,
-            stage_key,
-            parent.as_ref(),
-            &state,
-            progress,
-        )?;
+        let steps_run = build_stage(ws, &handle, stage, stage_key, parent.as_ref(), progress)?;
         outcomes.push(outcome(
             stage_key,
             Action::Built,
@@ -248,19 +246,18 @@ fn build_machine(
 }
 
 fn restore_or_quarantine(
-    ws: &Workspace,
-    backend: &dyn Backend,
-    state: &MachineState,
+    store: &Store,
+    handle: &MachineHandle,
     entry: &Entry,
     progress: &Progress,
 ) -> Result<bool> {
-    state.set_marker(&Marker::default())?;
-    if backend.restore(state, entry)? {
+    handle.state.set_marker(&Marker::default())?;
+    if handle.backend.restore(&handle.context(), entry)? {
         return Ok(true);
     }
-    let moved = ws.store.quarantine(entry)?;
-    progress.note(&format!(
-        "warning: cache entry {} does not match its digests (tampered or damaged); moved to {} and not used",
+    let moved = store.quarantine(entry)?;
+    progress.warn(&format!(
+        "cache entry {} does not match its digests (tampered or damaged); moved to {} and not used",
         entry.name,
         moved.display()
     ));
@@ -269,22 +266,21 @@ fn restore_or_quarantine(
 
 static INPUTS_SEQ: AtomicU64 = AtomicU64::new(0);
 
-#[allow(clippy::too_many_arguments)]
 fn build_stage(
     ws: &Workspace,
-    backend: &dyn Backend,
-    env: &Environment,
-    machine: &Machine,
+    handle: &MachineHandle,
     stage: &Stage,
     stage_key: &StageKey,
     parent: Option<&Entry>,
-    state: &MachineState,
     progress: &Progress,
 ) -> Result<usize> {
     let started = Instant::now();
-    let label = format!("{}/{}/{}", env.name, machine.name, stage.name);
+    let (backend, state, m) = (handle.backend, &handle.state, handle.context());
+    let (env, machine) = (handle.env, handle.machine);
+    let label = format!("{}/{}", m.label(), stage.name);
     state.set_marker(&Marker::default())?;
-    let pending = ws.store.begin(&stage_key.key)?;
+    let store = ws.store()?;
+    let pending = store.begin(&stage_key.key)?;
     let inputs = ws.state.root.join("tmp").join(format!(
         "inputs.{}.{}",
         std::process::id(),
@@ -303,7 +299,6 @@ fn build_stage(
     }
     step_env.extend(stage.env.clone());
     let ctx = StepContext {
-        state,
         inputs: &inputs,
         env: step_env,
         deadline: started + stage.timeout,
@@ -315,31 +310,38 @@ fn build_stage(
     for (n, step) in stage.steps.iter().enumerate() {
         use std::io::Write;
         let _ = writeln!(log, "$ {step}");
-        let end = backend.run_step(&ctx, step, &mut |line: &str| {
+        let end = backend.run_step(&m, &ctx, step, &mut |line: &str| {
             let _ = writeln!(log, "{line}");
             bar.line(line);
         })?;
         if end != StepEnd::Exited(0) {
-            backend.abandon(state);
+            backend.abandon(&m);
             bar.finish("failed");
             let kept = state.logs().join(format!("{}.failed.log", stage.name));
             let _ = std::fs::create_dir_all(state.logs());
             let _ = std::fs::copy(pending.log(), &kept);
             let why = match end {
                 StepEnd::TimedOut => format!("timed out after {}s", stage.timeout.as_secs()),
-                StepEnd::Aborted => "was interrupted".to_string(),
+                StepEnd::Aborted => {
+                    return Err(Error::Aborted(format!(
+                        "stage {label} was interrupted at step {}; nothing was cached for it (log: {})",
+                        n + 1,
+                        kept.display()
+                    )));
+                }
                 StepEnd::Exited(code) => format!("exited with status {code}"),
             };
-            return Err(Error::Failed(format!(
-                "stage {label} failed: step {} `{}` {why}.\n  last lines:\n{}\n  full log: {}\n  Nothing was cached for this stage; earlier stages stay cached.",
-                n + 1,
-                step.lines().next().unwrap_or(""),
-                crate::process::tail(&kept, 15),
-                kept.display()
-            )));
+            return Err(Error::Stage(Box::new(StageFailure {
+                stage: label,
+                step: n + 1,
+                command: step.lines().next().unwrap_or("").to_string(),
+                why,
+                tail: crate::process::tail(&kept, 15),
+                log: kept,
+            })));
         }
     }
-    let (tree, size) = backend.snapshot(state, &pending, parent)?;
+    let (tree, size) = backend.snapshot(&m, &pending, parent)?;
     let manifest = Manifest {
         key: stage_key.key.clone(),
         parent: stage_key.material.parent.clone(),
@@ -356,8 +358,8 @@ fn build_stage(
         duration_ms: started.elapsed().as_millis() as u64,
         envbuild_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let entry = ws.store.commit(pending, &manifest, &tree)?;
-    backend.committed(state, &entry)?;
+    let entry = store.commit(pending, &manifest, &tree)?;
+    backend.committed(&m, &entry)?;
     state.set_marker(&Marker {
         key: Some(stage_key.key.clone()),
         stage: Some(stage.name.clone()),

@@ -69,7 +69,7 @@ pub(super) fn prepare_inputs(
 
 /// A pinned source, downloaded once into the store's sources/ folder and checked by sha256.
 fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<PathBuf> {
-    let dir = ws.store.root.join(store::LAYOUT).join("sources");
+    let dir = ws.store()?.root.join(store::LAYOUT).join("sources");
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let path = dir.join(&source.sha256);
     if path.is_file() && crate::key::digest::sha256_file(&path)? == source.sha256 {
@@ -80,8 +80,12 @@ fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<P
     if let Some(local) = source.url.strip_prefix("file://") {
         std::fs::copy(local, &partial).ctx(|| format!("copying source {}", source.url))?;
     } else {
-        let curl = crate::process::find_program("curl")
-            .ok_or_else(|| Error::Input("http(s) sources are downloaded with curl, which is missing.\n  fix: apt-get install curl".into()))?;
+        let curl = crate::process::find_program("curl").ok_or_else(|| {
+            Error::input(
+                "http(s) sources are downloaded with curl, which is missing.",
+                "apt-get install curl",
+            )
+        })?;
         let ok = std::process::Command::new(curl)
             .args(["-fsSL", "-o"])
             .arg(&partial)
@@ -97,10 +101,13 @@ fn fetch_source(ws: &Workspace, source: &crate::spec::model::Source) -> Result<P
     }
     let got = crate::key::digest::sha256_file(&partial)?;
     if got != source.sha256 {
-        return Err(Error::Input(format!(
-            "source {} from {} has sha256 {got}, but the spec pins {}.\n  fix: check the URL, or update the pin if the new file is trusted",
-            source.name, source.url, source.sha256
-        )));
+        return Err(Error::input(
+            format!(
+                "source {} from {} has sha256 {got}, but the spec pins {}.",
+                source.name, source.url, source.sha256
+            ),
+            "check the URL, or update the pin if the new file is trusted",
+        ));
     }
     std::fs::rename(&partial, &path).ctx(|| format!("storing {}", path.display()))?;
     Ok(path)

@@ -17,5 +17,5 @@ mod workspace;
 
 pub use build::{Action, BuildReport, build};
 pub use plan::plan;
-pub use services::{down, up};
-pub use workspace::Workspace;
+pub use services::{down, runtime, up};
+pub use workspace::{MachineHandle, Workspace};

@@ -44,7 +44,8 @@ pub fn plan(
     keys: &[StageKey],
     with_reasons: bool,
 ) -> Result<Plan> {
-    let index = ws.store.index()?;
+    let store = ws.store()?;
+    let index = store.index()?;
     let machines = env
         .machines
         .iter()
@@ -65,7 +66,7 @@ pub fn plan(
                         ws.remotes.holder(&k.key).map(|r| r.url.to_string())
                     };
                     let reasons = if with_reasons && !cached {
-                        let before = ws.store.newest_for(&index, &env.name, &k.machine, &k.stage);
+                        let before = store.newest_for(&index, &env.name, &k.machine, &k.stage);
                         explain(before.as_ref().map(|m| &m.material), &k.material)
                     } else {
                         Vec::new()

@@ -1,15 +1,26 @@
 //! Starting and stopping an environment's machines (`up`, `down`).
 
-use std::collections::BTreeMap;
-
 use super::Workspace;
 use super::build::{BuildReport, build, waves};
-use crate::backend::{self, RuntimeContext};
+use super::workspace::MachineHandle;
+use crate::backend::{Runtime, StartOrder};
 use crate::error::{Error, Result};
 use crate::key::StageKey;
-use crate::spec::model::{Environment, Machine};
-use crate::state::{MachineState, RunningServices};
+use crate::spec::model::Environment;
+use crate::state::RunningServices;
 use crate::ui::Progress;
+
+/// What services of `env` are started with: its vars and its generated secrets.
+pub fn runtime(ws: &Workspace, env: &Environment) -> Result<Runtime> {
+    Ok(Runtime {
+        vars: env
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+        secrets: ws.state.secrets(env)?,
+    })
+}
 
 /// Builds, then starts every machine's services. An environment that is already up with its
 /// current build is left as it is; one running an older build must be taken down first.
@@ -30,43 +41,43 @@ pub fn up(
         ));
     }
     let report = build(ws, env, keys, progress)?;
-    let secrets = ws.state.secrets(env)?;
-    let vars: BTreeMap<String, String> = env
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    let mut started: Vec<Started> = Vec::new();
-    // VMs that do not wait for each other boot in parallel (a minute or more each); local
-    // machines start one after the other, in the spec's order, as before.
+    let runtime = runtime(ws, env)?;
+    let mut started: Vec<(MachineHandle, RunningServices)> = Vec::new();
+    // Machines of a backend that starts in parallel (VMs: a minute or more each to boot) start
+    // at once; the others one after the other, in the spec's order.
     for wave in waves(env) {
-        let is_vm = |m: &Machine| m.backend == crate::spec::model::BackendKind::Libvirt;
-        let results: Vec<Result<Option<Started>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = wave
-                .iter()
-                .filter(|m| is_vm(m))
-                .map(|machine| {
-                    let (vars, secrets) = (vars.clone(), secrets.clone());
-                    scope.spawn(move || start_machine(ws, env, machine, vars, secrets, progress))
-                })
-                .collect();
-            let mut results = Vec::new();
-            for machine in wave.iter().filter(|m| !is_vm(m)) {
-                let result =
-                    start_machine(ws, env, machine, vars.clone(), secrets.clone(), progress);
-                let failed = result.is_err();
-                results.push(result);
-                if failed {
-                    break;
-                }
-            }
-            results.extend(
-                handles
+        let handles = wave
+            .iter()
+            .map(|machine| MachineHandle::new(ws, env, machine))
+            .collect::<Result<Vec<_>>>()?;
+        let parallel = |h: &MachineHandle| h.backend.start_order() == StartOrder::Parallel;
+        let results: Vec<Result<Option<(MachineHandle, RunningServices)>>> =
+            std::thread::scope(|scope| {
+                let (at_once, in_order): (Vec<_>, Vec<_>) =
+                    handles.into_iter().partition(|h| parallel(h));
+                let spawned: Vec<_> = at_once
                     .into_iter()
-                    .map(|h| h.join().expect("a machine start panicked")),
-            );
-            results
-        });
+                    .map(|handle| {
+                        let runtime = &runtime;
+                        scope.spawn(move || start_machine(handle, runtime, progress))
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                for handle in in_order {
+                    let result = start_machine(handle, &runtime, progress);
+                    let failed = result.is_err();
+                    results.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                results.extend(
+                    spawned
+                        .into_iter()
+                        .map(|h| h.join().expect("a machine start panicked")),
+                );
+                results
+            });
         let mut failure = None;
         for result in results {
             match result {
@@ -77,11 +88,9 @@ pub fn up(
         }
         if let Some(e) = failure {
             // Leave nothing half up: stop what this `up` started.
-            for (earlier, state, running) in started.iter().rev() {
-                if let Ok(their_backend) = backend::for_kind(earlier.backend) {
-                    their_backend.stop(state, running);
-                }
-                let _ = state.set_services(None);
+            for (handle, running) in started.iter().rev() {
+                handle.backend.stop(&handle.context(), running);
+                let _ = handle.state.set_services(None);
             }
             return Err(e);
         }
@@ -90,50 +99,38 @@ pub fn up(
         report,
         started
             .into_iter()
-            .map(|(machine, _, running)| (machine.name.clone(), running))
+            .map(|(handle, running)| (handle.machine.name.clone(), running))
             .collect(),
     ))
 }
 
-/// A machine `up` started, with what `down` needs to stop it.
-type Started<'a> = (&'a Machine, MachineState, RunningServices);
+/// Whether `up` starts this machine: it has services or prestart hooks, or its backend starts
+/// a machine without them (a VM is the machine).
+fn started_by_up(handle: &MachineHandle) -> bool {
+    !handle.machine.services.is_empty()
+        || !handle.machine.prestart.is_empty()
+        || handle.backend.starts_without_services()
+}
 
 /// Starts one machine's services (a VM: boots it); `None` for a machine with nothing to start.
 fn start_machine<'a>(
-    ws: &Workspace,
-    env: &Environment,
-    machine: &'a Machine,
-    vars: BTreeMap<String, String>,
-    secrets: BTreeMap<String, String>,
+    handle: MachineHandle<'a>,
+    runtime: &Runtime,
     progress: &Progress,
-) -> Result<Option<Started<'a>>> {
-    // A VM is started by `up` even without services: it is the machine.
-    if machine.services.is_empty()
-        && machine.prestart.is_empty()
-        && machine.backend != crate::spec::model::BackendKind::Libvirt
-    {
+) -> Result<Option<(MachineHandle<'a>, RunningServices)>> {
+    if !started_by_up(&handle) {
         return Ok(None);
     }
-    let backend = backend::for_kind(machine.backend)?;
-    let state = ws.state.machine(&env.name, &machine.name)?;
+    let state = &handle.state;
     let mut marker = state.marker();
     marker.pristine = false;
     state.set_marker(&marker)?;
-    let bar = progress.stage(
-        format!("{}/{}", env.name, machine.name),
-        "starting services",
-    );
-    let ctx = RuntimeContext {
-        machine,
-        state: &state,
-        vars,
-        secrets,
-    };
-    match backend.start(&ctx) {
+    let bar = progress.stage(handle.context().label(), "starting services");
+    match handle.backend.start(&handle.context(), runtime) {
         Ok(running) => {
             state.set_services(Some(&running))?;
             bar.finish("up");
-            Ok(Some((machine, state, running)))
+            Ok(Some((handle, running)))
         }
         Err(e) => {
             bar.finish("failed");
@@ -142,7 +139,7 @@ fn start_machine<'a>(
     }
 }
 
-/// The running services of `env` if every machine with services runs them all, from the build
+/// The running services of `env` if every machine `up` starts runs them all, from the build
 /// its spec describes now.
 fn already_up(
     ws: &Workspace,
@@ -150,26 +147,27 @@ fn already_up(
     keys: &[StageKey],
 ) -> Result<Option<Vec<(String, RunningServices)>>> {
     let mut running = Vec::new();
-    let started_by_up = |m: &Machine| {
-        !m.services.is_empty() || m.backend == crate::spec::model::BackendKind::Libvirt
-    };
-    for machine in env.machines.iter().filter(|m| started_by_up(m)) {
-        let state = ws.state.machine(&env.name, &machine.name)?;
-        let Some(services) = state.services() else {
+    for machine in &env.machines {
+        let handle = MachineHandle::new(ws, env, machine)?;
+        // Prestart hooks alone do not make a machine count here, as before.
+        if machine.services.is_empty() && !handle.backend.starts_without_services() {
+            continue;
+        }
+        let Some(services) = handle.state.services() else {
             return Ok(None);
         };
-        if !backend::for_kind(machine.backend)?.is_running(&state, &services) {
+        if !handle.backend.is_up(&handle.context(), &services) {
             return Ok(None);
         }
         let last = keys
             .iter()
             .rfind(|k| k.machine == machine.name)
             .map(|k| k.key.as_str());
-        if last.is_some() && state.marker().key.as_deref() != last {
-            return Err(Error::Input(format!(
-                "{}/{} is running an older build; run `envbuild down {}` first",
-                env.name, machine.name, env.name
-            )));
+        if last.is_some() && handle.state.marker().key.as_deref() != last {
+            return Err(Error::input(
+                format!("{} is running an older build", handle.context().label()),
+                format!("run `envbuild down {}` first", env.name),
+            ));
         }
         running.push((machine.name.clone(), services));
     }
@@ -180,13 +178,12 @@ fn already_up(
 pub fn down(ws: &Workspace, env: &Environment) -> Result<Vec<(String, String)>> {
     let mut killed = Vec::new();
     for machine in env.machines.iter().rev() {
-        let backend = backend::for_kind(machine.backend)?;
-        let state = ws.state.machine(&env.name, &machine.name)?;
-        if let Some(running) = state.services() {
-            for name in backend.stop(&state, &running) {
+        let handle = MachineHandle::new(ws, env, machine)?;
+        if let Some(running) = handle.state.services() {
+            for name in handle.backend.stop(&handle.context(), &running) {
                 killed.push((machine.name.clone(), name));
             }
-            state.set_services(None)?;
+            handle.state.set_services(None)?;
         }
     }
     Ok(killed)

@@ -1,48 +1,118 @@
-//! The places a command works with (specs, store, state, remote caches), opened once.
+//! The places a command works with (specs, store, state, remote caches, backends), opened once
+//! from the run's [`Settings`].
+//!
+//! The store is created by the first operation that uses it, never by opening the workspace:
+//! a command refused for bad input (an unknown environment, a broken spec) leaves no store
+//! behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::OnceLock;
 
+use crate::backend::{Backends, MachineContext};
 use crate::error::Result;
 use crate::key::fingerprint::FingerprintCache;
 use crate::key::{self, StageKey};
-use crate::spec::model::Environment;
-use crate::state::State;
+use crate::remote::Remotes;
+use crate::settings::Settings;
+use crate::spec::model::{Environment, Machine};
+use crate::state::{MachineState, State};
 use crate::store::{Store, remove_tree};
+use crate::ui::Progress;
 
-/// The places a command works with, opened once.
 pub struct Workspace {
-    pub envs: PathBuf,
-    pub store: Store,
+    pub settings: Settings,
+    store: OnceLock<Store>,
     pub state: State,
     pub fingerprints: FingerprintCache,
     /// Remote caches asked for stages the store lacks (docs/remote-cache.md).
-    pub remotes: crate::remote::Remotes,
+    pub remotes: Remotes,
+    pub backends: Backends,
 }
 
 impl Workspace {
-    pub fn open(envs: PathBuf, store_root: PathBuf, state_root: PathBuf) -> Result<Workspace> {
-        let store = Store::open(&store_root)?;
-        let fingerprints = FingerprintCache::load(store.fingerprint_file());
-        let state = State { root: state_root };
+    pub fn open(mut settings: Settings) -> Result<Workspace> {
+        let state = State {
+            root: settings.state.clone(),
+        };
         clean_stale_tmp(&state.root.join("tmp"));
         Ok(Workspace {
-            envs,
-            store,
+            fingerprints: FingerprintCache::load(Store::fingerprint_file(&settings.store)),
+            backends: Backends::new(&settings),
+            remotes: std::mem::take(&mut settings.remotes),
+            store: OnceLock::new(),
             state,
-            fingerprints,
-            remotes: Default::default(),
+            settings,
         })
     }
 
+    /// The stage store, created on first use.
+    pub fn store(&self) -> Result<&Store> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = Store::open(&self.settings.store)?;
+        Ok(self.store.get_or_init(|| store))
+    }
+
+    /// The environments folder.
+    pub fn envs(&self) -> Result<&Path> {
+        self.settings.envs()
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::new(self.settings.quiet)
+    }
+
     pub fn load(&self, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
-        crate::spec::load(&self.envs, name, overrides)
+        crate::spec::load(self.envs()?, name, overrides)
     }
 
     pub fn keys(&self, env: &Environment) -> Result<Vec<StageKey>> {
-        let keys = key::stage_keys(env, &self.fingerprints)?;
+        // A kind of machine this envbuild has no backend for adds nothing: `plan` and `hash`
+        // still answer, `build` refuses it.
+        let material = |machine: &Machine| {
+            self.backends
+                .get(machine.backend)
+                .map(|b| b.base_material(machine))
+                .unwrap_or_default()
+        };
+        let keys = key::stage_keys(env, &self.fingerprints, &material)?;
         tracing::debug!(env = %env.name, files_read = *self.fingerprints.reads.lock().unwrap(), "computed stage keys");
+        self.store()?;
         self.fingerprints.save();
         Ok(keys)
+    }
+
+    /// The state folder of one machine (created if need be).
+    pub fn machine_state(&self, env: &Environment, machine: &Machine) -> Result<MachineState> {
+        self.state.machine(&env.name, &machine.name)
+    }
+}
+
+/// A machine of the workspace with its state folder and its backend, ready for backend calls.
+pub struct MachineHandle<'a> {
+    pub state: MachineState,
+    pub env: &'a Environment,
+    pub machine: &'a Machine,
+    pub backend: &'a dyn crate::backend::Backend,
+}
+
+impl<'a> MachineHandle<'a> {
+    pub fn new(ws: &'a Workspace, env: &'a Environment, machine: &'a Machine) -> Result<Self> {
+        Ok(MachineHandle {
+            state: ws.machine_state(env, machine)?,
+            env,
+            machine,
+            backend: ws.backends.get(machine.backend)?,
+        })
+    }
+
+    pub fn context(&self) -> MachineContext<'_> {
+        MachineContext {
+            env: &self.env.name,
+            machine: self.machine,
+            state: &self.state,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::local::runtime_env;
-use crate::backend::{self, RuntimeContext, ServiceControl};
+use crate::backend::{MachineContext, Runtime, ServiceControl};
 use crate::clock::now_rfc3339;
 use crate::engine::{self, Workspace};
 use crate::error::{Error, IoContext, Result};
@@ -284,13 +284,19 @@ impl Runner<'_> {
         &'m self,
         phase: &Phase,
         state: &'m crate::state::MachineState,
-    ) -> RuntimeContext<'m> {
-        RuntimeContext {
+    ) -> MachineContext<'m> {
+        MachineContext {
+            env: &self.env.name,
             machine: self
                 .env
                 .machine(&phase.machine)
                 .expect("spec checked the machine"),
             state,
+        }
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime {
             vars: self.vars.clone(),
             secrets: self.secrets.clone(),
         }
@@ -357,8 +363,8 @@ impl Runner<'_> {
                         self.render(value, &ports, &state.root(), &state.run_dir())?,
                     );
                 }
-                let backend = backend::for_kind(ctx.machine.backend)?;
-                backend.control(&ctx, control, names, &env)
+                let backend = self.ws.backends.get(ctx.machine.backend)?;
+                backend.control(&ctx, &self.runtime(), control, names, &env)
             }
         }
     }
@@ -369,7 +375,7 @@ impl Runner<'_> {
         let state = self.ws.state.machine(&self.env.name, &phase.machine)?;
         let ctx = self.machine_context(phase, &state);
         let ports = state.services().map(|s| s.ports).unwrap_or_default();
-        let mut env = runtime_env(&ctx, &ports);
+        let mut env = runtime_env(&ctx, &self.runtime(), &ports);
         for (key, value) in &phase.env {
             env.insert(
                 key.clone(),

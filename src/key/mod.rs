@@ -59,11 +59,18 @@ pub struct StageKey {
     pub material: KeyMaterial,
 }
 
+/// What a machine's backend adds to its base digest (`Backend::base_material`), one line each.
+pub type BackendMaterial<'a> = &'a dyn Fn(&Machine) -> Vec<String>;
+
 /// Computes the keys of every stage of `env`, machines in dependency order.
-pub fn stage_keys(env: &Environment, cache: &FingerprintCache) -> Result<Vec<StageKey>> {
+pub fn stage_keys(
+    env: &Environment,
+    cache: &FingerprintCache,
+    backend_material: BackendMaterial,
+) -> Result<Vec<StageKey>> {
     let mut keys: Vec<StageKey> = Vec::new();
     for machine in &env.machines {
-        let base = base_digest(machine, cache)?;
+        let base = base_digest(machine, cache, backend_material)?;
         let mut parent = None;
         for stage in &machine.stages {
             let mut after = BTreeMap::new();
@@ -107,28 +114,20 @@ pub fn stage_keys(env: &Environment, cache: &FingerprintCache) -> Result<Vec<Sta
     Ok(keys)
 }
 
-/// The base digest: the backend kind, the pinned image, and the bytes of each host tool.
-fn base_digest(machine: &Machine, cache: &FingerprintCache) -> Result<String> {
+/// The base digest: the backend kind, the pinned image, what the backend adds (its disk layout,
+/// the recipes of what it puts on a base image), and the bytes of each host tool.
+fn base_digest(
+    machine: &Machine,
+    cache: &FingerprintCache,
+    backend_material: BackendMaterial,
+) -> Result<String> {
     let mut text = format!("backend={}\n", machine.backend.as_str());
     if let Some(image) = &machine.base.image {
         text.push_str(&format!("image={}\n", image.sha256));
-        // What envbuild's cloud-init seed configures ends up on the stage disks too.
-        text.push_str(&format!(
-            "cloud-init={}\n",
-            crate::backend::libvirt::cloud_init::recipe_digest()
-        ));
     }
-    if machine.backend == crate::spec::model::BackendKind::Libvirt {
-        text.push_str(&format!(
-            "layout={}\n",
-            crate::backend::libvirt::ENTRY_LAYOUT
-        ));
-    }
-    if machine.base.debootstrap.is_some() {
-        text.push_str(&format!(
-            "debootstrap={}\n",
-            crate::backend::libvirt::image::recipe_digest(machine)
-        ));
+    for line in backend_material(machine) {
+        text.push_str(&line);
+        text.push('\n');
     }
     for tool in &machine.base.host_tools {
         let resolved = std::fs::canonicalize(tool).map_err(|_| Error::MissingTool {

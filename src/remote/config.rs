@@ -1,7 +1,8 @@
 //! The remote caches of a run: the config file, then command-line flags over it.
 //!
 //! ```toml
-//! # $ENVBUILD_CONFIG, else $XDG_CONFIG_HOME/envbuild/config.toml (~/.config/envbuild/config.toml)
+//! # $ENVBUILD_CONFIG, else $XDG_CONFIG_HOME/envbuild/config.toml (~/.config/envbuild/config.toml;
+//! # the default is resolved by src/settings.rs)
 //! [cache]
 //! signing_key = "keys/ci.key"                 # relative paths are relative to this file
 //! read_only = false                           # true: pull, never push
@@ -63,6 +64,8 @@ fn yes() -> bool {
 pub struct Overrides {
     /// Config file given explicitly (it must exist).
     pub config: Option<PathBuf>,
+    /// Where the config file is looked for when none is given (it may not exist).
+    pub default_config: Option<PathBuf>,
     pub cache_from: Vec<String>,
     pub cache_to: Vec<String>,
     pub read_only: bool,
@@ -70,20 +73,12 @@ pub struct Overrides {
     pub trusted_keys: Vec<String>,
 }
 
-fn default_config() -> Option<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .map(|dir| dir.join("envbuild").join("config.toml"))
-}
-
 /// Reads the config file (if any) and applies the flags: `--cache-from`/`--cache-to` replace
 /// the file's remotes, trusted keys add up, the flag's signing key wins, read-only is sticky.
 pub fn resolve(overrides: Overrides) -> Result<Remotes> {
     let (file, base) = match &overrides.config {
         Some(path) => (read(path)?, path.parent().map(Path::to_path_buf)),
-        None => match default_config().filter(|p| p.is_file()) {
+        None => match overrides.default_config.clone().filter(|p| p.is_file()) {
             Some(path) => (read(&path)?, path.parent().map(Path::to_path_buf)),
             None => (File::default(), None),
         },
@@ -154,17 +149,16 @@ pub fn resolve(overrides: Overrides) -> Result<Remotes> {
 
 fn read(path: &Path) -> Result<File> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Input(format!(
-            "cannot read the config file {} ({e}).\n  fix: create it (docs/remote-cache.md) or unset ENVBUILD_CONFIG / --config",
-            path.display()
-        ))
+        Error::input(
+            format!("cannot read the config file {} ({e}).", path.display()),
+            "create it (docs/remote-cache.md) or unset ENVBUILD_CONFIG / --config",
+        )
     })?;
     toml::from_str(&text).map_err(|e| {
-        Error::Input(format!(
-            "{}: {}\n  fix: see docs/remote-cache.md for the [cache] section",
-            path.display(),
-            e.to_string().trim_end()
-        ))
+        Error::input(
+            format!("{}: {}", path.display(), e.to_string().trim_end()),
+            "see docs/remote-cache.md for the [cache] section",
+        )
     })
 }
 

@@ -95,14 +95,15 @@ impl Remotes {
     }
 }
 
-/// Why talking to a remote failed at the transport level, as a bad-input error with a fix.
+/// Why talking to a remote failed at the transport level: a failure of the work (exit 1), not
+/// bad input.
 fn unreachable(url: &Url, e: &std::io::Error) -> crate::error::Error {
-    crate::error::Error::Input(format!(
-        "cannot reach the remote cache at {url} ({e}).\n  fix: check the URL and that the server is running, or leave this remote out (--cache-from/--cache-to, config file)"
-    ))
+    crate::error::Error::Remote(format!("cannot reach the remote cache at {url} ({e})")).fix(
+        "check the URL and that the server is running, or leave this remote out (--cache-from/--cache-to, config file)",
+    )
 }
 
-/// A server answered something other than what the protocol expects.
+/// A server answered something other than what the protocol expects (exit 1).
 fn unexpected(method: &str, url: &Url, response: &mut http::Response) -> crate::error::Error {
     let text = response.text(300).unwrap_or_default();
     let hint = match response.status {
@@ -113,8 +114,8 @@ fn unexpected(method: &str, url: &Url, response: &mut http::Response) -> crate::
         413 => "the server refused the size; raise its body limit (NGINX: client_max_body_size 0;)",
         _ => "check the server's log",
     };
-    crate::error::Error::Input(format!(
-        "the remote cache answered {} to {method} {url}{}.\n  fix: {hint}",
+    crate::error::Error::Remote(format!(
+        "the remote cache answered {} to {method} {url}{}.",
         response.status,
         if text.trim().is_empty() {
             String::new()
@@ -125,4 +126,5 @@ fn unexpected(method: &str, url: &Url, response: &mut http::Response) -> crate::
             )
         }
     ))
+    .fix(hint)
 }

@@ -92,8 +92,8 @@ fn pull_or_warn(
 ) -> Option<String> {
     let (pulled, failures) = pull_key(store, remotes, &stage_key.key, progress);
     for failure in failures {
-        progress.note(&format!(
-            "warning: {failure}\n  {}/{}: not using the remote copy; building it locally instead",
+        progress.warn(&format!(
+            "{failure}\n  {}/{}: not using the remote copy; building it locally instead",
             stage_key.machine, stage_key.stage
         ));
     }
@@ -121,8 +121,8 @@ fn pull_prefix(
     }
     let Some(newest) = fetched.last() else { return };
     if let Err(why) = check(newest) {
-        progress.note(&format!(
-            "warning: {why}\n  not using the {} stage(s) pulled for {}; building them locally instead",
+        progress.warn(&format!(
+            "{why}\n  not using the {} stage(s) pulled for {}; building them locally instead",
             fetched.len(),
             keys[0].machine
         ));
@@ -154,17 +154,16 @@ fn pull_from(
         _ => return Err(Failure::Refused(unexpected("GET", &url, &mut response))),
     }
     let refuse = |why: String| {
-        Failure::Refused(Error::Input(format!(
-            "refusing remote entry {key} from {}: {why}.\n  fix: {}",
-            remote.url,
+        Failure::Refused(Error::input(
+            format!("refusing remote entry {key} from {}: {why}.", remote.url),
             if why.contains("old `") {
                 "push the entry again with this envbuild, after deleting the old statement (v1/<key>.sig) on the server"
             } else if why.contains("trusted") {
                 "add the pusher's public key to trusted_keys (config) or --cache-trusted-key, if you trust it"
             } else {
                 "push the entry again from a sound store; nothing was added to the local store"
-            }
-        )))
+            },
+        ))
     };
     let text = response
         .text(16 * 1024)
@@ -335,9 +334,12 @@ fn download(
             200 if have == 0 => {}
             206 if have > 0 && resumed => {}
             200 => {
-                return Err(Failure::Refused(Error::Input(format!(
-                    "the transfer of {url} broke at {have} of {size} bytes and the server cannot resume it (it ignores Range requests).\n  fix: run the pull again; nothing was added to the store"
-                ))));
+                return Err(Failure::Refused(Error::input(
+                    format!(
+                        "the transfer of {url} broke at {have} of {size} bytes and the server cannot resume it (it ignores Range requests)."
+                    ),
+                    "run the pull again; nothing was added to the store",
+                )));
             }
             _ => return Err(Failure::Refused(unexpected("GET", url, &mut response))),
         }

@@ -299,18 +299,21 @@ pub fn push_keys(
     progress: &Progress,
 ) -> Result<Vec<PushOutcome>> {
     if remotes.read_only {
-        return Err(Error::Input(
-            "read-only cache mode: this run pulls but never pushes.\n  fix: drop --cache-read-only (or read_only = true in the config) where pushing is intended, e.g. on main".into(),
+        return Err(Error::input(
+            "read-only cache mode: this run pulls but never pushes.",
+            "drop --cache-read-only (or read_only = true in the config) where pushing is intended, e.g. on main",
         ));
     }
     if remotes.pushing().next().is_none() {
-        return Err(Error::Input(
-            "no remote cache to push to.\n  fix: give --cache-to URL, or set push = true on a [[cache.remote]] in the config file (docs/remote-cache.md)".into(),
+        return Err(Error::input(
+            "no remote cache to push to.",
+            "give --cache-to URL, or set push = true on a [[cache.remote]] in the config file (docs/remote-cache.md)",
         ));
     }
     let key_path = remotes.signing_key.as_deref().ok_or_else(|| {
-        Error::Input(
-            "pushing needs a signing key and none is configured.\n  fix: create one with `envbuild cache keygen PATH`, then pass --cache-signing-key PATH or set signing_key in the config file".into(),
+        Error::input(
+            "pushing needs a signing key and none is configured.",
+            "create one with `envbuild cache keygen PATH`, then pass --cache-signing-key PATH or set signing_key in the config file",
         )
     })?;
     let secret = SecretKey::load(key_path)?;

@@ -32,10 +32,12 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     pub fn parse(text: &str) -> Result<PublicKey> {
         let bad = |why: &str| {
-            Error::Input(format!(
-                "`{}` is not an envbuild public key: {why}.\n  fix: use the line that `envbuild cache keygen` printed (and wrote to KEY.pub), `{PUBLIC_PREFIX}<base64>`",
-                text.trim()
-            ))
+            Error::input(
+                format!("`{}` is not an envbuild public key: {why}.", text.trim()),
+                format!(
+                    "use the line that `envbuild cache keygen` printed (and wrote to KEY.pub), `{PUBLIC_PREFIX}<base64>`"
+                ),
+            )
         };
         let encoded = text
             .trim()
@@ -57,9 +59,7 @@ impl PublicKey {
             return PublicKey::parse(value);
         }
         let text = std::fs::read_to_string(value).map_err(|e| {
-            Error::Input(format!(
-                "trusted key `{value}` is neither a key ({PUBLIC_PREFIX}...) nor a readable file ({e}).\n  fix: give the public key itself or the path of the .pub file `envbuild cache keygen` wrote"
-            ))
+            Error::input(format!("trusted key `{value}` is neither a key ({PUBLIC_PREFIX}...) nor a readable file ({e})."), "give the public key itself or the path of the .pub file `envbuild cache keygen` wrote")
         })?;
         PublicKey::parse(&text)
     }
@@ -88,20 +88,24 @@ impl SecretKey {
     /// Reads a private key file; refuses one that others can read.
     pub fn load(path: &Path) -> Result<SecretKey> {
         let missing = |e: std::io::Error| {
-            Error::Input(format!(
-                "cannot read the signing key {} ({e}).\n  fix: create one with `envbuild cache keygen {}`, or point signing_key / --cache-signing-key at yours",
-                path.display(),
-                path.display()
-            ))
+            Error::input(
+                format!("cannot read the signing key {} ({e}).", path.display()),
+                format!(
+                    "create one with `envbuild cache keygen {}`, or point signing_key / --cache-signing-key at yours",
+                    path.display()
+                ),
+            )
         };
         let meta = std::fs::metadata(path).map_err(missing)?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::Input(format!(
-                "the signing key {} can be read by other users (mode {:o}).\n  fix: chmod 600 {}",
-                path.display(),
-                meta.permissions().mode() & 0o777,
-                path.display()
-            )));
+            return Err(Error::input(
+                format!(
+                    "the signing key {} can be read by other users (mode {:o}).",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+                format!("chmod 600 {}", path.display()),
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(missing)?;
         let seed: [u8; 32] = text
@@ -110,10 +114,7 @@ impl SecretKey {
             .and_then(|encoded| STANDARD.decode(encoded).ok())
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| {
-                Error::Input(format!(
-                    "{} is not an envbuild signing key (expected one line `{SECRET_PREFIX}<base64>`).\n  fix: create one with `envbuild cache keygen PATH`",
-                    path.display()
-                ))
+                Error::input(format!("{} is not an envbuild signing key (expected one line `{SECRET_PREFIX}<base64>`).", path.display()), "create one with `envbuild cache keygen PATH`")
             })?;
         Ok(SecretKey(SigningKey::from_bytes(&seed)))
     }
@@ -130,10 +131,7 @@ impl SecretKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| {
-                Error::Input(format!(
-                    "cannot create the signing key {} ({e}).\n  fix: pick a path that does not exist yet in a folder you can write; an existing key is never overwritten",
-                    path.display()
-                ))
+                Error::input(format!("cannot create the signing key {} ({e}).", path.display()), "pick a path that does not exist yet in a folder you can write; an existing key is never overwritten")
             })?;
         let written = writeln!(file, "{SECRET_PREFIX}{}", STANDARD.encode(seed))
             .and_then(|_| file.sync_all());

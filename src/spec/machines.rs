@@ -20,15 +20,14 @@ impl Loader<'_> {
         self.check_name(name, "machine")?;
         let backend = match &raw.backend {
             None => BackendKind::Local,
-            Some(b) => match b.get_ref().as_str() {
-                "local" => BackendKind::Local,
-                "libvirt" => BackendKind::Libvirt,
-                "vagrant" => BackendKind::Vagrant,
-                other => {
+            Some(b) => match BackendKind::parse(b.get_ref()) {
+                Some(kind) => kind,
+                None => {
                     return self.err(
                         b.span().start,
                         format!(
-                            "unknown backend `{other}`; allowed: {}",
+                            "unknown backend `{}`; allowed: {}",
+                            b.get_ref(),
                             BackendKind::ALL.join(", ")
                         ),
                     );
@@ -139,11 +138,12 @@ impl Loader<'_> {
                 .as_ref()
                 .map(|u| u.span().start)
                 .or(raw.forward.keys().next().map(|k| k.span().start))
-                .or(raw.networks.keys().next().map(|k| k.span().start));
+                .or(raw.networks.keys().next().map(|k| k.span().start))
+                .or(raw.bastion.as_ref().map(|b| b.span().start));
             if let Some(offset) = first {
                 return self.err(
                     offset,
-                    "`uri`, `forward` and `networks` are for VM machines: add backend = \"libvirt\"",
+                    "`uri`, `forward`, `networks` and `bastion` are for VM machines: add backend = \"libvirt\"",
                 );
             }
             return Ok(vm);
@@ -225,7 +225,30 @@ impl Loader<'_> {
             vm.links
                 .insert(link.get_ref().clone(), address.get_ref().clone());
         }
+        vm.bastion = raw.bastion.as_ref().is_some_and(|b| *b.get_ref());
         Ok(vm)
+    }
+
+    /// At most one machine is the bastion `ssh-config` jumps through.
+    pub(super) fn check_bastion(&self, raw: &RawEnvironment) -> Result<()> {
+        let bastions: Vec<(&Name, usize)> = raw
+            .machines
+            .iter()
+            .filter_map(|(name, m)| {
+                let flag = m.bastion.as_ref().filter(|b| *b.get_ref())?;
+                Some((name, flag.span().start))
+            })
+            .collect();
+        if let [(first, _), (_, second), ..] = bastions[..] {
+            return self.err(
+                second,
+                format!(
+                    "machine `{}` is the bastion already; an environment has at most one `bastion = true`",
+                    first.get_ref()
+                ),
+            );
+        }
+        Ok(())
     }
 
     pub(super) fn base(

@@ -5,7 +5,7 @@
 //! TOML.
 //!
 //! ```text
-//! discovery.rs  the environments folder and the names of the specs in it
+//! discovery.rs  the names of the specs in the environments folder
 //! mod.rs        the loader: the top-level table, vars, secrets, placeholders, durations
 //! machines.rs   [machines.NAME]: backend, base, resources, VM keys, ports, requires, services
 //! stages.rs     [[machines.NAME.stages]]: steps, inputs, templates, sources
@@ -24,7 +24,7 @@ mod machines;
 mod order;
 mod stages;
 
-pub use discovery::{find_envs_dir, list_names};
+pub use discovery::list_names;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -169,6 +169,7 @@ impl Loader<'_> {
             machines.push(self.machine(machine_name, raw_machine, &vars)?);
         }
         self.check_links(&raw)?;
+        self.check_bastion(&raw)?;
         let machines = self.order_machines(machines, &raw)?;
         let mut flows = Vec::new();
         for (flow_name, raw_flow) in &raw.flows {

@@ -14,7 +14,17 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    pub const EVERY: [BackendKind; 3] = [
+        BackendKind::Local,
+        BackendKind::Libvirt,
+        BackendKind::Vagrant,
+    ];
     pub const ALL: [&'static str; 3] = ["local", "libvirt", "vagrant"];
+
+    /// The kind named `name` (as `backend = "..."` and manifests write it).
+    pub fn parse(name: &str) -> Option<BackendKind> {
+        BackendKind::EVERY.into_iter().find(|k| k.as_str() == name)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,6 +98,9 @@ pub struct VmSpec {
     pub forward: BTreeMap<String, u16>,
     /// Private link name -> this machine's address on it, as "10.0.0.2/24".
     pub links: BTreeMap<String, String>,
+    /// `ssh-config` reaches the machines that share a link with this one through it
+    /// (`ProxyJump`); at most one machine of an environment is the bastion.
+    pub bastion: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

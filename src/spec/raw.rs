@@ -140,6 +140,8 @@ pub struct RawMachine {
     /// libvirt: private links this machine joins, with its address on each ("10.0.0.2/24").
     #[serde(default)]
     pub networks: BTreeMap<Name, Spanned<String>>,
+    /// libvirt: `ssh-config` reaches the other machines through this one.
+    pub bastion: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

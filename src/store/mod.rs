@@ -11,6 +11,7 @@
 //! See docs/store.md.
 
 pub mod archive;
+pub mod gc;
 pub mod lock;
 pub mod tar_writer;
 pub mod tree;
@@ -136,22 +137,13 @@ impl Store {
         Ok(store)
     }
 
-    /// Default location: $XDG_CACHE_HOME/envbuild, else ~/.cache/envbuild.
-    pub fn default_root() -> PathBuf {
-        std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"))
-            .join("envbuild")
-    }
-
     pub fn entries_dir(&self) -> PathBuf {
         self.base.join("entries")
     }
 
-    pub fn fingerprint_file(&self) -> PathBuf {
-        self.base.join("fingerprints.json")
+    /// The fingerprint cache of the store at `root` (readable before the store is opened).
+    pub fn fingerprint_file(root: &Path) -> PathBuf {
+        root.join(LAYOUT).join("fingerprints.json")
     }
 
     /// Removes tmp/ folders nobody is writing: a pending entry's key lock is held for as long as

@@ -28,11 +28,20 @@ impl Progress {
         Progress { multi, quiet }
     }
 
-    /// A message that is not about one stage (waiting for a lock, a quarantined entry).
+    /// A message that is not about one stage (waiting for a lock); `-q` silences it.
     pub fn note(&self, text: &str) {
-        if self.quiet {
-            return;
+        if !self.quiet {
+            self.print(text);
         }
+    }
+
+    /// Something a person must hear even with `-q` (a quarantined entry, a remote that could
+    /// not be reached): printed as "warning: TEXT".
+    pub fn warn(&self, text: &str) {
+        self.print(&format!("warning: {text}"));
+    }
+
+    fn print(&self, text: &str) {
         match &self.multi {
             Some(multi) => {
                 let _ = multi.println(text);

@@ -6,7 +6,31 @@ pub mod nginx;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
+
+/// The real envbuild binary, run in `dir` and isolated from the developer's environment: none
+/// of their folders, remote-cache config or signing key, no XDG folder of theirs, no colour.
+/// (ENVBUILD_LOG, and the VM tests' ENVBUILD_IMAGES and ENVBUILD_LIBVIRT_URI, pass through.)
+/// Every behaviour test runs the binary through this, or through [`Project`], which adds its
+/// store and state.
+pub fn envbuild(dir: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("envbuild"));
+    cmd.current_dir(dir);
+    for name in [
+        "ENVBUILD_ENVS",
+        "ENVBUILD_STORE",
+        "ENVBUILD_STATE",
+        "ENVBUILD_CONFIG",
+        "ENVBUILD_SIGNING_KEY",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.env("XDG_CONFIG_HOME", dir.join("xdg/config"))
+        .env("XDG_CACHE_HOME", dir.join("xdg/cache"))
+        .env("XDG_STATE_HOME", dir.join("xdg/state"))
+        .env("NO_COLOR", "1");
+    cmd
+}
 
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -61,16 +85,25 @@ impl Project {
         std::fs::write(path, text).unwrap();
     }
 
+    /// The binary on this project's store and state.
+    pub fn process(&self) -> Command {
+        let mut cmd = envbuild(self.path());
+        cmd.env("ENVBUILD_STORE", self.store())
+            .env("ENVBUILD_STATE", self.state());
+        cmd
+    }
+
     pub fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("envbuild").unwrap();
-        cmd.current_dir(self.path())
-            .env_remove("ENVBUILD_ENVS")
-            .env("ENVBUILD_STORE", self.store())
-            .env("ENVBUILD_STATE", self.state())
-            // A developer's own remote-cache config must not reach into tests.
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env_remove("ENVBUILD_CONFIG")
-            .env("NO_COLOR", "1");
+        assert_cmd::Command::from_std(self.process())
+    }
+
+    /// An "agent" of this project (another CI machine): its own store, state and config file
+    /// (`store-NAME/`, `state-NAME/`, `NAME.toml` in the project folder).
+    pub fn agent(&self, name: &str) -> Command {
+        let mut cmd = envbuild(self.path());
+        cmd.env("ENVBUILD_STORE", self.path().join(format!("store-{name}")))
+            .env("ENVBUILD_STATE", self.path().join(format!("state-{name}")))
+            .env("ENVBUILD_CONFIG", self.path().join(format!("{name}.toml")));
         cmd
     }
 

@@ -22,7 +22,7 @@ pub(super) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Says once per process that VMs run under TCG, and why.
 pub(super) fn accelerator() -> bool {
-    static SAID: OnceLock<()> = OnceLock::new();
+    static SAID: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let (kvm, why) = virsh::kvm_usable();
     if !kvm {
         SAID.get_or_init(|| {

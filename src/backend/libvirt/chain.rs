@@ -122,10 +122,13 @@ pub(super) fn check_chain(entry: &Entry) -> Result<Option<Current>> {
         return Ok(None);
     }
     let refuse = |why: String| {
-        Error::Input(format!(
-            "cached stage {} is refused: {why}. Its overlay would boot on the wrong disk.\n  fix: remove it and the entries built on it (`envbuild cache rm`, or delete the folder under the store's v1/entries) and build again",
-            entry.name
-        ))
+        Error::input(
+            format!(
+                "cached stage {} is refused: {why}. Its overlay would boot on the wrong disk.",
+                entry.name
+            ),
+            "remove it and the entries built on it (`envbuild cache rm`, or delete the folder under the store's v1/entries) and build again",
+        )
     };
     let v1 = layout_dir(entry);
     if chain.backing != backing_path(chain.parent_entry.as_deref(), &chain.base) {
@@ -169,13 +172,16 @@ pub(super) fn check_chain(entry: &Entry) -> Result<Option<Current>> {
             None => {
                 let folder = v1.join("images").join(&child.base.id);
                 let Some(base) = image::load(&folder).ok().flatten() else {
-                    return Err(Error::Input(format!(
-                        "cached stage {} needs base image {} (disk sha256 {}), which is not in {}.\n  fix: build the machine here once so its base image exists (the same recipe gives the same image only on the machine that built it: a debootstrap image is not bit-for-bit reproducible), copy that folder from the machine that built the stage, or pin the base image (`base = {{ image = URL, sha256 = ... }}`) so every machine has the same bytes",
-                        entry.name,
-                        child.base.id,
-                        child.base.sha256,
-                        folder.display()
-                    )));
+                    return Err(Error::input(
+                        format!(
+                            "cached stage {} needs base image {} (disk sha256 {}), which is not in {}.",
+                            entry.name,
+                            child.base.id,
+                            child.base.sha256,
+                            folder.display()
+                        ),
+                        "build the machine here once so its base image exists (the same recipe gives the same image only on the machine that built it: a debootstrap image is not bit-for-bit reproducible), copy that folder from the machine that built the stage, or pin the base image (`base = { image = URL, sha256 = ... }`) so every machine has the same bytes",
+                    ));
                 };
                 if base.sha256 != child.parent_sha256 || base.sha256 != chain.base.sha256 {
                     return Err(refuse(format!(
@@ -297,7 +303,7 @@ mod tests {
 
     fn refusal(result: Result<Option<Current>>) -> String {
         match result {
-            Err(e @ Error::Input(_)) => e.to_string(),
+            Err(e) if e.exit_code() == 2 => e.to_string(),
             other => panic!("expected a refusal (exit 2), got {other:?}"),
         }
     }

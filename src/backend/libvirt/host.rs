@@ -2,20 +2,9 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::*;
 use crate::process;
 use virsh::Virsh;
-
-/// One finding of `envbuild doctor`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub what: String,
-    pub ok: bool,
-    /// What was found, or how to fix it.
-    pub detail: String,
-}
 
 /// The host checks of the libvirt backend, for `envbuild doctor`.
 pub fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
@@ -117,7 +106,7 @@ pub fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
     checks
 }
 
-pub(super) fn free_bytes(path: &Path) -> Option<u64> {
+fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.

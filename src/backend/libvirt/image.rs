@@ -164,10 +164,13 @@ fn check_can_build(machine: &Machine) -> Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::Input(format!(
-            "machine `{}`: building a debootstrap base image needs root (debootstrap chroots and keeps file owners).\n  fix: run this build once as root, or point --images at a folder that already holds the image",
-            machine.name
-        )));
+        return Err(Error::input(
+            format!(
+                "machine `{}`: building a debootstrap base image needs root (debootstrap chroots and keeps file owners).",
+                machine.name
+            ),
+            "run this build once as root, or point --images at a folder that already holds the image",
+        ));
     }
     Ok(())
 }
@@ -312,10 +315,13 @@ fn ensure_pinned(
     let actual = sha256_file(&part)?;
     if actual != pinned.sha256 {
         let _ = std::fs::remove_file(&part);
-        return Err(Error::Input(format!(
-            "{}: machine `{}`: the image downloaded from {} does not match its pin\n  expected sha256 {}\n  actual   sha256 {}\n  nothing was kept.\n  fix: if the image was updated upstream, check its published checksum and put its sha256 in the spec; otherwise the download is damaged or was tampered with: do not use it",
-            pinned.pinned_at, machine.name, pinned.url, pinned.sha256, actual
-        )));
+        return Err(Error::input(
+            format!(
+                "{}: machine `{}`: the image downloaded from {} does not match its pin\n  expected sha256 {}\n  actual   sha256 {}\n  nothing was kept.",
+                pinned.pinned_at, machine.name, pinned.url, pinned.sha256, actual
+            ),
+            "if the image was updated upstream, check its published checksum and put its sha256 in the spec; otherwise the download is damaged or was tampered with: do not use it",
+        ));
     }
     let (tmp, _cleanup) = temp_dir(images);
     std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
@@ -418,12 +424,15 @@ fn download(url: &str, part: &Path, machine: &Machine, pinned: &PinnedImage) -> 
     if sha256_file(part).is_ok_and(|d| d == pinned.sha256) {
         return Ok(());
     }
-    Err(Error::Input(format!(
-        "{}: machine `{}`: cannot fetch its base image {url}: {}\n  fix: check the URL and that this host reaches it; or fetch the image by other means and serve it from a local URL (http://127.0.0.1:PORT/...) with the same sha256",
-        pinned.pinned_at,
-        machine.name,
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    Err(Error::input(
+        format!(
+            "{}: machine `{}`: cannot fetch its base image {url}: {}",
+            pinned.pinned_at,
+            machine.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        "check the URL and that this host reaches it; or fetch the image by other means and serve it from a local URL (http://127.0.0.1:PORT/...) with the same sha256",
+    ))
 }
 
 /// `qemu-img convert -O qcow2`: a raw image stored once as qcow2 (sparse, overlay-ready).

@@ -49,85 +49,51 @@ pub mod virsh;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, RuntimeContext, ServiceControl, StepContext};
+use super::{
+    Backend, Check, MachineContext, Runtime, ServiceControl, SshTarget, StartOrder, StepContext,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::sha256_file;
 use crate::process::{self, StepEnd};
+use crate::settings::Settings;
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
-use crate::store::TreeEntry;
-use crate::store::{Entry, Pending};
+use crate::store::{Entry, Pending, TreeEntry};
 use image::BaseImage;
 use ssh::{Trust, quote};
 use virsh::{Guard, Virsh};
 
 use boot::{BootPlan, boot, copy_inputs, power_off};
 use chain::{BaseRef, Chain, Current, backing_path, check_chain, disk_sha256, image_id};
-pub use host::{Check, host_checks};
 use links::link_nics;
 
 pub const DEFAULT_URI: &str = "qemu:///system";
 /// Where a stage's inputs are copied in the guest ($ENVBUILD_INPUTS).
 const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
-/// Settings from the command line (`--libvirt-uri`, `--images`, `--store`), set once by the CLI.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub uri: Option<String>,
-    pub images: PathBuf,
-    /// The store's root: base images are linked into its `v1/images`.
-    pub store: PathBuf,
-}
-
-static CONFIG: OnceLock<Config> = OnceLock::new();
-
-pub fn configure(config: Config) {
-    let _ = CONFIG.set(config);
-}
-
-fn config() -> &'static Config {
-    CONFIG.get_or_init(|| {
-        let store = crate::store::Store::default_root();
-        Config {
-            uri: None,
-            images: store.join(crate::store::LAYOUT).join("images"),
-            store,
-        }
-    })
-}
 
 /// The layout of libvirt entries; part of every libvirt stage key (src/key), so entries of an
 /// older layout are never read as this one.
-pub const ENTRY_LAYOUT: &str = "relative-chain-2";
+const ENTRY_LAYOUT: &str = "relative-chain-2";
 
 /// A per-user session daemon (`qemu:///session`, `qemu+ssh://host/session`).
 fn is_session(uri: &str) -> bool {
     uri.split('?').next().unwrap_or(uri).ends_with("/session")
 }
 
-/// The URI a machine is driven through: `--libvirt-uri`, else the spec's `uri`, else the default.
-pub fn uri_for(machine: &Machine) -> String {
-    config()
-        .uri
-        .clone()
-        .or_else(|| machine.vm.uri.clone())
-        .unwrap_or_else(|| DEFAULT_URI.to_string())
-}
-
 pub struct LibvirtBackend {
-    /// Machine specs by name, from `check_host` (the trait's step calls carry only the state).
-    machines: Mutex<BTreeMap<String, Machine>>,
+    /// `--libvirt-uri`: overrides every machine's `uri`.
+    uri: Option<String>,
+    /// Where base images are built and kept (`--images`).
+    images: PathBuf,
+    /// The store's `v1/images`: entries find their base image there.
+    store_images: PathBuf,
     /// Running build VMs by machine state folder.
     builds: Mutex<BTreeMap<PathBuf, BuildVm>>,
 }
-
-pub static BACKEND: LibvirtBackend = LibvirtBackend {
-    machines: Mutex::new(BTreeMap::new()),
-    builds: Mutex::new(BTreeMap::new()),
-};
 
 struct BuildVm {
     domain: String,
@@ -144,19 +110,7 @@ struct Running {
     ssh_port: u16,
 }
 
-fn names(state: &MachineState) -> (String, String) {
-    let machine = state
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    let env = state
-        .dir
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned());
-    (env.unwrap_or_default(), machine.unwrap_or_default())
-}
-
+/// The environment's state folder (its SSH keys and private links are shared by its machines).
 fn env_dir(state: &MachineState) -> PathBuf {
     state
         .dir
@@ -175,26 +129,37 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     crate::state::write_json(path, value, 0o644)
 }
 
+fn running(state: &MachineState) -> Option<Running> {
+    read_json(&state.root().join("running.json"))
+}
+
 impl LibvirtBackend {
-    fn machine(&self, state: &MachineState) -> Result<Machine> {
-        let (_, name) = names(state);
-        self.machines
-            .lock()
-            .unwrap()
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| Error::Failed(format!("libvirt machine `{name}` was not checked")))
+    pub fn new(settings: &Settings) -> LibvirtBackend {
+        LibvirtBackend {
+            uri: settings.libvirt.uri.clone(),
+            images: settings.libvirt.images.clone(),
+            store_images: settings.store.join(crate::store::LAYOUT).join("images"),
+            builds: Mutex::new(BTreeMap::new()),
+        }
     }
 
-    fn refuse_if_running(&self, state: &MachineState) -> Result<()> {
-        if let Some(running) = read_json::<Running>(&state.root().join("running.json"))
+    /// The URI a machine is driven through: `--libvirt-uri`, else the spec's `uri`, else the
+    /// default.
+    fn uri_for(&self, machine: &Machine) -> String {
+        self.uri
+            .clone()
+            .or_else(|| machine.vm.uri.clone())
+            .unwrap_or_else(|| DEFAULT_URI.to_string())
+    }
+
+    fn refuse_if_running(&self, m: &MachineContext) -> Result<()> {
+        if let Some(running) = running(m.state)
             && (Virsh { uri: running.uri }).exists(&running.domain)
         {
-            let (env, machine) = names(state);
-            return Err(Error::Input(format!(
-                "{env}/{machine} is up (domain {}); stop it first with `envbuild down {env}`",
-                running.domain
-            )));
+            return Err(Error::input(
+                format!("{} is up (domain {})", m.label(), running.domain),
+                format!("stop it first with `envbuild down {}`", m.env),
+            ));
         }
         Ok(())
     }
@@ -213,13 +178,15 @@ impl LibvirtBackend {
 
     /// The disk the machine holds, its chain checked again: what is about to boot must still sit
     /// on the parents it was built on.
-    fn current(&self, state: &MachineState) -> Result<Current> {
-        let (env, machine) = names(state);
-        let current: Current = read_json(&state.root().join("current.json")).ok_or_else(|| {
-            Error::Input(format!(
-                "{env}/{machine} is not built yet; run `envbuild build {env}`"
-            ))
-        })?;
+    fn current(&self, m: &MachineContext) -> Result<Current> {
+        let label = m.label();
+        let current: Current =
+            read_json(&m.state.root().join("current.json")).ok_or_else(|| {
+                Error::input(
+                    format!("{label} is not built yet"),
+                    format!("run `envbuild build {}`", m.env),
+                )
+            })?;
         match &current.entry {
             Some(name) => {
                 let entry = Entry {
@@ -232,16 +199,20 @@ impl LibvirtBackend {
                         .to_path_buf(),
                 };
                 if check_chain(&entry)?.is_none() {
-                    return Err(Error::Input(format!(
-                        "{env}/{machine}: cached stage {name} is missing or damaged; run `envbuild cache verify`, then build again"
-                    )));
+                    return Err(Error::input(
+                        format!("{label}: cached stage {name} is missing or damaged"),
+                        "run `envbuild cache verify`, then build again",
+                    ));
                 }
             }
             None if !current.disk.is_file() => {
-                return Err(Error::Input(format!(
-                    "{env}/{machine}: its base image {} is missing; build again to make it",
-                    current.disk.display()
-                )));
+                return Err(Error::input(
+                    format!(
+                        "{label}: its base image {} is missing",
+                        current.disk.display()
+                    ),
+                    "build again to make it",
+                ));
             }
             None => {}
         }
@@ -249,23 +220,26 @@ impl LibvirtBackend {
     }
 
     /// Boots the build VM for the stage being built, on a fresh overlay of the current disk.
-    fn build_vm(&self, ctx: &StepContext) -> Result<(u16, Trust)> {
-        if let Some(vm) = self.builds.lock().unwrap().get(&ctx.state.dir) {
+    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<(u16, Trust)> {
+        if let Some(vm) = self.builds.lock().unwrap().get(&m.state.dir) {
             return Ok((vm.port, vm.trust.clone()));
         }
-        let state = ctx.state;
-        let machine = self.machine(state)?;
-        let current = self.current(state)?;
-        let (env, name) = names(state);
+        let state = m.state;
+        let current = self.current(m)?;
         let overlay = state.root().join("build.qcow2");
         image::create_overlay(&current.disk, &overlay)?;
-        let uri = uri_for(&machine);
-        let domain = format!("envbuild-{env}-{name}-build-{}", std::process::id());
+        let uri = self.uri_for(m.machine);
+        let domain = format!(
+            "envbuild-{}-{}-build-{}",
+            m.env,
+            m.machine.name,
+            std::process::id()
+        );
         let booted = boot(&BootPlan {
             uri: &uri,
             domain: &domain,
-            env: &env,
-            machine: &machine,
+            env: m.env,
+            machine: m.machine,
             state,
             disk: &overlay,
             base: &current.base,
@@ -288,10 +262,53 @@ impl LibvirtBackend {
         );
         Ok(result)
     }
+
+    /// The machine's base image (built or fetched first if need be), as the store sees it:
+    /// `STORE/v1/images/<id>`, a link to the images folder's copy when `--images` is elsewhere.
+    fn base_in_store(&self, machine: &Machine) -> Result<BaseImage> {
+        let base = image::ensure(&self.images, machine, &|text| eprintln!("{text}"))?;
+        let id = image_id(&base);
+        let images = &self.store_images;
+        let linked = images.join(&id);
+        if std::fs::symlink_metadata(&linked).is_err() {
+            std::fs::create_dir_all(images).ctx(|| format!("creating {}", images.display()))?;
+            let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
+                .ctx(|| format!("resolving {}", base.disk.display()))?;
+            // Machines of one environment are prepared on parallel threads: a name of its own each.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let tmp = images.join(format!(
+                "{id}.link.{}.{}",
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp)
+                .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
+            std::fs::rename(&tmp, &linked).ctx(|| format!("linking {}", linked.display()))?;
+        }
+        image::load(&linked)?.ok_or_else(|| {
+            Error::Failed(format!("{} holds no image.json", linked.display()))
+                .fix("remove it and build again")
+        })
+    }
 }
 
 impl Backend for LibvirtBackend {
-    fn check_host(&self, machine: &Machine) -> Result<()> {
+    fn base_material(&self, machine: &Machine) -> Vec<String> {
+        let mut lines = Vec::new();
+        if machine.base.image.is_some() {
+            // What envbuild's cloud-init seed configures ends up on the stage disks too.
+            lines.push(format!("cloud-init={}", cloud_init::recipe_digest()));
+        }
+        lines.push(format!("layout={ENTRY_LAYOUT}"));
+        if machine.base.debootstrap.is_some() {
+            lines.push(format!("debootstrap={}", image::recipe_digest(machine)));
+        }
+        lines
+    }
+
+    fn check_host(&self, m: &MachineContext) -> Result<()> {
+        let machine = m.machine;
         for (program, package) in [
             ("virsh", "libvirt-clients"),
             ("qemu-img", "qemu-utils"),
@@ -321,48 +338,63 @@ impl Backend for LibvirtBackend {
                 }
             }
         }
-        Virsh {
-            uri: uri_for(machine),
-        }
-        .check_reachable()?;
         // The KVM probe (up to 1.5 s) waits for the first boot: a replay boots nothing.
-        self.machines
-            .lock()
-            .unwrap()
-            .insert(machine.name.clone(), machine.clone());
-        Ok(())
+        Virsh {
+            uri: self.uri_for(machine),
+        }
+        .check_reachable()
+    }
+
+    fn host_checks(&self, folders: &[&Path]) -> Vec<Check> {
+        let mut folders = folders.to_vec();
+        folders.push(&self.images);
+        host::host_checks(self.uri.as_deref().unwrap_or(DEFAULT_URI), &folders)
+    }
+
+    fn start_order(&self) -> StartOrder {
+        StartOrder::Parallel
+    }
+
+    fn starts_without_services(&self) -> bool {
+        true
     }
 
     fn chained(&self) -> bool {
         true
     }
 
-    fn check_pulled(&self, state: &MachineState, entry: &Entry) -> Result<()> {
-        base_in_store(&self.machine(state)?)?;
+    fn needs_entry(&self, entry: &Entry) -> Option<String> {
+        let chain: Chain =
+            serde_json::from_slice(&std::fs::read(entry.artifact().join("chain.json")).ok()?)
+                .ok()?;
+        chain.parent_entry
+    }
+
+    fn check_pulled(&self, m: &MachineContext, entry: &Entry) -> Result<()> {
+        self.base_in_store(m.machine)?;
         check_chain(entry)?
             .map(|_| ())
             .ok_or_else(|| Error::Failed(format!("pulled stage {} is damaged", entry.name)))
     }
 
-    fn restore(&self, state: &MachineState, entry: &Entry) -> Result<bool> {
-        self.refuse_if_running(state)?;
-        self.abandon_build(state);
+    fn restore(&self, m: &MachineContext, entry: &Entry) -> Result<bool> {
+        self.refuse_if_running(m)?;
+        self.abandon_build(m.state);
         // An entry imported or pulled into this store finds its base image here.
-        base_in_store(&self.machine(state)?)?;
+        self.base_in_store(m.machine)?;
         let Some(checked) = check_chain(entry)? else {
             return Ok(false);
         };
-        self.set_current(state, &checked)?;
+        self.set_current(m.state, &checked)?;
         Ok(true)
     }
 
-    fn reset(&self, state: &MachineState) -> Result<()> {
-        self.refuse_if_running(state)?;
-        self.abandon_build(state);
-        let machine = self.machine(state)?;
-        let base = base_in_store(&machine)?;
+    fn reset(&self, m: &MachineContext) -> Result<()> {
+        self.refuse_if_running(m)?;
+        self.abandon_build(m.state);
+        let base = self.base_in_store(m.machine)?;
         self.set_current(
-            state,
+            m.state,
             &Current {
                 disk: base.disk.clone(),
                 sha256: base.sha256.clone(),
@@ -374,11 +406,12 @@ impl Backend for LibvirtBackend {
 
     fn run_step(
         &self,
+        m: &MachineContext,
         ctx: &StepContext,
         step: &str,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<StepEnd> {
-        let (port, trust) = self.build_vm(ctx)?;
+        let (port, trust) = self.build_vm(m, ctx)?;
         let mut exports = vec![
             format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
             "ENVBUILD_ROOT=/".to_string(),
@@ -397,29 +430,24 @@ impl Backend for LibvirtBackend {
             .iter()
             .map(|a| quote(a))
             .collect();
-        let env = process::base_env(&ctx.state.dir);
-        process::run_step(
-            &local.join(" "),
-            &ctx.state.dir,
-            &env,
-            ctx.deadline,
-            on_line,
-        )
+        let env = process::base_env(&m.state.dir);
+        process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
     }
 
     fn snapshot(
         &self,
-        state: &MachineState,
+        m: &MachineContext,
         pending: &Pending,
         parent: Option<&Entry>,
     ) -> Result<(Vec<TreeEntry>, u64)> {
+        let state = m.state;
         let vm = self
             .builds
             .lock()
             .unwrap()
             .remove(&state.dir)
             .ok_or_else(|| Error::Failed("no build VM ran this stage".into()))?;
-        let current = self.current(state)?;
+        let current = self.current(m)?;
         // A committed disk must be consistent: drop the inputs, sync, and power off cleanly.
         let cleaned = vm
             .trust
@@ -483,13 +511,13 @@ impl Backend for LibvirtBackend {
         Ok((tree, size))
     }
 
-    fn committed(&self, state: &MachineState, entry: &Entry) -> Result<()> {
-        let current: Current = read_json(&state.root().join("current.json"))
+    fn committed(&self, m: &MachineContext, entry: &Entry) -> Result<()> {
+        let current: Current = read_json(&m.state.root().join("current.json"))
             .ok_or_else(|| Error::Failed("the machine's current.json is gone".into()))?;
         let disk = entry.artifact().join("disk.qcow2");
         let sha256 = disk_sha256(entry)?;
         self.set_current(
-            state,
+            m.state,
             &Current {
                 disk,
                 sha256,
@@ -499,25 +527,23 @@ impl Backend for LibvirtBackend {
         )
     }
 
-    fn abandon(&self, state: &MachineState) {
-        self.abandon_build(state);
+    fn abandon(&self, m: &MachineContext) {
+        self.abandon_build(m.state);
     }
 
-    fn start(&self, ctx: &RuntimeContext) -> Result<RunningServices> {
-        let state = ctx.state;
-        let machine = ctx.machine;
-        self.refuse_if_running(state)?;
-        let current = self.current(state)?;
-        let (env, name) = names(state);
+    fn start(&self, m: &MachineContext, _runtime: &Runtime) -> Result<RunningServices> {
+        let (state, machine) = (m.state, m.machine);
+        self.refuse_if_running(m)?;
+        let current = self.current(m)?;
         let live = state.root().join("live.qcow2");
         image::create_overlay(&current.disk, &live)?;
-        let uri = uri_for(machine);
-        let domain = format!("envbuild-{env}-{name}");
-        let links = link_nics(&env_dir(state), &env, machine)?;
+        let uri = self.uri_for(machine);
+        let domain = format!("envbuild-{}-{}", m.env, machine.name);
+        let links = link_nics(&env_dir(state), m.env, machine)?;
         let booted = boot(&BootPlan {
             uri: &uri,
             domain: &domain,
-            env: &env,
+            env: m.env,
             machine,
             state,
             disk: &live,
@@ -545,33 +571,43 @@ impl Backend for LibvirtBackend {
         })
     }
 
-    fn is_running(&self, state: &MachineState, _running: &RunningServices) -> bool {
-        read_json::<Running>(&state.root().join("running.json"))
-            .is_some_and(|r| (Virsh { uri: r.uri }).exists(&r.domain))
+    fn is_up(&self, m: &MachineContext, _running: &RunningServices) -> bool {
+        running(m.state).is_some_and(|r| (Virsh { uri: r.uri }).exists(&r.domain))
+    }
+
+    fn runs_anything(&self, m: &MachineContext, running: &RunningServices) -> bool {
+        self.is_up(m, running)
     }
 
     fn control(
         &self,
-        ctx: &RuntimeContext,
+        m: &MachineContext,
+        _runtime: &Runtime,
         _control: ServiceControl,
         _names: &[String],
         _extra_env: &BTreeMap<String, String>,
     ) -> Result<()> {
-        Err(Error::Input(format!(
-            "machine `{}` is a VM: its services are systemd units inside the guest; run `envbuild ssh ENV {} -- systemctl restart UNIT`",
-            ctx.machine.name, ctx.machine.name
-        )))
+        Err(Error::input(
+            format!(
+                "machine `{}` is a VM: its services are systemd units inside the guest",
+                m.machine.name
+            ),
+            format!(
+                "run `envbuild ssh {} {} -- systemctl restart UNIT`",
+                m.env, m.machine.name
+            ),
+        ))
     }
 
-    fn stop(&self, state: &MachineState, _running: &RunningServices) -> Vec<String> {
+    fn stop(&self, m: &MachineContext, _running: &RunningServices) -> Vec<String> {
+        let state = m.state;
         let mut killed = Vec::new();
         let running_file = state.root().join("running.json");
-        if let Some(running) = read_json::<Running>(&running_file) {
+        if let Some(running) = running(state) {
             let virsh = Virsh {
                 uri: running.uri.clone(),
             };
-            let (env, name) = names(state);
-            let clean = Trust::ensure(&env_dir(state), &state.dir, &env, &name)
+            let clean = Trust::ensure(&env_dir(state), &state.dir, m.env, &m.machine.name)
                 .and_then(|trust| power_off(&virsh, &running.domain, &trust, running.ssh_port));
             if clean.is_err() {
                 virsh.destroy(&running.domain);
@@ -585,60 +621,26 @@ impl Backend for LibvirtBackend {
         }
         killed
     }
-}
 
-/// The machine's base image (built or fetched first if need be), as the store sees it:
-/// `STORE/v1/images/<id>`, a link to the images folder's copy when `--images` is elsewhere.
-fn base_in_store(machine: &Machine) -> Result<BaseImage> {
-    let config = config();
-    let base = image::ensure(&config.images, machine, &|text| eprintln!("{text}"))?;
-    let id = image_id(&base);
-    let images = config.store.join(crate::store::LAYOUT).join("images");
-    let linked = images.join(&id);
-    if std::fs::symlink_metadata(&linked).is_err() {
-        std::fs::create_dir_all(&images).ctx(|| format!("creating {}", images.display()))?;
-        let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
-            .ctx(|| format!("resolving {}", base.disk.display()))?;
-        // Machines of one environment are prepared on parallel threads: a name of its own each.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let tmp = images.join(format!(
-            "{id}.link.{}.{}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&target, &tmp)
-            .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
-        std::fs::rename(&tmp, &linked).ctx(|| format!("linking {}", linked.display()))?;
+    fn ssh_target(&self, m: &MachineContext) -> Result<Option<SshTarget>> {
+        let running = running(m.state)
+            .filter(|r| Virsh { uri: r.uri.clone() }.is_running(&r.domain))
+            .ok_or_else(|| {
+                Error::input(
+                    format!("{} is not up", m.label()),
+                    format!("run `envbuild up {}`", m.env),
+                )
+            })?;
+        let trust = Trust::ensure(&env_dir(m.state), &m.state.dir, m.env, &m.machine.name)?;
+        Ok(Some(SshTarget {
+            port: running.ssh_port,
+            user: "root".into(),
+            argv: trust.ssh_argv(running.ssh_port, None),
+            identity: trust.client_key,
+            known_hosts: trust.known_hosts,
+            alias: trust.alias,
+        }))
     }
-    image::load(&linked)?.ok_or_else(|| {
-        Error::Failed(format!(
-            "{} holds no image.json; remove it and build again",
-            linked.display()
-        ))
-    })
-}
-
-/// What `envbuild ssh` and `ssh-config` need of a running machine.
-pub struct SshTarget {
-    pub trust: Trust,
-    pub port: u16,
-}
-
-/// The SSH target of a running libvirt machine; an error says how to bring it up.
-pub fn ssh_target(state: &MachineState) -> Result<SshTarget> {
-    let (env, machine) = names(state);
-    let running = read_json::<Running>(&state.root().join("running.json"))
-        .filter(|r| Virsh { uri: r.uri.clone() }.is_running(&r.domain))
-        .ok_or_else(|| {
-            Error::Input(format!(
-                "{env}/{machine} is not up; run `envbuild up {env}`"
-            ))
-        })?;
-    Ok(SshTarget {
-        trust: Trust::ensure(&env_dir(state), &state.dir, &env, &machine)?,
-        port: running.ssh_port,
-    })
 }
 
 #[cfg(test)]

@@ -73,10 +73,7 @@ impl Virsh {
     /// Checks the daemon answers; the error says how to start it.
     pub fn check_reachable(&self) -> Result<()> {
         self.run(&["version"]).map(|_| ()).map_err(|e| {
-            Error::Input(format!(
-                "libvirt at {} is not reachable: {e}\n  fix: start the daemon (`libvirtd -d` and `virtlogd -d` as root, or `systemctl start libvirtd`), or pick another URI with --libvirt-uri; `envbuild doctor` checks the host",
-                self.uri
-            ))
+            Error::input(format!("libvirt at {} is not reachable: {e}", self.uri), "start the daemon (`libvirtd -d` and `virtlogd -d` as root, or `systemctl start libvirtd`), or pick another URI with --libvirt-uri; `envbuild doctor` checks the host")
         })
     }
 }

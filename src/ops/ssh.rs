@@ -1,0 +1,191 @@
+//! `ssh` and `ssh-config`: reach a running machine with the environment's key and its pinned
+//! host key; machines that share a private link with the environment's bastion
+//! (`bastion = true`) are reached through it.
+
+use crate::backend::SshTarget;
+use crate::engine::{MachineHandle, Workspace};
+use crate::error::{Error, Result};
+use crate::spec::model::{Environment, Machine};
+
+/// The SSH target of a running machine.
+pub fn target(ws: &Workspace, env: &Environment, name: &str) -> Result<SshTarget> {
+    let machine = env.machine(name).ok_or_else(|| {
+        let known: Vec<&str> = env.machines.iter().map(|m| m.name.as_str()).collect();
+        Error::Input(format!(
+            "environment `{}` has no machine `{name}`; machines: {}",
+            env.name,
+            known.join(", ")
+        ))
+    })?;
+    let handle = MachineHandle::new(ws, env, machine)?;
+    handle
+        .backend
+        .ssh_target(&handle.context())?
+        .ok_or_else(|| {
+            Error::input(
+                format!(
+                    "machine `{name}` is a {} machine, not a VM",
+                    machine.backend.as_str()
+                ),
+                format!("use `envbuild exec {} {name} -- CMD`", env.name),
+            )
+        })
+}
+
+/// An OpenSSH config block for every machine of `env` that has SSH: a `Host ENV-MACHINE` for
+/// each running one, a comment for each that is not up.
+pub fn config(ws: &Workspace, env: &Environment) -> Result<String> {
+    let mut targets = Vec::new();
+    for machine in &env.machines {
+        let handle = MachineHandle::new(ws, env, machine)?;
+        match handle.backend.ssh_target(&handle.context()) {
+            Ok(None) => {}
+            Ok(Some(target)) => targets.push((machine, Some(target))),
+            Err(_) => targets.push((machine, None)),
+        }
+    }
+    Ok(render_config(env, &targets))
+}
+
+/// The config text; `None`: the machine has SSH but is not up.
+fn render_config(env: &Environment, targets: &[(&Machine, Option<SshTarget>)]) -> String {
+    let bastion = targets
+        .iter()
+        .find(|(m, t)| m.vm.bastion && t.is_some())
+        .map(|(m, _)| *m);
+    let mut out = format!(
+        "# envbuild ssh-config {0}: use with `ssh -F FILE {0}-MACHINE`\n",
+        env.name
+    );
+    for (machine, target) in targets {
+        let Some(target) = target else {
+            out.push_str(&format!(
+                "\n# {}-{}: not up (envbuild up {})\n",
+                env.name, machine.name, env.name
+            ));
+            continue;
+        };
+        // Behind the bastion: the machine's private address on a link they share.
+        let via_bastion = bastion.filter(|b| b.name != machine.name).and_then(|b| {
+            machine
+                .vm
+                .links
+                .iter()
+                .find(|(link, _)| b.vm.links.contains_key(*link))
+                .map(|(_, address)| address.split('/').next().unwrap_or(address).to_string())
+                .map(|address| (b, address))
+        });
+        let (host, port) = match &via_bastion {
+            Some((_, address)) => (address.clone(), 22),
+            None => ("127.0.0.1".to_string(), target.port),
+        };
+        out.push_str(&format!(
+            "\nHost {env}-{machine}\n  HostName {host}\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n  HostKeyAlias {alias}\n",
+            env = env.name,
+            machine = machine.name,
+            user = target.user,
+            key = target.identity.display(),
+            known = target.known_hosts.display(),
+            alias = target.alias,
+        ));
+        if let Some((bastion, _)) = via_bastion {
+            out.push_str(&format!("  ProxyJump {}-{}\n", env.name, bastion.name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(name: &str, bastion: bool, link: Option<(&str, &str)>) -> Machine {
+        let mut vm = crate::spec::model::VmSpec {
+            bastion,
+            ..Default::default()
+        };
+        if let Some((link, address)) = link {
+            vm.links.insert(link.into(), address.into());
+        }
+        Machine {
+            name: name.into(),
+            description: None,
+            backend: crate::spec::model::BackendKind::Libvirt,
+            base: Default::default(),
+            resources: Default::default(),
+            requires: Vec::new(),
+            ports: Vec::new(),
+            prestart: Vec::new(),
+            stages: Vec::new(),
+            services: Vec::new(),
+            vm,
+        }
+    }
+
+    fn target(port: u16) -> Option<SshTarget> {
+        Some(SshTarget {
+            port,
+            user: "root".into(),
+            identity: "/s/id_ed25519".into(),
+            known_hosts: "/s/known_hosts".into(),
+            alias: format!("alias-{port}"),
+            argv: Vec::new(),
+        })
+    }
+
+    fn env(machines: Vec<Machine>) -> Environment {
+        Environment {
+            name: "lab".into(),
+            dir: "/nonexistent".into(),
+            description: None,
+            vars: Default::default(),
+            secrets: Default::default(),
+            machines,
+            cloud: None,
+            flows: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn machines_behind_the_bastion_are_reached_through_it_on_their_private_address() {
+        // The bastion is not called "jumpbox": the spec's `bastion = true` decides.
+        let lab = env(vec![
+            machine("gate", true, Some(("lan", "10.0.0.1/24"))),
+            machine("db", false, Some(("lan", "10.0.0.2/24"))),
+            machine("lone", false, None),
+            machine("jumpbox", false, Some(("other", "10.1.0.2/24"))),
+        ]);
+        let targets: Vec<_> = lab
+            .machines
+            .iter()
+            .zip([target(2201), target(2202), target(2203), None])
+            .collect();
+        let text = render_config(&lab, &targets);
+        let block = |host: &str| {
+            let start = text.find(&format!("Host lab-{host}\n")).expect(host);
+            text[start..].split("\n\n").next().unwrap().to_string()
+        };
+        assert!(
+            block("gate").contains("HostName 127.0.0.1\n  Port 2201"),
+            "{text}"
+        );
+        assert!(!block("gate").contains("ProxyJump"), "{text}");
+        let db = block("db");
+        assert!(db.contains("HostName 10.0.0.2\n  Port 22\n"), "{db}");
+        assert!(db.contains("ProxyJump lab-gate"), "{db}");
+        assert!(block("lone").contains("Port 2203") && !block("lone").contains("ProxyJump"));
+        assert!(text.contains("# lab-jumpbox: not up"), "{text}");
+    }
+
+    #[test]
+    fn without_a_bastion_every_machine_is_reached_on_loopback() {
+        let lab = env(vec![
+            machine("jumpbox", false, Some(("lan", "10.0.0.1/24"))),
+            machine("db", false, Some(("lan", "10.0.0.2/24"))),
+        ]);
+        let targets: Vec<_> = lab.machines.iter().zip([target(1), target(2)]).collect();
+        let text = render_config(&lab, &targets);
+        assert!(!text.contains("ProxyJump"), "{text}");
+        assert!(text.contains("HostName 127.0.0.1\n  Port 2\n"), "{text}");
+    }
+}
