@@ -393,7 +393,7 @@ fn tampered_entry_is_reported_and_never_reused() {
     let out = project
         .cmd()
         .env("ENVBUILD_STATE", &other)
-        .args(["build", "demo", "--json"])
+        .args(["build", "demo", "--json", "-q"])
         .output()
         .unwrap();
     assert!(
@@ -404,11 +404,95 @@ fn tampered_entry_is_reported_and_never_reused() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["stages"][1]["action"], "restored");
     assert_eq!(report["stages"][2]["action"], "built");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match its digests"));
+    // A warning: `-q` does not hide it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cache entry") && stderr.contains("does not match its digests"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_to_string(other.join("envs/demo/box/root/greeting.txt")).unwrap(),
         "hello\n"
     );
     assert_eq!(count_lines(&counter), 4);
     project.ok(&["cache", "verify"]);
+}
+
+#[test]
+fn relative_store_and_state_give_steps_absolute_paths() {
+    let project = Project::new();
+    project.write(
+        "paths.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "one"
+inputs = ["in.txt"]
+steps = ["env | grep -E '^ENVBUILD_(ROOT|INPUTS)=' > paths.txt", "cat \"$ENVBUILD_INPUTS/in.txt\" > copy.txt"]
+"#,
+    );
+    project.write("paths/in.txt", "input\n");
+    let out = project
+        .cmd()
+        .args([
+            "--store",
+            "rel/store",
+            "--state",
+            "rel/state",
+            "build",
+            "paths",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = project.path().join("rel/state/envs/paths/box/root");
+    assert_eq!(
+        std::fs::read_to_string(root.join("copy.txt")).unwrap(),
+        "input\n",
+        "the step read its input from the machine root"
+    );
+    let paths = std::fs::read_to_string(root.join("paths.txt")).unwrap();
+    assert_eq!(paths.lines().count(), 2, "{paths}");
+    for line in paths.lines() {
+        let (_, value) = line.split_once('=').unwrap();
+        assert!(
+            value.starts_with(project.path().to_str().unwrap()),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        common::file_names(&project.path().join("rel/store/v1/entries")).len(),
+        1
+    );
+}
+
+#[test]
+fn a_command_refused_for_bad_input_creates_no_store() {
+    let project = Project::new();
+    three_stages(&project);
+    project.write("broken.toml", "[machines.box\n");
+    let cases: [&[&str]; 6] = [
+        &["build", "nope"],
+        &["build", "broken"],
+        &["up", "demo", "--var", "nope=1"],
+        &["plan", "demo", "--cache-from", "ftp://cache/"],
+        &["status", "nope"],
+        &["cache", "export", "nope", "-o", "x.tar"],
+    ];
+    for args in cases {
+        let out = project.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!project.store().exists(), "{args:?} created the store");
+    }
+    project.ok(&["build", "demo"]);
+    assert_eq!(project.entries().len(), 3);
 }

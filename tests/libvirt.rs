@@ -191,6 +191,9 @@ fn two_stage_vm_builds_boots_replays_from_cache_and_rebuilds_only_what_changed()
         "{up}"
     );
     assert_eq!(domains(), vec!["envbuild-demo-box".to_string()]);
+    // status asks the backend: a running VM is up although it lists no host services.
+    let status = project.json(&["status", "demo", "--json"]);
+    assert_eq!(status[0]["up"], true, "{status}");
     let file = project.ok(&["ssh", "demo", "box", "--", "cat", "/etc/stage1"]);
     assert_eq!(file.trim(), "stage-one");
     let page = http_get(forwarded_port(&up, "http"), "/hello.txt");

@@ -67,6 +67,10 @@ fn up_serves_status_reports_and_down_leaves_nothing() {
     let status = project.json(&["status", "web", "--json"]);
     let machine = &status[0];
     assert_eq!(machine["stage"], "site");
+    assert_eq!(
+        machine["up"], true,
+        "the backend says the machine is up: {status}"
+    );
     let services = machine["services"].as_array().unwrap();
     assert!(services.iter().all(|s| s["running"] == true));
     let url = services[0]["url"].as_str().unwrap().to_string();

@@ -110,7 +110,7 @@ mod tests {
         Machine {
             name: name.into(),
             description: None,
-            backend: crate::spec::model::BackendKind::Libvirt,
+            backend: crate::spec::model::BackendKind::parse("libvirt").unwrap(),
             base: Default::default(),
             resources: Default::default(),
             requires: Vec::new(),
