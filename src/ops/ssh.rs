@@ -99,27 +99,19 @@ fn render_config(env: &Environment, targets: &[(&Machine, Option<SshTarget>)]) -
 mod tests {
     use super::*;
 
-    fn machine(name: &str, bastion: bool, link: Option<(&str, &str)>) -> Machine {
-        let mut vm = crate::spec::model::VmSpec {
-            bastion,
-            ..Default::default()
-        };
-        if let Some((link, address)) = link {
-            vm.links.insert(link.into(), address.into());
+    /// Loads `machines` ("NAME: KEY = VALUE; KEY = VALUE" per line: libvirt machines) as
+    /// environment `lab`.
+    fn lab(machines: &str) -> Environment {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for (name, extra) in machines.lines().filter_map(|l| l.split_once(':')) {
+            text.push_str(&format!(
+                "[machines.{name}]\nbackend = \"libvirt\"\nbase = {{ debootstrap = {{ suite = \"bookworm\" }} }}\n{}\n\n",
+                extra.trim().replace("; ", "\n")
+            ));
         }
-        Machine {
-            name: name.into(),
-            description: None,
-            backend: crate::spec::model::BackendKind::parse("libvirt").unwrap(),
-            base: Default::default(),
-            resources: Default::default(),
-            requires: Vec::new(),
-            ports: Vec::new(),
-            prestart: Vec::new(),
-            stages: Vec::new(),
-            services: Vec::new(),
-            vm,
-        }
+        std::fs::write(dir.path().join("lab.toml"), text).unwrap();
+        crate::spec::load(dir.path(), "lab", &[]).unwrap()
     }
 
     fn target(port: u16) -> Option<SshTarget> {
@@ -133,32 +125,19 @@ mod tests {
         })
     }
 
-    fn env(machines: Vec<Machine>) -> Environment {
-        Environment {
-            name: "lab".into(),
-            dir: "/nonexistent".into(),
-            description: None,
-            vars: Default::default(),
-            secrets: Default::default(),
-            machines,
-            cloud: None,
-            flows: Vec::new(),
-        }
-    }
-
     #[test]
     fn machines_behind_the_bastion_are_reached_through_it_on_their_private_address() {
         // The bastion is not called "jumpbox": the spec's `bastion = true` decides.
-        let lab = env(vec![
-            machine("gate", true, Some(("lan", "10.0.0.1/24"))),
-            machine("db", false, Some(("lan", "10.0.0.2/24"))),
-            machine("lone", false, None),
-            machine("jumpbox", false, Some(("other", "10.1.0.2/24"))),
-        ]);
-        let targets: Vec<_> = lab
-            .machines
+        let lab = lab("gate: bastion = true; networks = { lan = \"10.0.0.1/24\" }
+db: networks = { lan = \"10.0.0.2/24\" }
+lone:
+jumpbox:");
+        let ports = [target(2201), target(2202), target(2203), None];
+        let by_name = |name: &str| lab.machines.iter().position(|m| m.name == name).unwrap();
+        let targets: Vec<_> = ["gate", "db", "lone", "jumpbox"]
             .iter()
-            .zip([target(2201), target(2202), target(2203), None])
+            .zip(ports)
+            .map(|(name, t)| (&lab.machines[by_name(name)], t))
             .collect();
         let text = render_config(&lab, &targets);
         let block = |host: &str| {
@@ -179,10 +158,8 @@ mod tests {
 
     #[test]
     fn without_a_bastion_every_machine_is_reached_on_loopback() {
-        let lab = env(vec![
-            machine("jumpbox", false, Some(("lan", "10.0.0.1/24"))),
-            machine("db", false, Some(("lan", "10.0.0.2/24"))),
-        ]);
+        let lab = lab("jumpbox: networks = { lan = \"10.0.0.1/24\" }
+db: networks = { lan = \"10.0.0.2/24\" }");
         let targets: Vec<_> = lab.machines.iter().zip([target(1), target(2)]).collect();
         let text = render_config(&lab, &targets);
         assert!(!text.contains("ProxyJump"), "{text}");
