@@ -89,6 +89,15 @@ impl Workspace {
     }
 }
 
+/// The fingerprints learnt before the store existed are saved once it does.
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.store.get().is_some() {
+            self.fingerprints.save();
+        }
+    }
+}
+
 /// A machine of the workspace with its state folder and its backend, ready for backend calls.
 pub struct MachineHandle<'a> {
     pub state: MachineState,

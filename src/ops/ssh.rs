@@ -36,7 +36,12 @@ pub fn target(ws: &Workspace, env: &Environment, name: &str) -> Result<SshTarget
 /// each running one, a comment for each that is not up.
 pub fn config(ws: &Workspace, env: &Environment) -> Result<String> {
     let mut targets = Vec::new();
-    for machine in &env.machines {
+    // Machines of a kind this envbuild has no backend for have no SSH here.
+    for machine in env
+        .machines
+        .iter()
+        .filter(|m| ws.backends.get(m.backend).is_ok())
+    {
         let handle = MachineHandle::new(ws, env, machine)?;
         match handle.backend.ssh_target(&handle.context()) {
             Ok(None) => {}

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::engine::{MachineHandle, Workspace};
+use crate::backend::MachineContext;
+use crate::engine::Workspace;
 use crate::error::Result;
 
 #[derive(Debug, Serialize)]
@@ -40,12 +41,21 @@ pub fn status(ws: &Workspace, env: Option<&str>) -> Result<Vec<MachineStatus>> {
     for name in names {
         let env = ws.load(&name, &[])?;
         for machine in &env.machines {
-            let handle = MachineHandle::new(ws, &env, machine)?;
-            let marker = handle.state.marker();
-            let running = handle.state.services();
-            let up = running
-                .as_ref()
-                .is_some_and(|r| handle.backend.is_up(&handle.context(), r));
+            let state = ws.machine_state(&env, machine)?;
+            let marker = state.marker();
+            let running = state.services();
+            // A kind of machine this envbuild has no backend for is never up.
+            let up = match (&running, ws.backends.get(machine.backend)) {
+                (Some(running), Ok(backend)) => backend.is_up(
+                    &MachineContext {
+                        env: &env.name,
+                        machine,
+                        state: &state,
+                    },
+                    running,
+                ),
+                _ => false,
+            };
             let running = running.unwrap_or_default();
             out.push(MachineStatus {
                 env: env.name.clone(),
