@@ -10,6 +10,7 @@ use crate::engine::Workspace;
 use crate::error::{Error, IoContext, Result};
 use crate::remote::{self, Pushed};
 use crate::store::archive;
+use crate::store::copy::HoleWriter;
 use crate::store::tar_writer::Buffered;
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +198,7 @@ pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
             let partial = output.with_extension("partial");
             let file = std::fs::File::create(&partial)
                 .ctx(|| format!("creating {}", partial.display()))?;
-            let result = archive::export(&entries, Buffered::new(file)).map(drop);
+            let result = archive::export(&entries, Buffered::new(HoleWriter::new(file))).map(drop);
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&partial);
                 return Err(e);
