@@ -448,8 +448,7 @@ fn build_stage(
         deadline: started + stage.timeout,
     };
 
-    let mut log = std::fs::File::create(pending.log())
-        .ctx(|| format!("creating {}", pending.log().display()))?;
+    let mut log = store::log::StageLog::create(&pending.log())?;
     let bar = progress.stage(label.clone(), "building");
     for (n, step) in stage.steps.iter().enumerate() {
         use std::io::Write;
@@ -459,6 +458,7 @@ fn build_stage(
             bar.line(line);
         })?;
         if end != StepEnd::Exited(0) {
+            let _ = log.finish();
             backend.abandon(state);
             bar.finish("failed");
             let kept = state.logs().join(format!("{}.failed.log", stage.name));
@@ -478,6 +478,8 @@ fn build_stage(
             )));
         }
     }
+    log.finish()
+        .ctx(|| format!("writing {}", pending.log().display()))?;
     let (tree, size) = backend.snapshot(state, &pending, parent)?;
     let manifest = Manifest {
         key: stage_key.key.clone(),
