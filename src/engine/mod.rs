@@ -354,11 +354,23 @@ fn build_machine(
                 ));
                 continue;
             }
-            // A damaged entry was quarantined; the machine must be rebuilt from the last good one.
-            return Err(Error::Failed(format!(
-                "{label}/{}: a cached entry was damaged and quarantined; run the build again",
-                stage.name
-            )));
+            // A damaged entry was quarantined: back to the stage before it, then build this one.
+            let parent_restored = match i.checked_sub(1) {
+                None => {
+                    backend.reset(&state)?;
+                    true
+                }
+                Some(p) => match ws.store.find(&keys[p].key)? {
+                    Some(parent) => restore_or_quarantine(ws, backend, &state, &parent, progress)?,
+                    None => false,
+                },
+            };
+            if !parent_restored {
+                return Err(Error::Failed(format!(
+                    "{label}/{}: a cached entry was damaged and quarantined, and the stage before it could not be restored; run the build again",
+                    stage.name
+                )));
+            }
         }
         let parent = if i == 0 {
             None
@@ -391,18 +403,21 @@ fn restore_or_quarantine(
     backend: &dyn Backend,
     state: &MachineState,
     entry: &Entry,
-    progress: &Progress,
+    _progress: &Progress,
 ) -> Result<bool> {
     state.set_marker(&Marker::default())?;
     if backend.restore(state, entry)? {
         return Ok(true);
     }
+    let problems = ws.store.verify(entry);
     let moved = ws.store.quarantine(entry)?;
-    progress.note(&format!(
-        "warning: cache entry {} does not match its digests (tampered or damaged); moved to {} and not used",
+    // Straight to stderr so that -q does not hide it, until the engine has a warning channel.
+    eprintln!(
+        "warning: cache entry {} does not match its digests (tampered or damaged): {}; moved to {} and not used, the stage is built again",
         entry.name,
+        problems.join("; "),
         moved.display()
-    ));
+    );
     Ok(false)
 }
 
