@@ -168,63 +168,73 @@ fn tampers() -> Vec<(&'static str, Tamper, &'static str)> {
 
 #[test]
 fn every_tampered_entry_is_refused_by_verify_and_by_restore_then_rebuilt() {
-    for (case, tamper, problem) in tampers() {
-        let project = Project::new();
-        let counter = two_stages(&project);
-        project.ok(&["build", "trust"]);
-        let entry = entry_dir(&project, &project.store(), "more");
-        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-        tamper(&entry);
+    // Every case runs, and the failure names each one that failed.
+    let failed: Vec<&str> = tampers()
+        .into_iter()
+        .filter(|(case, tamper, problem)| {
+            std::panic::catch_unwind(|| refused_and_rebuilt(case, *tamper, problem)).is_err()
+        })
+        .map(|(case, _, _)| case)
+        .collect();
+    assert!(failed.is_empty(), "not refused and rebuilt: {failed:?}");
+}
 
-        let out = project.run(&["cache", "verify"]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{case}: {stdout}");
-        assert!(stdout.contains(&format!("BAD {name}")), "{case}: {stdout}");
-        assert!(stdout.contains(problem), "{case}: {stdout}");
+fn refused_and_rebuilt(case: &str, tamper: Tamper, problem: &str) {
+    let project = Project::new();
+    let counter = two_stages(&project);
+    project.ok(&["build", "trust"]);
+    let entry = entry_dir(&project, &project.store(), "more");
+    let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+    tamper(&entry);
 
-        // A fresh machine, quietly: the entry is refused, moved away, and its stage rebuilt.
-        let other = project.path().join("state-b");
-        let out = project
-            .cmd()
-            .env("ENVBUILD_STATE", &other)
-            .args(["build", "trust", "-q", "--json"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{case}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "warning: cache entry {name} does not match its digests"
-            )),
-            "{case}: -q hid the warning or there was none: {stderr}"
-        );
-        assert!(stderr.contains(problem), "{case}: {stderr}");
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let actions: Vec<&str> = report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["action"].as_str().unwrap())
-            .collect();
-        assert_eq!(actions, ["restored", "built"], "{case}");
-        assert_eq!(count_lines(&counter), 3, "{case}: `more` ran again");
-        let root = other.join("envs/trust/box/root");
-        assert_eq!(
-            std::fs::read_to_string(root.join("more.txt")).unwrap(),
-            "more\n",
-            "{case}"
-        );
-        assert_eq!(mode_of(&root.join("bin/tool")), 0o755, "{case}");
-        assert_eq!(mode_of(&root.join("more.txt")), 0o644, "{case}");
-        assert!(root.join("current").is_symlink(), "{case}");
-        assert!(!root.join("extra.sh").exists(), "{case}");
-        let quarantined = common::file_names(&project.store().join("v1/quarantine"));
-        assert!(
-            quarantined.len() == 1 && quarantined[0].starts_with(&name),
-            "{case}: {quarantined:?}"
-        );
-        project.ok(&["cache", "verify"]);
-    }
+    let out = project.run(&["cache", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{case}: {stdout}");
+    assert!(stdout.contains(&format!("BAD {name}")), "{case}: {stdout}");
+    assert!(stdout.contains(problem), "{case}: {stdout}");
+
+    // A fresh machine, quietly: the entry is refused, moved away, and its stage rebuilt.
+    let other = project.path().join("state-b");
+    let out = project
+        .cmd()
+        .env("ENVBUILD_STATE", &other)
+        .args(["build", "trust", "-q", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{case}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: cache entry {name} does not match its digests"
+        )),
+        "{case}: -q hid the warning or there was none: {stderr}"
+    );
+    assert!(stderr.contains(problem), "{case}: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["restored", "built"], "{case}");
+    assert_eq!(count_lines(&counter), 3, "{case}: `more` ran again");
+    let root = other.join("envs/trust/box/root");
+    assert_eq!(
+        std::fs::read_to_string(root.join("more.txt")).unwrap(),
+        "more\n",
+        "{case}"
+    );
+    assert_eq!(mode_of(&root.join("bin/tool")), 0o755, "{case}");
+    assert_eq!(mode_of(&root.join("more.txt")), 0o644, "{case}");
+    assert!(root.join("current").is_symlink(), "{case}");
+    assert!(!root.join("extra.sh").exists(), "{case}");
+    let quarantined = common::file_names(&project.store().join("v1/quarantine"));
+    assert!(
+        quarantined.len() == 1 && quarantined[0].starts_with(&name),
+        "{case}: {quarantined:?}"
+    );
+    project.ok(&["cache", "verify"]);
 }
 
 #[test]
