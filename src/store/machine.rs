@@ -110,10 +110,14 @@ pub fn snapshot(
 /// instead. A restore that fails (a full disk) clears `target`: the machine is marked dirty
 /// before a restore, and what was written is not left taking the space.
 pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
-    let Ok(tree) = verify::check(entry, verify::Contents::OnCopy) else {
+    let mut stored = HashMap::new();
+    let mut seen = |path: &str, meta: &std::fs::Metadata| {
+        stored.insert(path.to_string(), meta.clone());
+    };
+    let Ok(tree) = verify::check(entry, verify::Contents::OnCopy(&mut seen)) else {
         return Ok(false);
     };
-    copy_in(entry, &tree, target).map_err(|e| {
+    copy_in(entry, &tree, &stored, target).map_err(|e| {
         let cleared = match remove_tree(target) {
             Ok(()) => format!("{} was cleared", target.display()),
             Err(c) => format!("clearing {} failed too: {c}", target.display()),
@@ -125,7 +129,13 @@ pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
     })
 }
 
-fn copy_in(entry: &Entry, tree: &[TreeEntry], target: &Path) -> Result<bool> {
+/// `stored`: the metadata of each of the entry's files, by path, as `verify::check` saw it.
+fn copy_in(
+    entry: &Entry,
+    tree: &[TreeEntry],
+    stored: &HashMap<String, std::fs::Metadata>,
+    target: &Path,
+) -> Result<bool> {
     std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
     let wanted: HashMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
     let mut extra = Vec::new();
@@ -178,7 +188,7 @@ fn copy_in(entry: &Entry, tree: &[TreeEntry], target: &Path) -> Result<bool> {
                 sha256,
             } => {
                 let from = source.join(path);
-                let Ok(stored) = std::fs::symlink_metadata(&from) else {
+                let Some(stored) = stored.get(path) else {
                     return Ok(false);
                 };
                 if let Ok(live) = std::fs::symlink_metadata(&out) {

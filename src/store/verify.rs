@@ -32,17 +32,18 @@ pub type Written = HashMap<PathBuf, String>;
 pub enum Contents<'a> {
     /// Every file is hashed, except those in `Written`, taken at the digest of what was written.
     Hashed(&'a Written),
-    /// Kinds, modes and sizes only: the caller (a restore) hashes each file as it copies it.
-    OnCopy,
+    /// Kinds, modes and sizes only: the caller (a restore) hashes each file as it copies it, and
+    /// is given each file's metadata (path in the tree, metadata) so it need not read it again.
+    OnCopy(&'a mut dyn FnMut(&str, &std::fs::Metadata)),
 }
 
 /// Checks `entry`: its tree if it is sound, else the problems found, each naming what is wrong.
-pub fn check(entry: &Entry, contents: Contents) -> Result<Vec<TreeEntry>, Vec<String>> {
+pub fn check(entry: &Entry, mut contents: Contents) -> Result<Vec<TreeEntry>, Vec<String>> {
     let manifest = entry.manifest().map_err(|e| vec![e.to_string()])?;
     let tree = entry.tree().map_err(|e| vec![e.to_string()])?;
     let mut problems = chain_problems(entry, &manifest, &tree);
     problems.extend(tree_problems(&tree));
-    problems.extend(artifact_problems(&entry.artifact(), &tree, &contents));
+    problems.extend(artifact_problems(&entry.artifact(), &tree, &mut contents));
     if problems.is_empty() {
         Ok(tree)
     } else {
@@ -160,7 +161,7 @@ fn expected_kind(item: &TreeEntry) -> &'static str {
     }
 }
 
-fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &Contents) -> Vec<String> {
+fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &mut Contents) -> Vec<String> {
     let expected: BTreeMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
     let mut problems = Vec::new();
     let mut found = HashSet::new();
@@ -193,7 +194,10 @@ fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &Contents) -
                 mode == *want
                     && meta.size() == *size
                     && match contents {
-                        Contents::OnCopy => true,
+                        Contents::OnCopy(seen) => {
+                            seen(relative, meta);
+                            true
+                        }
                         Contents::Hashed(written) => match written.get(full) {
                             Some(got) => got == sha256,
                             None => super::copy::sha256_file(full).is_ok_and(|got| got == *sha256),
