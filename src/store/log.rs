@@ -3,7 +3,7 @@
 //! cut, so a step printing 200 MB stores about 2 MiB:
 //!
 //! ```text
-//! [envbuild: 197.9 MiB (207482 lines) of output cut here; this log keeps the first 1 MiB and the last 1 MiB]
+//! [envbuild: 188.7 MiB (1979031 lines) of output cut here; this log keeps the first 1 MiB and the last 1 MiB]
 //! ```
 
 use std::fs::File;
