@@ -409,8 +409,7 @@ fn restore_or_quarantine(
     if backend.restore(state, entry)? {
         return Ok(true);
     }
-    let problems = ws.store.verify(entry);
-    let moved = ws.store.quarantine(entry)?;
+    let (moved, problems) = ws.store.quarantine_damaged(entry)?;
     // Straight to stderr so that -q does not hide it, until the engine has a warning channel.
     eprintln!(
         "warning: cache entry {} does not match its digests (tampered or damaged): {}; moved to {} and not used, the stage is built again",

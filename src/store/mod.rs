@@ -307,6 +307,16 @@ impl Store {
         Ok(target)
     }
 
+    /// Quarantines an entry a restore found damaged; returns where it went and its problems
+    /// (as `cache verify` lists them), for the warning.
+    pub fn quarantine_damaged(&self, entry: &Entry) -> Result<(PathBuf, Vec<String>)> {
+        let mut problems = self.verify(entry);
+        if problems.is_empty() {
+            problems.push("a file did not match its digest as it was copied".into());
+        }
+        Ok((self.quarantine(entry)?, problems))
+    }
+
     /// Recomputes every digest of `entry` (see `verify`); returns the problems found (empty:
     /// the entry is sound).
     pub fn verify(&self, entry: &Entry) -> Vec<String> {
