@@ -424,6 +424,10 @@ impl Backend for LibvirtBackend {
         self.abandon_build(state);
         // An entry imported or pulled into this store finds its base image here.
         base_in_store(&self.machine(state)?)?;
+        // The checks `cache verify` makes but for hashing the disk, whose chain is checked next.
+        if crate::store::verify::check_all_but_contents(entry).is_err() {
+            return Ok(false);
+        }
         let Some(checked) = check_chain(entry)? else {
             return Ok(false);
         };
