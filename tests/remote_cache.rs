@@ -193,6 +193,74 @@ fn push_then_pull_into_another_store_replays_without_building() {
 }
 
 #[test]
+fn a_sparse_file_stays_sparse_through_push_and_pull() {
+    use std::os::unix::fs::MetadataExt;
+    let project = Project::new();
+    project.write(
+        "sparse.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "disk"
+steps = ["truncate -s 256M disk.img && printf data | dd of=disk.img bs=1 seek=1000000 conv=notrunc status=none"]
+"#,
+    );
+    let root = project.path().join("www");
+    let server = Nginx::start(&root, "");
+    let (key, public) = keygen(&project, "a.key");
+    agent_config(&project, "a", "");
+    agent_config(&project, "b", "");
+    let url = server.url();
+    ok(agent(
+        &project,
+        "a",
+        &[
+            "build",
+            "sparse",
+            "--cache-to",
+            &url,
+            "--cache-signing-key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    let blob: u64 = blob_files(&root)
+        .iter()
+        .map(|b| std::fs::metadata(b).unwrap().len())
+        .sum();
+    assert!(
+        blob < 1 << 20,
+        "the blob of 4 bytes of data is {blob} bytes"
+    );
+    ok(agent(
+        &project,
+        "b",
+        &[
+            "cache",
+            "pull",
+            "sparse",
+            "--cache-from",
+            &url,
+            "--cache-trusted-key",
+            &public,
+        ],
+    ));
+    let entry = &entries(&project, "b")[0];
+    let disk = project
+        .path()
+        .join("store-b/v1/entries")
+        .join(entry)
+        .join("artifact/disk.img");
+    let meta = std::fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes pulled",
+        meta.blocks() * 512
+    );
+    ok(agent(&project, "b", &["cache", "verify"]));
+}
+
+#[test]
 fn build_pulls_through_and_starts_at_the_first_stage_no_remote_has() {
     let project = Project::new();
     let counter = small_env(&project);

@@ -222,12 +222,24 @@ fn build_machine(
                 ));
                 continue;
             }
-            // A damaged entry was quarantined; the machine must be rebuilt from the last good one.
-            return Err(Error::Failed(format!(
-                "{label}/{}: a cached entry was damaged and quarantined",
-                stage.name
-            ))
-            .fix("run the build again"));
+            // A damaged entry was quarantined: back to the stage before it, then build this one.
+            let parent_restored = match i.checked_sub(1) {
+                None => {
+                    backend.reset(&m)?;
+                    true
+                }
+                Some(p) => match store.find(&keys[p].key)? {
+                    Some(parent) => restore_or_quarantine(store, &handle, &parent, progress)?,
+                    None => false,
+                },
+            };
+            if !parent_restored {
+                return Err(Error::Failed(format!(
+                    "{label}/{}: a cached entry was damaged and quarantined, and the stage before it could not be restored",
+                    stage.name
+                ))
+                .fix("run the build again"));
+            }
         }
         let parent = if i == 0 {
             None
@@ -255,10 +267,11 @@ fn restore_or_quarantine(
     if handle.backend.restore(&handle.context(), entry)? {
         return Ok(true);
     }
-    let moved = store.quarantine(entry)?;
+    let (moved, problems) = store.quarantine_damaged(entry)?;
     progress.warn(&format!(
-        "cache entry {} does not match its digests (tampered or damaged); moved to {} and not used",
+        "cache entry {} does not match its digests (tampered or damaged): {}; moved to {} and not used, the stage is built again",
         entry.name,
+        problems.join("; "),
         moved.display()
     ));
     Ok(false)
@@ -304,8 +317,7 @@ fn build_stage(
         deadline: started + stage.timeout,
     };
 
-    let mut log = std::fs::File::create(pending.log())
-        .ctx(|| format!("creating {}", pending.log().display()))?;
+    let mut log = crate::store::log::StageLog::create(&pending.log())?;
     let bar = progress.stage(label.clone(), "building");
     for (n, step) in stage.steps.iter().enumerate() {
         use std::io::Write;
@@ -315,6 +327,7 @@ fn build_stage(
             bar.line(line);
         })?;
         if end != StepEnd::Exited(0) {
+            let _ = log.finish();
             backend.abandon(&m);
             bar.finish("failed");
             let kept = state.logs().join(format!("{}.failed.log", stage.name));
@@ -341,6 +354,8 @@ fn build_stage(
             })));
         }
     }
+    log.finish()
+        .ctx(|| format!("writing {}", pending.log().display()))?;
     let (tree, size) = backend.snapshot(&m, &pending, parent)?;
     let manifest = Manifest {
         key: stage_key.key.clone(),

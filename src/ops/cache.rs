@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::engine::Workspace;
 use crate::error::{Error, IoContext, Result};
 use crate::remote::{self, PushOutcome};
+use crate::store::copy::HoleWriter;
 use crate::store::gc::{self, Candidate, GcPlan};
 use crate::store::{Entry, archive, tar_writer::Buffered};
 
@@ -118,7 +119,7 @@ pub fn export(ws: &Workspace, name: &str, output: &Path) -> Result<usize> {
     }
     let partial = output.with_extension("partial");
     let file = std::fs::File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
-    if let Err(e) = archive::export(&entries, Buffered::new(file)) {
+    if let Err(e) = archive::export(&entries, Buffered::new(HoleWriter::new(file))) {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }

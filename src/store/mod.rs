@@ -11,21 +11,26 @@
 //! See docs/store.md.
 
 pub mod archive;
+pub mod copy;
 pub mod gc;
 pub mod lock;
+pub mod log;
+mod machine;
 pub mod tar_writer;
 pub mod tree;
+pub mod verify;
 
 pub use tree::TreeEntry;
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+pub use machine::{restore, snapshot};
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::clock::now_unix;
 use crate::error::{Error, IoContext, Result};
@@ -299,7 +304,18 @@ impl Store {
         Ok(target)
     }
 
-    /// Recomputes every digest of `entry`; returns the problems found (empty: the entry is sound).
+    /// Quarantines an entry a restore found damaged; returns where it went and its problems
+    /// (as `cache verify` lists them), for the warning.
+    pub fn quarantine_damaged(&self, entry: &Entry) -> Result<(PathBuf, Vec<String>)> {
+        let mut problems = self.verify(entry);
+        if problems.is_empty() {
+            problems.push("a file did not match its digest as it was copied".into());
+        }
+        Ok((self.quarantine(entry)?, problems))
+    }
+
+    /// Recomputes every digest of `entry` (see `verify`); returns the problems found (empty:
+    /// the entry is sound).
     pub fn verify(&self, entry: &Entry) -> Vec<String> {
         self.verify_with(entry, &HashMap::new())
     }
@@ -307,263 +323,15 @@ impl Store {
     /// As `verify`, but files that this process has just written into a private folder are
     /// taken at the digest of the bytes it wrote (`written`: full path -> sha256) instead of
     /// being read back: an import hashes while it unpacks.
-    pub fn verify_with(&self, entry: &Entry, written: &HashMap<PathBuf, String>) -> Vec<String> {
-        let mut problems = Vec::new();
-        let manifest = match entry.manifest() {
-            Ok(m) => m,
-            Err(e) => return vec![e.to_string()],
-        };
-        if manifest.material.key() != manifest.key || entry.key() != manifest.key {
-            problems.push(
-                "the manifest's key does not match its key material or the entry name".to_string(),
-            );
-        }
-        let tree = match entry.tree() {
-            Ok(t) => t,
-            Err(e) => return vec![e.to_string()],
-        };
-        if tree::tree_digest(&tree) != manifest.artifact_digest {
-            problems.push("tree.json does not match the manifest's artifact digest".to_string());
-        }
-        let mut hash = |path: &Path, _: &std::fs::Metadata| match written.get(path) {
-            Some(sha256) => Ok(sha256.clone()),
-            None => digest::sha256_file(path),
-        };
-        match tree::tree(&entry.artifact(), "", &mut hash) {
-            Err(e) => problems.push(format!("artifact unreadable: {e}")),
-            Ok(actual) => {
-                let actual: BTreeMap<String, String> = actual
-                    .iter()
-                    .skip(1)
-                    .map(|e| {
-                        (
-                            e.path().trim_start_matches('/').to_string(),
-                            e.fingerprint(),
-                        )
-                    })
-                    .collect();
-                let expected: BTreeMap<String, String> = tree
-                    .iter()
-                    .map(|e| (e.path().to_string(), e.fingerprint()))
-                    .collect();
-                for (path, fingerprint) in &expected {
-                    match actual.get(path) {
-                        None => problems.push(format!("{path} is missing")),
-                        Some(f) if f != fingerprint => {
-                            problems.push(format!("{path} was modified"))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for path in actual.keys().filter(|p| !expected.contains_key(*p)) {
-                    problems.push(format!("{path} is not part of the entry"));
-                }
-            }
-        }
-        problems
+    pub fn verify_with(&self, entry: &Entry, written: &verify::Written) -> Vec<String> {
+        verify::check(entry, verify::Contents::Hashed(written))
+            .err()
+            .unwrap_or_default()
     }
 }
 
 pub fn entry_name(key: &str, env: &str, machine: &str, stage: &str) -> String {
     format!("{key}-{env}-{machine}-{stage}")
-}
-
-/// Copies the folder `source` into `target` (a new folder), hashing every file on the way.
-/// A file with the same path and content in `previous` (the parent entry's artifact) is
-/// hard-linked instead of copied: entries never change, so sharing their files is safe.
-pub fn snapshot(
-    source: &Path,
-    target: &Path,
-    previous: Option<(&Path, &[TreeEntry])>,
-) -> Result<(Vec<TreeEntry>, u64)> {
-    let previous_files: HashMap<&str, &str> = previous
-        .map(|(_, tree)| {
-            tree.iter()
-                .filter_map(|e| match e {
-                    TreeEntry::File { path, sha256, .. } => Some((path.as_str(), sha256.as_str())),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut tree = Vec::new();
-    let mut size = 0u64;
-    let mut dirs = Vec::new();
-    digest::walk(source, &mut |relative, full, meta| {
-        let out = target.join(relative);
-        let mode = meta.permissions().mode() & 0o7777;
-        let file_type = meta.file_type();
-        if file_type.is_dir() {
-            std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
-            dirs.push((out, mode));
-            tree.push(TreeEntry::Dir {
-                path: relative.to_string(),
-                mode,
-            });
-        } else if file_type.is_symlink() {
-            let link =
-                std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
-            std::os::unix::fs::symlink(&link, &out)
-                .ctx(|| format!("creating link {}", out.display()))?;
-            tree.push(TreeEntry::Link {
-                path: relative.to_string(),
-                target: link.to_string_lossy().into_owned(),
-            });
-        } else if file_type.is_file() {
-            let sha256 = match (previous, previous_files.get(relative)) {
-                (Some((previous_dir, _)), Some(old)) if digest::sha256_file(full)? == **old => {
-                    std::fs::hard_link(previous_dir.join(relative), &out)
-                        .ctx(|| format!("linking {}", out.display()))?;
-                    old.to_string()
-                }
-                _ => copy_hashing(full, &out, mode, meta)?,
-            };
-            size += meta.size();
-            tree.push(TreeEntry::File {
-                path: relative.to_string(),
-                mode,
-                size: meta.size(),
-                sha256,
-            });
-        } else {
-            return Err(Error::Failed(format!(
-                "{} is a socket, fifo or device; a machine snapshot holds only files, folders and links (stop the process that made it, or make it outside the machine root)",
-                full.display()
-            )));
-        }
-        Ok(())
-    })?;
-    for (dir, mode) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .ctx(|| format!("setting mode of {}", dir.display()))?;
-    }
-    Ok((tree, size))
-}
-
-/// Makes `target` hold exactly the entry's artifact, and says whether the entry is sound.
-///
-/// Like rsync's quick check, a file already in `target` is kept when its size, mode and mtime
-/// equal those of the store's copy (restores and snapshots carry mtimes over) and the store's
-/// copy still has the size its tree records; every other file is copied from the store and its
-/// sha256 checked against the tree on the way. Paths the entry does not have are removed. So a
-/// machine that services changed in a few places (a database, a pid file) is brought back in
-/// milliseconds, and a store file that was rewritten (its mtime changes) is caught when it would
-/// be used. `Ok(false)`: the entry is damaged; the caller quarantines it and builds instead.
-pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
-    let tree = match entry.tree() {
-        Ok(tree) => tree,
-        Err(_) => return Ok(false),
-    };
-    std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
-    let wanted: HashMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
-    let mut extra = Vec::new();
-    digest::walk(target, &mut |relative, full, meta| {
-        let keep = match wanted.get(relative) {
-            Some(TreeEntry::Dir { .. }) => meta.is_dir(),
-            Some(TreeEntry::Link { .. }) => meta.file_type().is_symlink(),
-            Some(TreeEntry::File { .. }) => meta.is_file(),
-            None => false,
-        };
-        if !keep {
-            extra.push(full.to_path_buf());
-        }
-        Ok(())
-    })?;
-    for path in extra {
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                remove_tree(&path).ctx(|| format!("removing {}", path.display()))?
-            }
-            Ok(_) => std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?,
-            Err(_) => {} // inside a folder removed just before
-        }
-    }
-    let source = entry.artifact();
-    let mut dirs = Vec::new();
-    for item in &tree {
-        let out = target.join(item.path());
-        match item {
-            TreeEntry::Dir { mode, .. } => {
-                if !out.is_dir() {
-                    std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
-                }
-                dirs.push((out, *mode));
-            }
-            TreeEntry::Link { target: link, .. } => {
-                if std::fs::read_link(&out)
-                    .is_ok_and(|current| current.as_os_str() == link.as_str())
-                {
-                    continue;
-                }
-                let _ = std::fs::remove_file(&out);
-                std::os::unix::fs::symlink(link, &out)
-                    .ctx(|| format!("creating link {}", out.display()))?;
-            }
-            TreeEntry::File {
-                path,
-                mode,
-                size,
-                sha256,
-            } => {
-                let from = source.join(path);
-                let Ok(stored) = std::fs::symlink_metadata(&from) else {
-                    return Ok(false);
-                };
-                if !stored.is_file() || stored.size() != *size {
-                    return Ok(false);
-                }
-                if let Ok(live) = std::fs::symlink_metadata(&out) {
-                    let same = live.size() == *size
-                        && live.permissions().mode() & 0o7777 == *mode
-                        && live.mtime() == stored.mtime()
-                        && live.mtime_nsec() == stored.mtime_nsec();
-                    if same {
-                        continue;
-                    }
-                    std::fs::remove_file(&out).ctx(|| format!("replacing {}", out.display()))?;
-                }
-                if copy_hashing(&from, &out, *mode, &stored)? != *sha256 {
-                    return Ok(false);
-                }
-            }
-        }
-    }
-    for (dir, mode) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .ctx(|| format!("setting mode of {}", dir.display()))?;
-    }
-    Ok(true)
-}
-
-/// Copies one file, keeping its mode and mtime, and returns the sha256 of what was written.
-fn copy_hashing(from: &Path, to: &Path, mode: u32, meta: &std::fs::Metadata) -> Result<String> {
-    let mut input = std::fs::File::open(from).ctx(|| format!("opening {}", from.display()))?;
-    let mut output = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .ctx(|| format!("creating {}", to.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; (meta.size() as usize).clamp(4096, 1 << 20)];
-    loop {
-        let n = match input.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).ctx(|| format!("reading {}", from.display())),
-        };
-        hasher.update(&buffer[..n]);
-        output
-            .write_all(&buffer[..n])
-            .ctx(|| format!("writing {}", to.display()))?;
-    }
-    output
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .ctx(|| format!("setting mode of {}", to.display()))?;
-    if let Ok(modified) = meta.modified() {
-        let _ = output.set_modified(modified);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -4,8 +4,9 @@
 //! byte through an 8 KiB buffer of its own: one more copy and 128 reads per MiB.)
 //!
 //! Folders are walked in name order, so one entry always packs to the same stream. Sparse
-//! files are written in full (their holes as zeros, which compress to nothing): the importer
-//! takes plain files only.
+//! files are written in full, as plain members (their holes as zeros, which compress to
+//! nothing): every envbuild can import the stream, and the importer (and `cache export`'s file,
+//! through `copy::HoleWriter`) turns whole blocks of zeros back into holes.
 
 use std::fs::{File, Metadata};
 use std::io::{Read, Write};

@@ -1,13 +1,7 @@
 //! The listing of an entry's artifact (`tree.json`): every file with its mode, size and sha256,
 //! every link and folder, in sorted order; and the artifact digest a manifest records over it.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-
 use sha2::{Digest, Sha256};
-
-use crate::error::{IoContext, Result};
-use crate::key::digest::walk;
 
 /// One entry of a folder listing: what a snapshot or an input consists of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,66 +42,6 @@ impl TreeEntry {
     }
 }
 
-/// Lists `path` (a file or a folder) as tree entries named under `name`, hashing files through
-/// `hash` (which may answer from a fingerprint cache).
-pub fn tree(
-    path: &Path,
-    name: &str,
-    hash: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<String>,
-) -> Result<Vec<TreeEntry>> {
-    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
-    let mut entries = Vec::new();
-    let mut add = |relative: &str, full: &Path, meta: &std::fs::Metadata| -> Result<()> {
-        let entry_path = if relative.is_empty() {
-            name.to_string()
-        } else {
-            format!("{name}/{relative}")
-        };
-        entries.push(entry_for(&entry_path, full, meta, hash)?);
-        Ok(())
-    };
-    if meta.is_dir() {
-        add("", path, &meta)?;
-        walk(path, &mut |relative, full, meta| add(relative, full, meta))?;
-    } else {
-        add("", path, &meta)?;
-    }
-    Ok(entries)
-}
-
-fn entry_for(
-    path: &str,
-    full: &Path,
-    meta: &std::fs::Metadata,
-    hash: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<String>,
-) -> Result<TreeEntry> {
-    let file_type = meta.file_type();
-    Ok(if file_type.is_symlink() {
-        let target = std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
-        TreeEntry::Link {
-            path: path.to_string(),
-            target: target.to_string_lossy().into_owned(),
-        }
-    } else if file_type.is_dir() {
-        TreeEntry::Dir {
-            path: path.to_string(),
-            mode: meta.permissions().mode() & 0o7777,
-        }
-    } else if file_type.is_file() {
-        TreeEntry::File {
-            path: path.to_string(),
-            mode: meta.permissions().mode() & 0o7777,
-            size: meta.size(),
-            sha256: hash(full, meta)?,
-        }
-    } else {
-        return Err(crate::error::Error::Input(format!(
-            "{} is neither a file, a folder nor a link (a socket or device?); inputs and snapshots hold only those",
-            full.display()
-        )));
-    })
-}
-
 /// Digest of a whole listing: what a manifest calls the artifact digest.
 pub fn tree_digest(entries: &[TreeEntry]) -> String {
     let mut hasher = Sha256::new();
@@ -123,24 +57,53 @@ pub fn tree_digest(entries: &[TreeEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::digest::sha256_file;
+
+    fn file(path: &str, mode: u32, sha256: &str) -> TreeEntry {
+        TreeEntry::File {
+            path: path.into(),
+            mode,
+            size: 1,
+            sha256: sha256.into(),
+        }
+    }
 
     #[test]
-    fn tree_is_sorted_and_sensitive_to_mode_and_content() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("d")).unwrap();
-        std::fs::write(dir.path().join("d/b"), b"1").unwrap();
-        std::fs::write(dir.path().join("d/a"), b"2").unwrap();
-        let mut hash = |p: &Path, _: &std::fs::Metadata| sha256_file(p);
-        let first = tree(&dir.path().join("d"), "d", &mut hash).unwrap();
-        let paths: Vec<&str> = first.iter().map(|e| e.path()).collect();
-        assert_eq!(paths, ["d", "d/a", "d/b"]);
-        std::fs::set_permissions(
-            dir.path().join("d/a"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        let second = tree(&dir.path().join("d"), "d", &mut hash).unwrap();
-        assert_ne!(tree_digest(&first), tree_digest(&second));
+    fn the_digest_is_sensitive_to_path_mode_content_and_order() {
+        let dir = TreeEntry::Dir {
+            path: "d".into(),
+            mode: 0o755,
+        };
+        let base = vec![
+            dir.clone(),
+            file("d/a", 0o644, "aa"),
+            file("d/b", 0o644, "bb"),
+        ];
+        let digest = tree_digest(&base);
+        assert_eq!(digest, tree_digest(&base.clone()));
+        for changed in [
+            vec![
+                dir.clone(),
+                file("d/a", 0o755, "aa"),
+                file("d/b", 0o644, "bb"),
+            ],
+            vec![
+                dir.clone(),
+                file("d/a", 0o644, "ab"),
+                file("d/b", 0o644, "bb"),
+            ],
+            vec![
+                dir.clone(),
+                file("d/c", 0o644, "aa"),
+                file("d/b", 0o644, "bb"),
+            ],
+            vec![
+                dir.clone(),
+                file("d/b", 0o644, "bb"),
+                file("d/a", 0o644, "aa"),
+            ],
+            vec![dir, file("d/a", 0o644, "aa")],
+        ] {
+            assert_ne!(tree_digest(&changed), digest, "{changed:?}");
+        }
     }
 }

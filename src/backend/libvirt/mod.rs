@@ -382,6 +382,10 @@ impl Backend for LibvirtBackend {
         self.abandon_build(m.state);
         // An entry imported or pulled into this store finds its base image here.
         self.base_in_store(m.machine)?;
+        // The checks `cache verify` makes but for hashing the disk, whose chain is checked next.
+        if crate::store::verify::check_all_but_contents(entry).is_err() {
+            return Ok(false);
+        }
         let Some(checked) = check_chain(entry)? else {
             return Ok(false);
         };

@@ -1,0 +1,427 @@
+//! A machine folder into an entry (`snapshot`) and back (`restore`). Both keep holes (see
+//! `copy`); a restore uses an entry only once it passes `verify::check`, and hashes every file it
+//! copies against the tree.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::key::digest;
+use crate::store::tree::TreeEntry;
+
+use super::copy::{copy_hashing, sha256_file};
+use super::verify::{self, REFUSED_MODE_BITS};
+use super::{Entry, remove_tree};
+
+/// Copies the folder `source` into `target` (a new folder), hashing every file on the way.
+/// A file with the same path, mode and content in `previous` (the parent entry's artifact) is
+/// hard-linked instead of copied: entries never change, so sharing their files is safe.
+///
+/// Setuid, setgid and world-write bits are cleared, in the machine too, so the machine is what
+/// its snapshot holds: a machine folder is the user's, and a store may be shared (see
+/// `verify::REFUSED_MODE_BITS`).
+pub fn snapshot(
+    source: &Path,
+    target: &Path,
+    previous: Option<(&Path, &[TreeEntry])>,
+) -> Result<(Vec<TreeEntry>, u64)> {
+    let previous_files: HashMap<&str, (u32, &str)> = previous
+        .map(|(_, tree)| {
+            tree.iter()
+                .filter_map(|e| match e {
+                    TreeEntry::File {
+                        path, mode, sha256, ..
+                    } => Some((path.as_str(), (*mode, sha256.as_str()))),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = Vec::new();
+    let mut size = 0u64;
+    let mut dirs = Vec::new();
+    digest::walk(source, &mut |relative, full, meta| {
+        let out = target.join(relative);
+        let file_type = meta.file_type();
+        let mut mode = meta.permissions().mode() & 0o7777;
+        if !file_type.is_symlink() && mode & REFUSED_MODE_BITS != 0 {
+            mode &= !REFUSED_MODE_BITS;
+            std::fs::set_permissions(full, std::fs::Permissions::from_mode(mode))
+                .ctx(|| format!("clearing setuid/setgid/world-write on {}", full.display()))?;
+        }
+        if file_type.is_dir() {
+            std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+            dirs.push((out, mode));
+            tree.push(TreeEntry::Dir {
+                path: relative.to_string(),
+                mode,
+            });
+        } else if file_type.is_symlink() {
+            let link =
+                std::fs::read_link(full).ctx(|| format!("reading link {}", full.display()))?;
+            std::os::unix::fs::symlink(&link, &out)
+                .ctx(|| format!("creating link {}", out.display()))?;
+            tree.push(TreeEntry::Link {
+                path: relative.to_string(),
+                target: link.to_string_lossy().into_owned(),
+            });
+        } else if file_type.is_file() {
+            let sha256 = match (previous, previous_files.get(relative)) {
+                (Some((previous_dir, _)), Some((old_mode, old)))
+                    if *old_mode == mode && sha256_file(full)? == **old =>
+                {
+                    std::fs::hard_link(previous_dir.join(relative), &out)
+                        .ctx(|| format!("linking {}", out.display()))?;
+                    old.to_string()
+                }
+                _ => copy_hashing(full, &out, mode, meta.modified().ok())?,
+            };
+            size += meta.size();
+            tree.push(TreeEntry::File {
+                path: relative.to_string(),
+                mode,
+                size: meta.size(),
+                sha256,
+            });
+        } else {
+            return Err(Error::Failed(format!(
+                "{} is a socket, fifo or device; a machine snapshot holds only files, folders and links (stop the process that made it, or make it outside the machine root)",
+                full.display()
+            )));
+        }
+        Ok(())
+    })?;
+    for (dir, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting mode of {}", dir.display()))?;
+    }
+    Ok((tree, size))
+}
+
+/// Makes `target` hold exactly the entry's artifact, and says whether the entry is sound.
+///
+/// The entry must first pass `verify::check` (manifest, tree, every path's kind, mode and size).
+/// Then, like rsync's quick check, a file already in `target` is kept when its size, mode and
+/// mtime equal those of the store's copy (restores and snapshots carry mtimes over); every other
+/// file is copied from the store and its sha256 checked against the tree on the way, so no byte
+/// reaches the machine that the tree does not name. Paths the entry does not have are removed.
+/// So a machine that services changed in a few places (a database, a pid file) is brought back
+/// in milliseconds. `Ok(false)`: the entry is damaged; the caller quarantines it and builds
+/// instead. A restore that fails (a full disk) clears `target`: the machine is marked dirty
+/// before a restore, and what was written is not left taking the space.
+pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
+    let mut stored = HashMap::new();
+    let mut seen = |path: &str, meta: &std::fs::Metadata| {
+        stored.insert(path.to_string(), meta.clone());
+    };
+    let Ok(tree) = verify::check(entry, verify::Contents::OnCopy(&mut seen)) else {
+        return Ok(false);
+    };
+    copy_in(entry, &tree, &stored, target).map_err(|e| {
+        let cleared = match remove_tree(target) {
+            Ok(()) => format!("{} was cleared", target.display()),
+            Err(c) => format!("clearing {} failed too: {c}", target.display()),
+        };
+        Error::Failed(format!(
+            "restoring {} failed: {e}\n  {cleared}; the store is unchanged, build again once the cause is fixed",
+            entry.name
+        ))
+    })
+}
+
+/// `stored`: the metadata of each of the entry's files, by path, as `verify::check` saw it.
+fn copy_in(
+    entry: &Entry,
+    tree: &[TreeEntry],
+    stored: &HashMap<String, std::fs::Metadata>,
+    target: &Path,
+) -> Result<bool> {
+    std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
+    let wanted: HashMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
+    let mut extra = Vec::new();
+    digest::walk(target, &mut |relative, full, meta| {
+        let keep = match wanted.get(relative) {
+            Some(TreeEntry::Dir { .. }) => meta.is_dir(),
+            Some(TreeEntry::Link { .. }) => meta.file_type().is_symlink(),
+            Some(TreeEntry::File { .. }) => meta.is_file(),
+            None => false,
+        };
+        if !keep {
+            extra.push(full.to_path_buf());
+        }
+        Ok(())
+    })?;
+    for path in extra {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                remove_tree(&path).ctx(|| format!("removing {}", path.display()))?
+            }
+            Ok(_) => std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?,
+            Err(_) => {} // inside a folder removed just before
+        }
+    }
+    let source = entry.artifact();
+    let mut dirs = Vec::new();
+    for item in tree {
+        let out = target.join(item.path());
+        match item {
+            TreeEntry::Dir { mode, .. } => {
+                if !out.is_dir() {
+                    std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+                }
+                dirs.push((out, *mode));
+            }
+            TreeEntry::Link { target: link, .. } => {
+                if std::fs::read_link(&out)
+                    .is_ok_and(|current| current.as_os_str() == link.as_str())
+                {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&out);
+                std::os::unix::fs::symlink(link, &out)
+                    .ctx(|| format!("creating link {}", out.display()))?;
+            }
+            TreeEntry::File {
+                path,
+                mode,
+                size,
+                sha256,
+            } => {
+                let from = source.join(path);
+                let Some(stored) = stored.get(path) else {
+                    return Ok(false);
+                };
+                if let Ok(live) = std::fs::symlink_metadata(&out) {
+                    let same = live.size() == *size
+                        && live.permissions().mode() & 0o7777 == *mode
+                        && live.mtime() == stored.mtime()
+                        && live.mtime_nsec() == stored.mtime_nsec();
+                    if same {
+                        continue;
+                    }
+                    std::fs::remove_file(&out).ctx(|| format!("replacing {}", out.display()))?;
+                }
+                if copy_hashing(&from, &out, *mode, stored.modified().ok())? != *sha256 {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    for (dir, mode) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting mode of {}", dir.display()))?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyMaterial;
+    use crate::store::tree::tree_digest;
+    use crate::store::{Manifest, Store};
+
+    fn material() -> KeyMaterial {
+        KeyMaterial {
+            format: 1,
+            backend: "local".into(),
+            base: "host".into(),
+            parent: None,
+            after: Default::default(),
+            steps: vec!["true".into()],
+            env: Default::default(),
+            vars: Default::default(),
+            inputs: Default::default(),
+            templates: Default::default(),
+            sources: Default::default(),
+        }
+    }
+
+    /// A machine folder: a file, a script, a folder, a link.
+    fn machine(root: &Path) {
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/greeting"), "hello\n").unwrap();
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("etc/greeting", root.join("link")).unwrap();
+    }
+
+    fn commit(store: &Store, source: &Path, previous: Option<&Entry>) -> Entry {
+        let mut material = material();
+        material.parent = previous.map(|p| p.key().to_string());
+        let key = material.key();
+        let pending = store.begin(&key).unwrap();
+        let previous_tree = previous.map(|p| (p.artifact(), p.tree().unwrap()));
+        let (tree, size) = snapshot(
+            source,
+            &pending.artifact(),
+            previous_tree
+                .as_ref()
+                .map(|(d, t)| (d.as_path(), t.as_slice())),
+        )
+        .unwrap();
+        let manifest = Manifest {
+            key: key.clone(),
+            parent: material.parent.clone(),
+            env: "e".into(),
+            machine: "m".into(),
+            stage: "s".into(),
+            backend: "local".into(),
+            material,
+            artifact_digest: tree_digest(&tree),
+            files: tree.len() as u64,
+            size,
+            created: String::new(),
+            created_unix: 0,
+            duration_ms: 0,
+            envbuild_version: String::new(),
+        };
+        store.commit(pending, &manifest, &tree).unwrap()
+    }
+
+    fn rewrite_tree(entry: &Entry, edit: impl FnOnce(&mut Vec<TreeEntry>)) {
+        let mut tree = entry.tree().unwrap();
+        edit(&mut tree);
+        std::fs::write(
+            entry.dir.join("tree.json"),
+            serde_json::to_vec(&tree).unwrap(),
+        )
+        .unwrap();
+        let mut manifest = entry.manifest().unwrap();
+        manifest.artifact_digest = tree_digest(&tree);
+        std::fs::write(
+            entry.dir.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn a_snapshot_restores_as_it_was_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        machine(&dir.path().join("live"));
+        let entry = commit(&store, &dir.path().join("live"), None);
+        assert_eq!(store.verify(&entry), Vec::<String>::new());
+        let target = dir.path().join("restored");
+        assert!(restore(&entry, &target).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(target.join("link")).unwrap(),
+            "hello\n"
+        );
+        assert_eq!(mode(&target.join("run.sh")), 0o755);
+    }
+
+    #[test]
+    fn setuid_setgid_and_world_write_never_reach_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let live = dir.path().join("live");
+        machine(&live);
+        std::fs::set_permissions(live.join("run.sh"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        std::fs::set_permissions(live.join("etc"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let entry = commit(&store, &live, None);
+        assert_eq!(mode(&entry.artifact().join("run.sh")), 0o755);
+        assert_eq!(mode(&entry.artifact().join("etc")), 0o1775);
+        // The machine is what its snapshot holds.
+        assert_eq!(mode(&live.join("run.sh")), 0o755);
+        assert_eq!(store.verify(&entry), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_tree_made_consistent_with_a_forbidden_mode_or_a_bad_path_is_refused() {
+        type Edit = fn(&mut Vec<TreeEntry>);
+        let cases: [(Edit, &str); 4] = [
+            (
+                |tree| {
+                    for e in tree.iter_mut() {
+                        if let TreeEntry::File { path, mode, .. } = e
+                            && path == "run.sh"
+                        {
+                            *mode = 0o4755;
+                        }
+                    }
+                },
+                "run.sh has mode 4755",
+            ),
+            (
+                |tree| {
+                    let mut copy = tree[0].clone();
+                    if let TreeEntry::Dir { path, .. } = &mut copy {
+                        *path = "../escape".into();
+                    }
+                    tree.push(copy);
+                },
+                "`../escape`, not a plain relative path",
+            ),
+            (
+                |tree| {
+                    tree.push(TreeEntry::Dir {
+                        path: "link/through".into(),
+                        mode: 0o755,
+                    })
+                },
+                "link/through outside any folder listed before it",
+            ),
+            (
+                |tree| {
+                    let first = tree[1].clone();
+                    tree.push(first);
+                },
+                "twice",
+            ),
+        ];
+        for (edit, phrase) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            machine(&dir.path().join("live"));
+            let entry = commit(&store, &dir.path().join("live"), None);
+            rewrite_tree(&entry, edit);
+            let problems = store.verify(&entry);
+            assert!(
+                problems.iter().any(|p| p.contains(phrase)),
+                "{phrase}: {problems:?}"
+            );
+            // A restore refuses it before writing anything.
+            let target = dir.path().join("restored");
+            assert!(!restore(&entry, &target).unwrap(), "{phrase}");
+            assert!(!target.exists(), "{phrase}");
+            assert!(!dir.path().join("store/v1/entries/escape").exists());
+        }
+    }
+
+    #[test]
+    fn a_file_whose_mode_changed_is_copied_not_linked_to_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let live = dir.path().join("live");
+        machine(&live);
+        let parent = commit(&store, &live, None);
+        std::fs::set_permissions(
+            live.join("etc/greeting"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let child = commit(&store, &live, Some(&parent));
+        assert_eq!(store.verify(&child), Vec::<String>::new());
+        assert_eq!(mode(&parent.artifact().join("etc/greeting")), 0o644);
+        let linked = |p: &str| {
+            std::fs::metadata(parent.artifact().join(p)).unwrap().ino()
+                == std::fs::metadata(child.artifact().join(p)).unwrap().ino()
+        };
+        assert!(linked("run.sh"));
+        assert!(!linked("etc/greeting"));
+    }
+}
