@@ -542,6 +542,49 @@ fn without_a_budget_the_outage_is_measured_and_not_judged() {
 }
 
 #[test]
+fn down_time_and_uptime_budgets_judge_each_probe_with_its_own_keys_first() {
+    let project = Project::new();
+    web_flow_with(
+        &project,
+        "max_down_time = \"0.2s\"\nmin_uptime_pct = 100",
+        &format!(
+            r#"{OUTAGE}
+[[flows.check.probes]]
+name = "tolerant"
+url = "http://127.0.0.1:{{{{ ports.http }}}}/index.html"
+rate = 20.0
+max_down_time = "1m"
+min_uptime_pct = 0
+"#
+        ),
+    );
+    let (code, stdout, s, junit, _) = test_web(&project, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let index = check(&s, "probe", "index");
+    let message = index["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("down ") && message.contains(" s (at most 0.2 s allowed); uptime "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(" % (at least 100 % required)"),
+        "{message}"
+    );
+    assert_eq!(
+        index["budget"],
+        serde_json::json!({"max_failed_requests": null, "max_down_time_ms": 200,
+            "min_uptime_pct": 100.0})
+    );
+    // The same outage, within the probe's own budget.
+    let tolerant = check(&s, "probe", "tolerant");
+    assert_eq!(tolerant["status"], "passed", "{tolerant}");
+    assert_eq!(tolerant["budget"]["max_down_time_ms"], 60_000);
+    assert!(
+        junit_case(&junit, "tolerant").contains("budget: at most 60.0 s down, at least 0 % uptime")
+    );
+}
+
+#[test]
 fn a_probe_with_too_few_samples_makes_the_run_incomplete() {
     let project = Project::new();
     web_flow_with(

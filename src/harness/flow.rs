@@ -14,7 +14,7 @@ use crate::engine::{self, Workspace, progress::Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::{self, StepEnd};
-use crate::spec::model::{Environment, Flow, Phase, PhaseAction};
+use crate::spec::model::{self as spec_model, Environment, Flow, Phase, PhaseAction};
 use crate::spec::template::{self, RuntimeValues};
 use crate::store::now_rfc3339;
 
@@ -97,16 +97,17 @@ impl Probing {
 
 /// The probes of `flow` as the verdict policy judges them: each with its budget over the flow's.
 pub fn declared_probes(flow: &Flow) -> Vec<DeclaredProbe> {
-    let flow_budget = Budget {
-        max_failed_requests: flow.max_failed_requests,
-        ..Budget::default()
+    let budget = |b: &spec_model::Budget| Budget {
+        max_failed_requests: b.max_failed_requests,
+        max_down_time_ms: b.max_down_time.map(|d| d.as_millis() as u64),
+        min_uptime_pct: b.min_uptime_pct,
     };
     flow.probes
         .iter()
         .map(|p| DeclaredProbe {
             name: p.name.clone(),
             rate_hz: p.rate_hz,
-            budget: flow_budget,
+            budget: budget(&p.budget).or(budget(&flow.budget)),
         })
         .collect()
 }

@@ -215,7 +215,9 @@ pub(crate) mod fixture {
         let phase = |name: &str, status, spans: &[(u64, u64)], error: Option<&str>| PhaseResult {
             name: name.into(),
             status,
-            duration_s: spans.iter().map(|(a, b)| (b - a) as f64 / 1000.0).sum(),
+            duration_s: spans
+                .iter()
+                .fold(0.0, |sum, (a, b)| sum + (b - a) as f64 / 1000.0),
             attempts: spans.len() as u32,
             error: error.map(str::to_string),
             spans: spans

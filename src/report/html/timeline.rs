@@ -89,8 +89,9 @@ impl Axis {
         self.left + (WIDTH - self.left - RIGHT) * t as f64 / span
     }
 
-    fn contains(&self, span: &Span) -> bool {
-        span.end_ms >= self.start_ms && span.start_ms <= self.end_ms
+    /// `span` overlaps the axis for more than an instant.
+    fn overlaps(&self, span: &Span) -> bool {
+        span.end_ms > self.start_ms && span.start_ms < self.end_ms
     }
 
     /// Wall-clock ticks and their labels below `bottom`, with a caption.
@@ -382,7 +383,7 @@ fn phase_spans(page: &mut String, axis: &Axis, summary: &RunSummary, clock: &Clo
         .phases
         .iter()
         .flat_map(|p| p.spans.iter().map(move |s| (p, s)))
-        .filter(|(_, s)| axis.contains(s));
+        .filter(|(_, s)| axis.overlaps(s));
     for (n, (phase, span)) in spans.enumerate() {
         let (x1, x2) = (axis.x(span.start_ms), axis.x(span.end_ms));
         let label_width = 6.5 * phase.name.chars().count() as f64 + 6.0;
