@@ -314,20 +314,17 @@ fn the_jenkinsfile_maps_exit_codes_and_publishes_the_run_folder() {
         );
         assert_eq!(run["env"]["RUN_DIR"], "runs/41");
         assert_eq!(
-            steps(&run, "junit"),
+            steps(run, "junit"),
             [&serde_json::json!({"testResults": "runs/41/junit.xml", "allowEmptyResults": true})]
         );
-        assert_eq!(
-            steps(&run, "archiveArtifacts")[0]["artifacts"],
-            "runs/41/**"
-        );
-        let html = &steps(&run, "publishHTML")[0]["target"];
+        assert_eq!(steps(run, "archiveArtifacts")[0]["artifacts"], "runs/41/**");
+        let html = &steps(run, "publishHTML")[0]["target"];
         assert_eq!(
             (&html["reportDir"], &html["reportFiles"]),
             (&"runs/41".into(), &"report.html".into())
         );
         assert_eq!(
-            steps(&run, "timeout")[0],
+            steps(run, "timeout")[0],
             &serde_json::json!({"time": 3, "unit": "HOURS"})
         );
         // main pushes what it built unless the test stage stopped the build: a failed upgrade
@@ -340,8 +337,8 @@ fn the_jenkinsfile_maps_exit_codes_and_publishes_the_run_folder() {
         assert_eq!(pushed, code <= 1, "exit {code}: {}", run["stages"]);
     }
     let unstable = &runs[1];
-    assert_eq!(steps(&unstable, "unstable").len(), 1);
-    assert!(steps(&unstable, "error").is_empty());
+    assert_eq!(steps(unstable, "unstable").len(), 1);
+    assert!(steps(unstable, "error").is_empty());
     let aborted = &runs[3];
     assert!(
         aborted["errors"][0]
@@ -360,10 +357,10 @@ fn the_jenkinsfile_maps_exit_codes_and_publishes_the_run_folder() {
             .any(|s| s == "Push (main only)")
     );
     assert_eq!(
-        steps(&branch, "withEnv")[0],
+        steps(branch, "withEnv")[0],
         &serde_json::json!(["ENVBUILD_ES_URL="])
     );
-    let test = steps(&branch, "sh")
+    let test = steps(branch, "sh")
         .into_iter()
         .find(|s| {
             s["script"]
@@ -378,7 +375,7 @@ fn the_jenkinsfile_maps_exit_codes_and_publishes_the_run_folder() {
     );
     let credential = &runs[6];
     assert_eq!(
-        steps(&credential, "withCredentials")[0],
+        steps(credential, "withCredentials")[0],
         &serde_json::json!([{"step": "string", "args": [{"credentialsId": "es-lab-url", "variable": "ENVBUILD_ES_URL"}]}])
     );
 }

@@ -18,13 +18,14 @@ use crate::spec::model::{self as spec_model, Environment, Flow, Phase, PhaseActi
 use crate::spec::template::{self, RuntimeValues};
 use crate::store::now_rfc3339;
 
+use super::budget::{Budget, DeclaredProbe};
 use super::probe::{self, ResolvedProbe, RunningProbes};
 use super::stats::{Sample, summarize};
 use super::summary::{
     PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, Span, StageUse, TestCounts,
     ci_metadata,
 };
-use super::verdict::{Budget, DeclaredProbe, Evidence, judge};
+use super::verdict::{Evidence, judge};
 
 /// The signal (SIGINT/SIGTERM) that interrupted the run, 0 while none did: the flow stops after
 /// the current phase (whose step is stopped) and cleans up.

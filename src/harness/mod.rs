@@ -1,6 +1,7 @@
 //! The rolling-upgrade test harness: flows, phases, probes, resources, failure policies, and the
 //! verdict they add up to.
 
+pub mod budget;
 pub mod flow;
 pub mod probe;
 pub mod stats;

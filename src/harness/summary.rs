@@ -176,8 +176,9 @@ impl StageUse {
 #[cfg(test)]
 pub(crate) mod fixture {
     use super::*;
+    use crate::harness::budget::{Budget, DeclaredProbe};
     use crate::harness::stats::{Sample, summarize};
-    use crate::harness::verdict::{Budget, DeclaredProbe, Evidence, judge};
+    use crate::harness::verdict::{Evidence, judge};
 
     /// A run of aio-lite 28.1.0 -> 29.0.0 where the upgrade cost keystone 4 s (its budget is no
     /// failed request) and a smoke test; every report format is tested on it.

@@ -254,9 +254,9 @@ fn secs(ms: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::budget::Budget;
     use crate::harness::summary::PhaseStatus;
     use crate::harness::summary::fixture::{declared, rejudge, run};
-    use crate::harness::verdict::Budget;
     use serde_json::{Value, json};
 
     /// Parses `xml` with Python's expat-based ElementTree (a strict XML 1.0 parser) and returns

@@ -165,9 +165,9 @@ fn seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::budget::Budget;
     use crate::harness::summary::fixture::{declared, rejudge, run};
     use crate::harness::summary::{PhaseStatus, Span};
-    use crate::harness::verdict::Budget;
 
     fn logs() -> Vec<String> {
         vec!["logs/upgrade.log".into(), "logs/validate-after.log".into()]
