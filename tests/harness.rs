@@ -645,6 +645,23 @@ fn a_failure_before_the_upgrade_is_an_infrastructure_failure() {
 }
 
 #[test]
+fn a_run_that_cannot_be_carried_out_exits_3() {
+    let project = Project::new();
+    web_flow(&project, "");
+    // The results folder cannot be made: a file stands where its parent should be.
+    let blocker = project.path().join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("run");
+    let result = project.run(&["test", "web", "--out", out.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("the run could not be carried out (infrastructure failure, exit 3)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn validation_none_is_recorded_and_leaves_no_skipped_smoke_or_rally_case() {
     let project = Project::new();
     web_flow(&project, "");
