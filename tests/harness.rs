@@ -1,6 +1,7 @@
 //! `envbuild test` on a small real environment (a Python HTTP server on loopback): phases,
 //! probes at 20 Hz, retries that resume at an earlier phase, clean-up on failure, results and
-//! the ElasticSearch push.
+//! the ElasticSearch push, and the verdict policy: budgets, too few samples, aborted runs, exit
+//! codes.
 
 mod common;
 
@@ -9,11 +10,20 @@ use std::io::{Read, Write};
 use common::{Project, count_lines, processes_mentioning};
 
 fn web_flow(project: &Project, extra_phase: &str) -> std::path::PathBuf {
+    web_flow_with(project, "", extra_phase)
+}
+
+/// The web flow with `flow_keys` in its `[flows.check]` table (budgets) and `extra_phase`
+/// appended to its phases.
+fn web_flow_with(project: &Project, flow_keys: &str, extra_phase: &str) -> std::path::PathBuf {
     let counter = project.path().join("phases-run");
     project.write(
         "web.toml",
         &format!(
             r#"
+[vars]
+validation = "smoke"
+
 [secrets.admin_password]
 generate = "password"
 
@@ -35,6 +45,7 @@ description = "a flow over a web server"
 from_version = "1"
 to_version = "2"
 cleanup = ["down"]
+{flow_keys}
 
 [[flows.check.probes]]
 name = "index"
@@ -68,7 +79,7 @@ probes = true
 [[flows.check.phases]]
 name = "report"
 action = "run"
-run = ["echo '{{\"smoke\": {{\"passed\": 3, \"failed\": 0, \"skipped\": 1}}, \"when\": \"after\"}}' > $ENVBUILD_RESULT"]
+run = ["[ {{{{ validation }}}} = none ] || echo '{{\"smoke\": {{\"passed\": 3, \"failed\": 0, \"skipped\": 1}}, \"when\": \"after\"}}' > $ENVBUILD_RESULT"]
 {extra_phase}
 "#,
             c = counter.display()
@@ -276,14 +287,21 @@ fn results_are_pushed_to_elasticsearch_with_the_bulk_api() {
     web_flow(&project, "");
     let out = project.path().join("run");
     let (url, server) = fake_es(r#"{"took":3,"errors":false,"items":[]}"#);
-    let result = project.run(&[
-        "test",
-        "web",
-        "--out",
-        out.to_str().unwrap(),
-        "--es-url",
-        &url,
-    ]);
+    let result = project
+        .cmd()
+        .env("JOB_NAME", "envbuild-ci")
+        .env("BUILD_NUMBER", "17")
+        .env_remove("BUILD_URL")
+        .args([
+            "test",
+            "web",
+            "--out",
+            out.to_str().unwrap(),
+            "--es-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
     assert!(
         result.status.success(),
         "{}",
@@ -316,6 +334,26 @@ fn results_are_pushed_to_elasticsearch_with_the_bulk_api() {
     );
     let summary_doc: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(summary_doc["verdict"], "passed");
+    // The seed's dashboards read these names: flat uptime figures per probe, phase times, vars,
+    // the CI's metadata; `service`, `status` (0/1) and `timestamp` per sample.
+    assert!(summary_doc["index_uptime_pct"].is_number(), "{summary_doc}");
+    assert!(summary_doc["index_total_requests"].as_u64().unwrap() > 0);
+    assert!(summary_doc["phase_deploy_start"].is_string());
+    assert!(summary_doc["phase_deploy_end"].is_string());
+    assert_eq!(summary_doc["vars"]["validation"], "smoke");
+    assert_eq!(summary_doc["job_name"], "envbuild-ci");
+    assert_eq!(summary_doc["build_number"], "17");
+    let sample: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    assert_eq!(sample["service"], "index");
+    assert!(sample["status"] == 1 || sample["status"] == 0, "{sample}");
+    assert!(
+        sample["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{sample}"
+    );
+    assert!(
+        sample.get("ok").is_none() && sample.get("probe").is_none(),
+        "{sample}"
+    );
 }
 
 #[test]
@@ -358,10 +396,304 @@ fn unknown_flow_is_bad_input() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("has no flow `nope`; flows: check"));
 }
 
+/// A flow whose probed phases take the web server down for a second: the probes see it.
+const OUTAGE: &str = r#"
+[[flows.check.phases]]
+name = "outage"
+action = "stop"
+services = ["http"]
+probes = true
+
+[[flows.check.phases]]
+name = "down-a-while"
+action = "run"
+run = ["sleep 1"]
+probes = true
+
+[[flows.check.phases]]
+name = "back"
+action = "start"
+services = ["http"]
+probes = true
+"#;
+
+/// Runs `envbuild test web` into `project/run`: (exit code, stdout, summary.json, junit.xml,
+/// report.html).
+fn test_web(
+    project: &Project,
+    extra: &[&str],
+) -> (Option<i32>, String, serde_json::Value, String, String) {
+    let out = project.path().join("run");
+    let result = project
+        .cmd()
+        .args(["test", "web", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    (
+        result.status.code(),
+        String::from_utf8_lossy(&result.stdout).into_owned(),
+        summary(&out),
+        read("junit.xml"),
+        read("report.html"),
+    )
+}
+
+fn check<'a>(summary: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    summary["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == kind && c["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} check {name}: {}", summary["checks"]))
+}
+
+/// The `<testcase>` element of `name` in `junit`, up to its end.
+fn junit_case<'a>(junit: &'a str, name: &str) -> &'a str {
+    let start = junit
+        .find(&format!("name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no case {name} in {junit}"));
+    let end = start + junit[start..].find("</testcase>").unwrap();
+    &junit[start..end]
+}
+
 #[test]
-fn an_interrupted_run_stops_its_step_and_cleans_up() {
+fn an_outage_over_the_budget_fails_the_upgrade_in_every_report() {
     let project = Project::new();
-    let marker = format!("envbuild-interrupt-{}", std::process::id());
+    web_flow_with(&project, "max_failed_requests = 0", OUTAGE);
+    let (code, stdout, s, junit, html) = test_web(&project, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(s["verdict"], "failed");
+    let index = check(&s, "probe", "index");
+    assert_eq!(index["status"], "failed");
+    assert_eq!(index["blame"], "upgrade");
+    let failed = s["probes"][0]["failed"].as_u64().unwrap();
+    assert!(failed > 0, "{}", s["probes"][0]);
+    let message = format!(
+        "{failed} of {} requests failed (at most 0 allowed)",
+        s["probes"][0]["total"]
+    );
+    assert_eq!(index["message"], message.as_str());
+    // JUnit and the page say the same; the exit code is the verdict's.
+    assert!(
+        junit_case(&junit, "index").contains(&format!("<failure message=\"{message}\"")),
+        "{junit}"
+    );
+    assert!(html.contains("<div class=\"verdict failed\">"));
+    assert!(html.contains(&format!("<li>probe `index`: {message}</li>")));
+    assert!(stdout.contains("web check: FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("over the availability budget: downtime"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn failed_requests_within_the_budget_pass_in_every_report() {
+    let project = Project::new();
+    web_flow_with(&project, "max_failed_requests = 100000", OUTAGE);
+    let (code, stdout, s, junit, html) = test_web(&project, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(s["probes"][0]["failed"].as_u64().unwrap() > 0);
+    assert_eq!(check(&s, "probe", "index")["status"], "passed");
+    // The page does not flag what the budget allows (it listed every failed request before).
+    assert!(html.contains("<div class=\"verdict passed\">"), "{html}");
+    assert!(!html.contains("<ul class=\"findings\">"), "{html}");
+    let case = junit_case(&junit, "index");
+    assert!(
+        !case.contains("<failure") && !case.contains("<skipped"),
+        "{case}"
+    );
+    assert!(
+        s["headline"]
+            .as_str()
+            .unwrap()
+            .starts_with("within the availability budget: downtime")
+    );
+}
+
+#[test]
+fn without_a_budget_the_outage_is_measured_and_not_judged() {
+    let project = Project::new();
+    web_flow_with(&project, "", OUTAGE);
+    let (code, stdout, s, junit, html) = test_web(&project, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let headline = s["headline"].as_str().unwrap();
+    assert!(
+        headline.starts_with("no availability budget: downtime ")
+            && headline.contains(" s measured, not judged"),
+        "{headline}"
+    );
+    assert_eq!(check(&s, "probe", "index")["status"], "not_judged");
+    assert!(stdout.contains(headline), "{stdout}");
+    assert!(junit.contains(&format!(
+        "<property name=\"availability\" value=\"{headline}\"/>"
+    )));
+    assert!(
+        junit_case(&junit, "index").contains("<skipped message=\"no availability budget: downtime")
+    );
+    // Not the green of a judged pass, and the headline is on the page.
+    assert!(
+        html.contains("<div class=\"verdict passed unjudged\">"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("<div class=\"headline\">{headline}</div>")));
+}
+
+#[test]
+fn down_time_and_uptime_budgets_judge_each_probe_with_its_own_keys_first() {
+    let project = Project::new();
+    web_flow_with(
+        &project,
+        "max_down_time = \"0.2s\"\nmin_uptime_pct = 100",
+        &format!(
+            r#"{OUTAGE}
+[[flows.check.probes]]
+name = "tolerant"
+url = "http://127.0.0.1:{{{{ ports.http }}}}/index.html"
+rate = 20.0
+max_down_time = "1m"
+min_uptime_pct = 0
+"#
+        ),
+    );
+    let (code, stdout, s, junit, _) = test_web(&project, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let index = check(&s, "probe", "index");
+    let message = index["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("down ") && message.contains(" s (at most 0.2 s allowed); uptime "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(" % (at least 100 % required)"),
+        "{message}"
+    );
+    assert_eq!(
+        index["budget"],
+        serde_json::json!({"max_failed_requests": null, "max_down_time_ms": 200,
+            "min_uptime_pct": 100.0})
+    );
+    // The same outage, within the probe's own budget.
+    let tolerant = check(&s, "probe", "tolerant");
+    assert_eq!(tolerant["status"], "passed", "{tolerant}");
+    assert_eq!(tolerant["budget"]["max_down_time_ms"], 60_000);
+    assert!(
+        junit_case(&junit, "tolerant").contains("budget: at most 60.0 s down, at least 0 % uptime")
+    );
+}
+
+#[test]
+fn a_probe_with_too_few_samples_makes_the_run_incomplete() {
+    let project = Project::new();
+    web_flow_with(
+        &project,
+        "",
+        r#"
+[[flows.check.probes]]
+name = "slow"
+url = "http://127.0.0.1:{{ ports.http }}/index.html"
+rate = 0.05
+"#,
+    );
+    let (code, stdout, s, junit, _) = test_web(&project, &[]);
+    assert_eq!(code, Some(3), "{stdout}");
+    assert_eq!(
+        (&s["verdict"], &s["complete"]),
+        (&"incomplete".into(), &false.into())
+    );
+    // Both declared probes are in the summary; the slow one sampled once or twice.
+    assert_eq!(s["probes"].as_array().unwrap().len(), 2);
+    let slow = check(&s, "probe", "slow");
+    assert_eq!(slow["blame"], "infrastructure");
+    assert!(
+        slow["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too few samples to judge: "),
+        "{slow}"
+    );
+    assert!(junit_case(&junit, "slow").contains("<failure message=\"too few samples to judge"));
+    assert!(
+        s["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("probe `slow`: too few samples")
+    );
+}
+
+#[test]
+fn a_failure_before_the_upgrade_is_an_infrastructure_failure() {
+    let project = Project::new();
+    let counter = web_flow(&project, "");
+    // `prepare` (before the probed phases) fails on its first and only attempt.
+    let spec = std::fs::read_to_string(project.envs().join("web.toml"))
+        .unwrap()
+        .replace(
+            &format!("run = [\"echo prepare >> {}\"]", counter.display()),
+            "run = [\"exit 4\"]",
+        );
+    project.write("web.toml", &spec);
+    let (code, stdout, s, junit, _) = test_web(&project, &[]);
+    assert_eq!(code, Some(3), "{stdout}");
+    assert_eq!(s["verdict"], "incomplete");
+    assert_eq!(check(&s, "phase", "prepare")["blame"], "infrastructure");
+    // The probe did not run because the flow stopped first: skipped, not a second failure.
+    assert_eq!(check(&s, "probe", "index")["status"], "skipped");
+    assert!(junit.contains("classname=\"web.check.flow\" name=\"complete\""));
+}
+
+#[test]
+fn a_run_that_cannot_be_carried_out_exits_3() {
+    let project = Project::new();
+    web_flow(&project, "");
+    // The results folder cannot be made: a file stands where its parent should be.
+    let blocker = project.path().join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("run");
+    let result = project.run(&["test", "web", "--out", out.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("the run could not be carried out (infrastructure failure, exit 3)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validation_none_is_recorded_and_leaves_no_skipped_smoke_or_rally_case() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let (code, _, s, junit, html) = test_web(&project, &["--var", "validation=none"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(s["vars"]["validation"], "none");
+    assert_eq!(s["smoke"]["after"], serde_json::Value::Null);
+    assert!(junit.contains("<property name=\"var.validation\" value=\"none\"/>"));
+    assert!(
+        !junit.contains("web.check.smoke") && !junit.contains("web.check.rally"),
+        "{junit}"
+    );
+    assert!(html.contains("<code>validation=none</code>"));
+
+    // With validation, the smoke tests that ran have a case; none is left skipped for ever.
+    let (_, _, s, junit, _) = test_web(&project, &[]);
+    assert_eq!(s["vars"]["validation"], "smoke");
+    assert!(junit.contains("classname=\"web.check.smoke\" name=\"after\""));
+    assert!(!junit.contains("name=\"before\""), "{junit}");
+    assert!(!junit.contains("web.check.rally"), "{junit}");
+}
+
+#[test]
+fn an_interrupted_run_is_aborted_stops_its_step_and_cleans_up() {
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        interrupt_the_long_phase(signal, name);
+    }
+}
+
+fn interrupt_the_long_phase(signal: libc::c_int, name: &str) {
+    let project = Project::new();
+    let marker = format!("envbuild-interrupt-{}-{name}", std::process::id());
     web_flow(
         &project,
         &format!(
@@ -370,6 +702,12 @@ fn an_interrupted_run_stops_its_step_and_cleans_up() {
 name = "long"
 action = "run"
 run = ["sleep 120 # {marker}"]
+probes = true
+
+[[flows.check.phases]]
+name = "after-long"
+action = "run"
+run = ["true"]
 "#
         ),
     );
@@ -388,24 +726,43 @@ run = ["sleep 120 # {marker}"]
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // SAFETY: signalling the child we spawned, as Ctrl-C would.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // SAFETY: signalling the child we spawned, as Ctrl-C or Jenkins' abort would.
+    unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(130), "{name}");
     let s = summary(&out);
-    assert_eq!(s["complete"], false);
-    let long = s["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "long")
-        .unwrap()
-        .clone();
-    assert_eq!(long["status"], "failed");
-    assert!(
-        long["error"].as_str().unwrap().contains("interrupted"),
-        "{long}"
+    assert_eq!(
+        (&s["verdict"], &s["complete"]),
+        (&"aborted".into(), &false.into())
     );
+    assert_eq!(
+        s["reasons"][0],
+        format!("aborted by {name} during phase `long`").as_str()
+    );
+    let phase = |phase: &str| {
+        s["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == phase)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(phase("long")["status"], "aborted");
+    assert!(
+        phase("long")["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{}",
+        phase("long")
+    );
+    assert_eq!(phase("after-long")["status"], "skipped");
+    // No JUnit failure for an abort: the interrupted phase, the probe and the flow are skipped.
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(!junit.contains("<failure"), "{junit}");
+    assert!(junit_case(&junit, "long").contains(&format!("<skipped message=\"aborted by {name}")));
+    assert!(junit.contains("failures=\"0\""));
     assert!(
         common::processes_with(&marker).is_empty(),
         "the step outlived the interrupt"

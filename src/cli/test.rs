@@ -1,15 +1,20 @@
 //! `envbuild test ENV [FLOW]`: run a test flow (deploy, validate, probes, upgrade, validate,
-//! report, clean up) and write its results folder.
+//! report, clean up) and write its results folder. The exit code is the verdict's
+//! (harness/verdict.rs): 0 passed, 1 the upgrade failed, 3 infrastructure failure or incomplete
+//! run, 130 aborted, 2 bad input.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use super::{Global, VarArgs, load};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::harness::flow;
-use crate::report::json::Verdict;
-use crate::report::{es, html, json, junit};
+use crate::harness::verdict::CheckKind;
+use crate::report::{self, es};
+
+/// The exit code of a run that could not be carried out or reported (Jenkins: FAILURE).
+const INFRASTRUCTURE_FAILURE: i32 = 3;
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -78,23 +83,25 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         flow.name,
         flow.description.as_deref().unwrap_or("(no description)")
     ));
-    let outcome = flow::run(&ws, &env, flow, &keys, &out, args.keep, &progress)?;
+    // Past this point the input was good: what fails is the test bed, not the upgrade.
+    let infrastructure = |e: Error| -> Result<i32> {
+        if e.exit_code() == 2 {
+            return Err(e);
+        }
+        eprintln!(
+            "error: {e}\n  {} {}: the run could not be carried out (infrastructure failure, exit {INFRASTRUCTURE_FAILURE})",
+            env.name, flow.name
+        );
+        Ok(INFRASTRUCTURE_FAILURE)
+    };
+    let outcome = match flow::run(&ws, &env, flow, &keys, &out, args.keep, &progress) {
+        Ok(outcome) => outcome,
+        Err(e) => return infrastructure(e),
+    };
     let summary = &outcome.summary;
-
-    json::write_summary(&out, summary)?;
-    json::write_status_jsonl(&out, &outcome.samples)?;
-    let junit_path = out.join("junit.xml");
-    std::fs::write(
-        &junit_path,
-        junit::junit_xml(summary, flow.max_failed_requests.unwrap_or(u64::MAX)),
-    )
-    .ctx(|| format!("writing {}", junit_path.display()))?;
-    let html_path = out.join("report.html");
-    std::fs::write(
-        &html_path,
-        html::html_report(summary, &outcome.samples, &outcome.marks),
-    )
-    .ctx(|| format!("writing {}", html_path.display()))?;
+    if let Err(e) = report::write_all(&out, summary, &outcome.samples) {
+        return infrastructure(e);
+    }
 
     if let Some(url) = &args.es_url {
         let (default_summary, default_status) = es::default_indices(&env.name);
@@ -115,13 +122,20 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         }
     }
 
+    print_summary(summary);
+    println!("  results: {}", out.display());
+    Ok(summary.verdict.exit_code())
+}
+
+fn print_summary(summary: &crate::harness::summary::RunSummary) {
     println!(
         "{} {}: {} ({:.0}s)",
-        env.name,
-        flow.name,
+        summary.env,
+        summary.flow,
         summary.verdict.as_str().to_uppercase(),
         summary.duration_s
     );
+    println!("  {}", summary.headline);
     for phase in &summary.phases {
         let attempts = if phase.attempts > 1 {
             format!(", {} attempts", phase.attempts)
@@ -136,9 +150,15 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         );
     }
     for probe in &summary.probes {
+        let verdict = summary
+            .checks
+            .iter()
+            .find(|c| c.kind == CheckKind::Probe && c.name == probe.probe)
+            .map_or("", |c| c.status.as_str());
         println!(
-            "  probe {:<22} uptime {:>6.2}%  {} of {} failed  down {:.1}s  p95 {:.0} ms",
+            "  probe {:<22} {:<10} uptime {:>6.2}%  {} of {} failed  down {:.1}s  p95 {:.0} ms",
             probe.probe,
+            verdict,
             probe.uptime_pct,
             probe.failed,
             probe.total,
@@ -147,21 +167,9 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         );
     }
     if !summary.complete {
-        let skipped: Vec<&str> = summary
-            .phases
-            .iter()
-            .filter(|p| p.status.as_str() != "passed")
-            .map(|p| p.name.as_str())
-            .collect();
-        println!(
-            "  INCOMPLETE: phases that did not pass: {}",
-            skipped.join(", ")
-        );
+        println!("  INCOMPLETE: not every phase passed or a probe could not be judged");
     }
-    println!("  results: {}", out.display());
-    Ok(if summary.verdict == Verdict::Passed {
-        0
-    } else {
-        1
-    })
+    for reason in &summary.reasons {
+        println!("  - {reason}");
+    }
 }

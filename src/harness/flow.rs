@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::local::runtime_env;
@@ -15,23 +15,34 @@ use crate::engine::{self, Workspace};
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::{self, StepEnd};
-use crate::report::json::{
-    PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, StageUse, TestCounts,
-    Verdict,
-};
-use crate::spec::model::{Environment, Flow, Phase, PhaseAction};
+use crate::spec::model::{self as spec_model, Environment, Flow, Phase, PhaseAction};
 use crate::spec::template::{self, RuntimeValues};
 use crate::ui::Progress;
 
+use super::budget::{Budget, DeclaredProbe};
 use super::probe::{self, ResolvedProbe, RunningProbes};
-use super::stats::{Sample, summarize_all};
+use super::stats::{Sample, summarize};
+use super::summary::{
+    PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, Span, StageUse, TestCounts,
+    ci_metadata,
+};
+use super::verdict::{Evidence, judge};
 
-/// Set by SIGINT/SIGTERM: the flow stops after the current phase and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signal (SIGINT/SIGTERM) that interrupted the run, 0 while none did: the flow stops after
+/// the current phase (whose step is stopped) and cleans up.
+static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    INTERRUPTED_BY.store(signal, Ordering::SeqCst);
     process::ABORT.store(true, Ordering::SeqCst);
+}
+
+fn interrupted_by() -> Option<&'static str> {
+    match INTERRUPTED_BY.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGTERM => Some("SIGTERM"),
+        _ => Some("SIGINT"),
+    }
 }
 
 /// Names a phase whose first attempt fails on purpose (tests of the retry policy).
@@ -40,8 +51,6 @@ pub const FAIL_ONCE_VAR: &str = "ENVBUILD_FAIL_ONCE";
 pub struct Outcome {
     pub summary: RunSummary,
     pub samples: Vec<Sample>,
-    /// Phase boundaries for plots: (phase name, ms since start).
-    pub marks: Vec<(String, u64)>,
 }
 
 struct Runner<'a> {
@@ -60,8 +69,53 @@ struct Runner<'a> {
     rally: Rally,
 }
 
-/// Runs `flow` and returns what happened; writes logs into `out/logs`. Reports are written by
-/// the caller from the outcome.
+/// The probes running now, and when each run of them started and stopped.
+#[derive(Default)]
+struct Probing {
+    running: Option<(RunningProbes, u64)>,
+    samples: Vec<Sample>,
+    windows: Vec<Span>,
+}
+
+impl Probing {
+    fn start(&mut self, resolved: Vec<ResolvedProbe>, t0: Instant) {
+        let since = t0.elapsed().as_millis() as u64;
+        self.running = Some((probe::start(resolved, t0), since));
+    }
+
+    /// Stops the probes if they run; true if they did.
+    fn stop(&mut self, t0: Instant) -> bool {
+        let Some((running, start_ms)) = self.running.take() else {
+            return false;
+        };
+        self.samples.extend(running.stop());
+        self.windows.push(Span {
+            start_ms,
+            end_ms: t0.elapsed().as_millis() as u64,
+        });
+        true
+    }
+}
+
+/// The probes of `flow` as the verdict policy judges them: each with its budget over the flow's.
+pub fn declared_probes(flow: &Flow) -> Vec<DeclaredProbe> {
+    let budget = |b: &spec_model::Budget| Budget {
+        max_failed_requests: b.max_failed_requests,
+        max_down_time_ms: b.max_down_time.map(|d| d.as_millis() as u64),
+        min_uptime_pct: b.min_uptime_pct,
+    };
+    flow.probes
+        .iter()
+        .map(|p| DeclaredProbe {
+            name: p.name.clone(),
+            rate_hz: p.rate_hz,
+            budget: budget(&p.budget).or(budget(&flow.budget)),
+        })
+        .collect()
+}
+
+/// Runs `flow` and returns what happened, judged (harness/verdict.rs); writes logs into
+/// `out/logs`. Reports are written by the caller from the outcome.
 pub fn run(
     ws: &Workspace,
     env: &Environment,
@@ -75,16 +129,11 @@ pub fn run(
         std::fs::create_dir_all(out.join(dir))
             .ctx(|| format!("creating {}", out.join(dir).display()))?;
     }
-    // SAFETY: installing a handler that only stores to an atomic.
+    // SAFETY: installing a handler that only stores to atomics.
     unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(signal, on_interrupt as *const () as libc::sighandler_t);
+        }
     }
     let started = now_rfc3339();
     let mut runner = Runner {
@@ -106,6 +155,7 @@ pub fn run(
         resources: Vec::new(),
         rally: Rally::default(),
     };
+    let t0 = runner.t0;
     let phases = &flow.phases;
     let mut results: Vec<PhaseResult> = phases
         .iter()
@@ -115,23 +165,22 @@ pub fn run(
             duration_s: 0.0,
             attempts: 0,
             error: None,
+            spans: Vec::new(),
         })
         .collect();
     let first_probed = phases.iter().position(|p| p.probes);
     let last_probed = phases.iter().rposition(|p| p.probes);
     let mut fail_once = std::env::var(FAIL_ONCE_VAR).ok();
-    let mut probes: Option<RunningProbes> = None;
-    let mut samples = Vec::new();
-    let mut marks = Vec::new();
-    let mut failed_at = None;
+    let mut probing = Probing::default();
+    let mut probes_failed_to_start = false;
     let mut i = 0;
     while i < phases.len() {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted_by().is_some() {
             progress.note("interrupted: stopping after the current phase and cleaning up");
             break;
         }
         let phase = &phases[i];
-        if Some(i) == first_probed && probes.is_none() && !flow.probes.is_empty() {
+        if Some(i) == first_probed && probing.running.is_none() && !flow.probes.is_empty() {
             match runner.resolve_probes() {
                 Ok(resolved) => {
                     progress.note(&format!(
@@ -142,17 +191,16 @@ pub fn run(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    probes = Some(probe::start(resolved, runner.t0));
+                    probing.start(resolved, t0);
                 }
                 Err(e) => {
                     results[i].error = Some(format!("probes could not start: {e}"));
                     results[i].status = PhaseStatus::Failed;
-                    failed_at = Some(i);
+                    probes_failed_to_start = true;
                     break;
                 }
             }
         }
-        marks.push((phase.name.clone(), runner.t0.elapsed().as_millis() as u64));
         results[i].attempts += 1;
         let about = phase
             .description
@@ -163,7 +211,7 @@ pub fn run(
             format!("{}/{}", flow.name, phase.name),
             &format!("attempt {}{about}", results[i].attempts),
         );
-        let started_phase = Instant::now();
+        let start_ms = t0.elapsed().as_millis() as u64;
         let attempt = if fail_once.as_deref() == Some(phase.name.as_str()) {
             fail_once = None;
             Err(Error::Failed(format!(
@@ -173,24 +221,32 @@ pub fn run(
         } else {
             runner.run_phase(phase)
         };
-        results[i].duration_s += started_phase.elapsed().as_secs_f64();
+        let span = Span {
+            start_ms,
+            end_ms: t0.elapsed().as_millis() as u64,
+        };
+        results[i].spans.push(span);
+        results[i].duration_s += span.duration_ms() as f64 / 1000.0;
         match attempt {
             Ok(()) => {
                 bar.finish("passed");
                 results[i].status = PhaseStatus::Passed;
                 results[i].error = None;
-                if Some(i) == last_probed
-                    && let Some(running) = probes.take()
-                {
-                    samples.extend(running.stop());
+                if Some(i) == last_probed && probing.stop(t0) {
                     progress.note("probes stopped");
                 }
                 i += 1;
             }
+            Err(e) if interrupted_by().is_some() => {
+                bar.finish("aborted");
+                results[i].error = Some(e.to_string());
+                results[i].status = PhaseStatus::Aborted;
+                break;
+            }
             Err(e) => {
                 bar.finish("failed");
                 results[i].error = Some(e.to_string());
-                if results[i].attempts <= phase.retries && !INTERRUPTED.load(Ordering::SeqCst) {
+                if results[i].attempts <= phase.retries {
                     progress.note(&format!(
                         "phase {} failed (attempt {} of {}): {e}\n  cleaning up and resuming at phase {}",
                         phase.name,
@@ -203,24 +259,21 @@ pub fn run(
                             progress.note(&format!("warning: clean-up `{step}` failed: {e}"));
                         }
                     }
-                    if first_probed.is_some_and(|f| phase.resume < f)
-                        && let Some(running) = probes.take()
-                    {
-                        samples.extend(running.stop());
+                    if first_probed.is_some_and(|f| phase.resume < f) {
+                        probing.stop(t0);
                     }
                     i = phase.resume;
                     continue;
                 }
                 results[i].status = PhaseStatus::Failed;
-                failed_at = Some(i);
                 break;
             }
         }
     }
-    if let Some(running) = probes.take() {
-        samples.extend(running.stop());
-    }
-    marks.push(("end".to_string(), runner.t0.elapsed().as_millis() as u64));
+    probing.stop(t0);
+    // An interrupt that came after the last phase ended cut nothing short.
+    let aborted_by =
+        interrupted_by().filter(|_| results.iter().any(|r| r.status != PhaseStatus::Passed));
     // Clean-up runs even after Ctrl-C: only a second interrupt stops its steps.
     process::ABORT.store(false, Ordering::SeqCst);
     if keep {
@@ -233,21 +286,23 @@ pub fn run(
         }
     }
 
-    let complete = results.iter().all(|r| r.status == PhaseStatus::Passed);
-    let probes_summary = summarize_all(&samples);
-    let probes_ok = flow
-        .max_failed_requests
-        .is_none_or(|max| probes_summary.iter().all(|p| p.failed <= max));
-    let verdict = match failed_at {
-        None if complete && probes_ok => Verdict::Passed,
-        None if complete => Verdict::Failed,
-        // A failure before the upgrade started (deploying, validating N) says nothing about the
-        // upgrade: the run is incomplete and should be run again, as the seed's flow intends.
-        Some(at) if first_probed.is_some_and(|f| at < f) => Verdict::Incomplete,
-        None => Verdict::Incomplete,
-        Some(_) => Verdict::Failed,
-    };
-    let finished = now_rfc3339();
+    let declared = declared_probes(flow);
+    let probes: Vec<_> = declared
+        .iter()
+        .map(|d| summarize(&d.name, &probing.samples))
+        .collect();
+    let judgement = judge(&Evidence {
+        phases: &results,
+        first_probed,
+        probes_failed_to_start,
+        declared: &declared,
+        probes: &probes,
+        probed_ms: probing.windows.iter().map(Span::duration_ms).sum(),
+        smoke: &runner.smoke,
+        rally: &runner.rally,
+        resources: &runner.resources,
+        aborted_by,
+    });
     let stage_keys = runner
         .keys
         .iter()
@@ -259,12 +314,18 @@ pub fn run(
         from_version: flow.from_version.clone().unwrap_or_default(),
         to_version: flow.to_version.clone().unwrap_or_default(),
         started,
-        finished,
-        duration_s: runner.t0.elapsed().as_secs_f64(),
-        verdict,
-        complete,
+        finished: now_rfc3339(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        verdict: judgement.verdict,
+        headline: judgement.headline,
+        reasons: judgement.reasons,
+        complete: judgement.complete,
+        checks: judgement.checks,
+        vars: runner.vars,
+        ci: ci_metadata(),
         phases: results,
-        probes: probes_summary,
+        probe_windows: probing.windows,
+        probes,
         smoke: runner.smoke,
         resources: runner.resources,
         rally: runner.rally,
@@ -274,8 +335,7 @@ pub fn run(
     };
     Ok(Outcome {
         summary,
-        samples,
-        marks,
+        samples: probing.samples,
     })
 }
 

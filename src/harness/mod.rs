@@ -1,5 +1,9 @@
-//! The rolling-upgrade test harness: flows, phases, probes, resources, failure policies.
+//! The rolling-upgrade test harness: flows, phases, probes, resources, failure policies, and the
+//! verdict they add up to.
 
+pub mod budget;
 pub mod flow;
 pub mod probe;
 pub mod stats;
+pub mod summary;
+pub mod verdict;

@@ -1,10 +1,18 @@
 //! Results to ElasticSearch through its bulk API: one summary document per run and one document
-//! per probe sample, in two indices (`<env>_upgrade_test`, `<env>_upgrade_status_log`), as the
-//! original CI's Kibana dashboards expect.
+//! per probe sample, in two indices (`<env>_upgrade_test`, `<env>_upgrade_status_log`), with the
+//! field names the original CI's Kibana dashboards read (docs/harness.md, "ElasticSearch"):
+//! - a sample carries `service` (the probe), `status` (1 up, 0 down) and `timestamp`, as the
+//!   seed's did; envbuild's extra fields sit beside them, the HTTP status as `http_status`;
+//! - the summary is the whole of summary.json plus flat figures per probe
+//!   (`<probe>_uptime_pct`, `_total_requests`, `_successful_requests`, `_failed_requests`,
+//!   `_down_time_s`, `_start`, `_end`, `_verdict`), per phase (`phase_<name>_start`, `_end`,
+//!   `_status`) and the CI's metadata (`job_name`, `build_number`, `build_url`, `node_name`,
+//!   `git_commit`) when the CI set it.
 //!
 //! The client is a plain HTTP/1.1 POST over `std::net::TcpStream`: ElasticSearch in the lab
 //! listens on plain http, and one request per run does not justify an HTTP stack.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -13,7 +21,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::harness::stats::Sample;
-use crate::report::json::RunSummary;
+use crate::harness::summary::RunSummary;
+use crate::harness::verdict::CheckKind;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ElasticSearch indexes a bulk request before it answers; thousands of samples take seconds.
@@ -47,22 +56,28 @@ struct Target<'a> {
 #[derive(Serialize)]
 struct SummaryDoc<'a> {
     #[serde(rename = "@timestamp")]
-    timestamp: &'a str,
+    at: &'a str,
     run_id: &'a str,
     #[serde(flatten)]
     summary: &'a RunSummary,
+    #[serde(flatten)]
+    flat: BTreeMap<String, serde_json::Value>,
 }
 
+/// A probe sample, under the seed's field names first.
 #[derive(Serialize)]
 struct SampleDoc<'a> {
     #[serde(rename = "@timestamp")]
-    timestamp: String,
+    at: &'a str,
+    timestamp: &'a str,
+    service: &'a str,
+    /// 1 when the request got the expected answer, 0 when not.
+    status: u8,
     run_id: &'a str,
     env: &'a str,
-    probe: &'a str,
+    flow: &'a str,
     t_ms: u64,
-    ok: bool,
-    status: Option<u16>,
+    http_status: Option<u16>,
     latency_ms: f64,
     error: Option<&'a str>,
 }
@@ -71,7 +86,7 @@ struct SampleDoc<'a> {
 /// line, every line ending in `\n` (ElasticSearch refuses a body whose last line has none).
 ///
 /// Documents have ids (`<run_id>` and `<run_id>-<n>`), so that posting the same run again
-/// replaces its documents instead of counting its samples twice. A sample's `@timestamp` is the
+/// replaces its documents instead of counting its samples twice. A sample's `timestamp` is the
 /// run's `started` plus its `t_ms`, to the millisecond.
 pub fn bulk_body(
     summary: &RunSummary,
@@ -86,6 +101,9 @@ pub fn bulk_body(
             summary.started
         ))
     })?;
+    let at = |t_ms: u64| {
+        humantime::format_rfc3339_millis(started + Duration::from_millis(t_ms)).to_string()
+    };
     let mut body = String::new();
     push_line(
         &mut body,
@@ -99,9 +117,10 @@ pub fn bulk_body(
     push_line(
         &mut body,
         &SummaryDoc {
-            timestamp: &summary.started,
+            at: &summary.started,
             run_id,
             summary,
+            flat: flat_figures(summary, at),
         },
     );
     for (n, sample) in samples.iter().enumerate() {
@@ -114,25 +133,78 @@ pub fn bulk_body(
                 },
             },
         );
+        let timestamp = at(sample.t_ms);
         push_line(
             &mut body,
             &SampleDoc {
-                timestamp: humantime::format_rfc3339_millis(
-                    started + Duration::from_millis(sample.t_ms),
-                )
-                .to_string(),
+                at: &timestamp,
+                timestamp: &timestamp,
+                service: &sample.probe,
+                status: u8::from(sample.ok),
                 run_id,
                 env: &summary.env,
-                probe: &sample.probe,
+                flow: &summary.flow,
                 t_ms: sample.t_ms,
-                ok: sample.ok,
-                status: sample.status,
+                http_status: sample.status,
                 latency_ms: sample.latency_ms,
                 error: sample.error.as_deref(),
             },
         );
     }
     Ok(body)
+}
+
+/// The summary's figures as top-level fields, for dashboards that cannot read into lists. A
+/// name taken already (a probe and a phase could collide) keeps its first value.
+fn flat_figures(
+    summary: &RunSummary,
+    at: impl Fn(u64) -> String,
+) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::{Value, json};
+    let mut flat: BTreeMap<String, Value> = BTreeMap::new();
+    let mut put = |key: String, value: Value| {
+        flat.entry(key).or_insert(value);
+    };
+    for (name, value) in &summary.ci {
+        put(name.to_lowercase(), json!(value));
+    }
+    for phase in &summary.phases {
+        let span = phase.span();
+        put(
+            format!("phase_{}_start", phase.name),
+            json!(span.map(|s| at(s.start_ms))),
+        );
+        put(
+            format!("phase_{}_end", phase.name),
+            json!(span.map(|s| at(s.end_ms))),
+        );
+        put(
+            format!("phase_{}_status", phase.name),
+            json!(phase.status.as_str()),
+        );
+    }
+    for probe in &summary.probes {
+        let name = &probe.probe;
+        let sampled = probe.total > 0;
+        let verdict = summary
+            .checks
+            .iter()
+            .find(|c| c.kind == CheckKind::Probe && c.name == *name)
+            .map(|c| c.status.as_str());
+        for (field, value) in [
+            ("uptime_pct", json!(probe.uptime_pct)),
+            ("total_requests", json!(probe.total)),
+            ("successful_requests", json!(probe.successful)),
+            ("failed_requests", json!(probe.failed)),
+            ("down_time_s", json!(probe.down_time_ms as f64 / 1000.0)),
+            ("start", json!(sampled.then(|| at(probe.start_ms)))),
+            ("end", json!(sampled.then(|| at(probe.end_ms)))),
+            ("verdict", json!(verdict)),
+        ] {
+            put(format!("{name}_{field}"), value);
+        }
+    }
+    flat
 }
 
 fn push_line(body: &mut String, value: &impl Serialize) {
@@ -386,30 +458,22 @@ fn invalid(what: String) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::json::{Rally, Smoke, Verdict};
-    use std::collections::BTreeMap;
+    use crate::harness::summary::fixture::run;
     use std::net::TcpListener;
 
+    /// The fixture run cut to two keystone samples, one phase and no checks.
     fn small_run() -> (RunSummary, Vec<Sample>) {
-        let summary = RunSummary {
-            env: "aio".into(),
-            flow: "upgrade".into(),
-            from_version: "28".into(),
-            to_version: "29".into(),
-            started: "2025-03-01T10:00:00Z".into(),
-            finished: "2025-03-01T10:00:05Z".into(),
-            duration_s: 5.0,
-            verdict: Verdict::Passed,
-            complete: true,
-            phases: vec![],
-            probes: vec![],
-            smoke: Smoke::default(),
-            resources: vec![],
-            rally: Rally::default(),
-            cache: vec![],
-            envbuild_version: "0.1.0".into(),
-            stage_keys: BTreeMap::new(),
-        };
+        let (mut summary, _) = run();
+        summary.phases.truncate(1);
+        summary.probes.clear();
+        summary.checks.clear();
+        summary.cache.clear();
+        summary.stage_keys.clear();
+        summary.resources.clear();
+        summary.smoke = Default::default();
+        summary.rally = Default::default();
+        summary.reasons.clear();
+        summary.probe_windows.clear();
         let samples = vec![
             Sample {
                 t_ms: 250,
@@ -431,46 +495,90 @@ mod tests {
         (summary, samples)
     }
 
-    const SMALL_BODY: &str = concat!(
-        r#"{"index":{"_index":"aio_upgrade_test","_id":"run-1"}}"#,
-        "\n",
-        r#"{"@timestamp":"2025-03-01T10:00:00Z","run_id":"run-1","env":"aio","flow":"upgrade","from_version":"28","to_version":"29","started":"2025-03-01T10:00:00Z","finished":"2025-03-01T10:00:05Z","duration_s":5.0,"verdict":"passed","complete":true,"phases":[],"probes":[],"smoke":{"before":null,"after":null},"resources":[],"rally":{"before":null,"after":null},"cache":[],"envbuild_version":"0.1.0","stage_keys":{}}"#,
-        "\n",
-        r#"{"index":{"_index":"aio_upgrade_status_log","_id":"run-1-0"}}"#,
-        "\n",
-        r#"{"@timestamp":"2025-03-01T10:00:00.250Z","run_id":"run-1","env":"aio","probe":"keystone","t_ms":250,"ok":true,"status":200,"latency_ms":12.5,"error":null}"#,
-        "\n",
-        r#"{"index":{"_index":"aio_upgrade_status_log","_id":"run-1-1"}}"#,
-        "\n",
-        r#"{"@timestamp":"2025-03-01T10:01:01.001Z","run_id":"run-1","env":"aio","probe":"keystone","t_ms":61001,"ok":false,"status":null,"latency_ms":1000.0,"error":"connection \"refused\""}"#,
-        "\n",
-    );
-
     fn small_body() -> String {
         let (summary, samples) = small_run();
         let (summary_index, status_index) = default_indices(&summary.env);
         bulk_body(&summary, &samples, &summary_index, &status_index, "run-1").unwrap()
     }
 
-    #[test]
-    fn bulk_body_is_exact_ndjson() {
-        assert_eq!(small_body(), SMALL_BODY);
+    fn small_lines() -> Vec<serde_json::Value> {
+        let body = small_body();
+        assert!(body.ends_with("}\n"));
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
-    fn bulk_body_of_a_full_run_is_one_pair_per_document() {
-        let (summary, samples) = crate::report::json::tests::run();
+    fn samples_keep_the_seeds_field_names() {
+        let lines = small_lines();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[2],
+            serde_json::json!({"index": {"_index": "aio-lite_upgrade_status_log", "_id": "run-1-0"}})
+        );
+        assert_eq!(
+            lines[3],
+            serde_json::json!({"@timestamp": "2025-03-01T10:00:00.250Z",
+                "timestamp": "2025-03-01T10:00:00.250Z", "service": "keystone", "status": 1,
+                "run_id": "run-1", "env": "aio-lite", "flow": "upgrade", "t_ms": 250,
+                "http_status": 200, "latency_ms": 12.5, "error": null})
+        );
+        assert_eq!(lines[5]["status"], 0);
+        assert_eq!(lines[5]["http_status"], serde_json::Value::Null);
+        assert_eq!(lines[5]["timestamp"], "2025-03-01T10:01:01.001Z");
+        assert_eq!(lines[5]["error"], "connection \"refused\"");
+    }
+
+    #[test]
+    fn the_summary_has_flat_figures_vars_and_ci_metadata() {
+        let lines = small_lines();
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"index": {"_index": "aio-lite_upgrade_test", "_id": "run-1"}})
+        );
+        let doc = &lines[1];
+        assert_eq!(doc["@timestamp"], "2025-03-01T10:00:00Z");
+        assert_eq!(doc["run_id"], "run-1");
+        assert_eq!(doc["verdict"], "failed");
+        assert_eq!(doc["vars"]["validation"], "tempest rally");
+        assert_eq!(
+            (&doc["job_name"], &doc["build_number"]),
+            (
+                &serde_json::json!("envbuild/main"),
+                &serde_json::json!("41")
+            )
+        );
+        assert_eq!(doc.get("build_url"), None, "only what the CI set");
+        assert_eq!(doc["phase_deploy_start"], "2025-03-01T10:00:00.000Z");
+        assert_eq!(doc["phase_deploy_end"], "2025-03-01T10:00:20.500Z");
+        assert_eq!(doc["phase_deploy_status"], "passed");
+
+        let (summary, samples) = run();
         let body = bulk_body(&summary, &samples, "s", "l", "r").unwrap();
-        assert!(body.ends_with("}\n"));
         let lines: Vec<serde_json::Value> = body
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 2 * (1 + samples.len()));
-        assert_eq!(lines[1]["probes"][0]["down_time_ms"], 4000);
-        assert_eq!(lines[1]["run_id"], "r");
-        assert_eq!(lines[3]["@timestamp"], "2025-03-01T10:00:00.000Z");
-        assert_eq!(lines[5]["@timestamp"], "2025-03-01T10:00:00.500Z");
+        let doc = &lines[1];
+        assert_eq!(doc["keystone_uptime_pct"], 80.0);
+        assert_eq!(doc["keystone_total_requests"], 20);
+        assert_eq!(doc["keystone_successful_requests"], 16);
+        assert_eq!(doc["keystone_failed_requests"], 4);
+        assert_eq!(doc["keystone_down_time_s"], 4.0);
+        assert_eq!(doc["keystone_start"], "2025-03-01T10:00:25.000Z");
+        assert_eq!(doc["keystone_end"], "2025-03-01T10:00:44.000Z");
+        assert_eq!(doc["keystone_verdict"], "failed");
+        assert_eq!(doc["token_verdict"], "passed");
+        assert_eq!(
+            doc["phase_resources-cleanup_start"],
+            serde_json::Value::Null
+        );
+        // The whole summary is there too, lists included.
+        assert_eq!(doc["probes"][0]["down_time_ms"], 4000);
+        assert_eq!(lines[3]["timestamp"], "2025-03-01T10:00:25.000Z");
+        assert_eq!(lines[5]["timestamp"], "2025-03-01T10:00:25.500Z");
     }
 
     #[test]
@@ -549,7 +657,7 @@ mod tests {
         let headers: Vec<&str> = head.collect();
         assert!(headers.contains(&"Content-Type: application/x-ndjson"));
         assert!(headers.contains(&format!("Host: {}", &url[7..url.len() - 4]).as_str()));
-        assert_eq!(request.body, SMALL_BODY.as_bytes());
+        assert_eq!(request.body, small_body().as_bytes());
     }
 
     #[test]

@@ -1,11 +1,28 @@
 //! The results of an upgrade test run, in the formats their readers speak: summary.json and
-//! status.jsonl for machines, JUnit XML for Jenkins, bulk NDJSON for ElasticSearch, and one
-//! self-contained HTML page for people.
+//! status.jsonl for machines, JUnit XML for Jenkins, bulk NDJSON for ElasticSearch, and an HTML
+//! page (with its stylesheet) for people. Each renders the harness's `RunSummary`, judged once
+//! by harness/verdict.rs.
 
 pub mod es;
 pub mod html;
 pub mod json;
 pub mod junit;
+
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+use crate::harness::stats::Sample;
+use crate::harness::summary::RunSummary;
+
+/// Writes every file report of the run into its folder `dir`.
+pub fn write_all(dir: &Path, summary: &RunSummary, samples: &[Sample]) -> Result<()> {
+    json::write_summary(dir, summary)?;
+    json::write_status_jsonl(dir, samples)?;
+    let junit = dir.join("junit.xml");
+    std::fs::write(&junit, junit::junit_xml(summary))
+        .ctx(|| format!("writing {}", junit.display()))?;
+    html::write(dir, summary, samples)
+}
 
 /// Escapes text for XML 1.0 and HTML, in text and in quoted attributes alike.
 ///

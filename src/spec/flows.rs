@@ -236,6 +236,11 @@ impl Loader<'_> {
                 rate_hz,
                 timeout: self.duration(r.timeout.as_ref(), Duration::from_secs(5))?,
                 machine: default_machine.name.clone(),
+                budget: self.budget(
+                    r.max_failed_requests.as_ref(),
+                    r.max_down_time.as_ref(),
+                    r.min_uptime_pct.as_ref(),
+                )?,
             });
         }
         if !probes.is_empty() && !phases.iter().any(|p| p.probes) {
@@ -250,16 +255,11 @@ impl Loader<'_> {
             default: raw.default,
             from_version: version(&raw.from_version)?,
             to_version: version(&raw.to_version)?,
-            max_failed_requests: match &raw.max_failed_requests {
-                None => None,
-                Some(n) if *n.get_ref() >= 0 => Some(*n.get_ref() as u64),
-                Some(n) => {
-                    return self.err(
-                        n.span().start,
-                        "max_failed_requests is a number of requests, 0 or more",
-                    );
-                }
-            },
+            budget: self.budget(
+                raw.max_failed_requests.as_ref(),
+                raw.max_down_time.as_ref(),
+                raw.min_uptime_pct.as_ref(),
+            )?,
             cleanup: raw.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
             phases,
             probes,
@@ -309,6 +309,49 @@ impl Loader<'_> {
                 .clone()
                 .unwrap_or_else(|| "Default".into()),
             region: raw.region.clone().unwrap_or_else(|| "RegionOne".into()),
+        })
+    }
+
+    /// An availability budget of a flow or a probe: a count, a duration (0 allowed), a share.
+    fn budget(
+        &self,
+        max_failed_requests: Option<&Spanned<i64>>,
+        max_down_time: Option<&Spanned<toml::Value>>,
+        min_uptime_pct: Option<&Spanned<toml::Value>>,
+    ) -> Result<Budget> {
+        let max_failed_requests = match max_failed_requests {
+            Some(n) if *n.get_ref() < 0 => {
+                return self.err(
+                    n.span().start,
+                    "max_failed_requests is a number of requests, 0 or more",
+                );
+            }
+            n => n.map(|n| *n.get_ref() as u64),
+        };
+        let max_down_time = match max_down_time {
+            None => None,
+            Some(raw) => Some(match raw.get_ref() {
+                toml::Value::Integer(n) if *n >= 0 => Duration::from_secs(*n as u64),
+                toml::Value::String(s) => match humantime::parse_duration(s) {
+                    Ok(d) => d,
+                    Err(_) if s.trim() == "0" => Duration::ZERO,
+                    Err(_) => return self.err(raw.span().start, format!("max_down_time `{s}` is not a duration: write seconds (0 or more) or a string like \"0s\", \"5s\", \"2m\"")),
+                },
+                other => return self.err(raw.span().start, format!("max_down_time `{other}` is not a duration: write seconds (0 or more) or a string like \"0s\", \"5s\", \"2m\"")),
+            }),
+        };
+        let min_uptime_pct = match min_uptime_pct {
+            None => None,
+            Some(raw) => match raw.get_ref() {
+                toml::Value::Integer(n) if (0..=100).contains(n) => Some(*n as f64),
+                toml::Value::Float(x) if (0.0..=100.0).contains(x) => Some(*x),
+                other => return self.err(raw.span().start, format!("min_uptime_pct `{other}` is a percentage of successful requests, from 0 to 100 (e.g. 99.5)")),
+            },
+        };
+        Ok(Budget {
+            max_failed_requests,
+            max_down_time,
+            min_uptime_pct,
         })
     }
 }

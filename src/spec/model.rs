@@ -223,7 +223,8 @@ pub struct Flow {
     pub default: bool,
     pub from_version: Option<String>,
     pub to_version: Option<String>,
-    pub max_failed_requests: Option<u64>,
+    /// What every probe tolerates unless it sets a key itself.
+    pub budget: Budget,
     pub cleanup: Vec<String>,
     pub phases: Vec<Phase>,
     pub probes: Vec<HttpProbe>,
@@ -266,6 +267,17 @@ pub struct HttpProbe {
     pub rate_hz: f64,
     pub timeout: Duration,
     pub machine: String,
+    /// Its own budget keys (the flow's fill in the others).
+    pub budget: Budget,
+}
+
+/// An availability budget (docs/spec.md, flows): each key set must hold; none set means the
+/// probes' figures are reported and not judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    pub max_failed_requests: Option<u64>,
+    pub max_down_time: Option<Duration>,
+    pub min_uptime_pct: Option<f64>,
 }
 
 impl Environment {

@@ -34,8 +34,11 @@ pub struct RawFlow {
     pub machine: Option<Name>,
     pub from_version: Option<Spanned<String>>,
     pub to_version: Option<Spanned<String>>,
-    /// A probe with more failed requests than this fails the run (default: report only).
+    /// The availability budget of every probe of the flow (default: none, figures reported and
+    /// not judged): a probe over any key fails the run.
     pub max_failed_requests: Option<Spanned<i64>>,
+    pub max_down_time: Option<Spanned<toml::Value>>,
+    pub min_uptime_pct: Option<Spanned<toml::Value>>,
     /// Runs at the end whatever happened (unless --keep): e.g. ["down"].
     #[serde(default)]
     pub cleanup: Vec<Spanned<String>>,
@@ -89,6 +92,10 @@ pub struct RawProbe {
     /// Requests per second (default 1).
     pub rate: Option<Spanned<f64>>,
     pub timeout: Option<Spanned<toml::Value>>,
+    /// This probe's budget keys, over the flow's.
+    pub max_failed_requests: Option<Spanned<i64>>,
+    pub max_down_time: Option<Spanned<toml::Value>>,
+    pub min_uptime_pct: Option<Spanned<toml::Value>>,
 }
 
 /// The OpenStack cloud the environment runs, for `envbuild creds`.
