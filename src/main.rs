@@ -5,6 +5,7 @@ mod cli;
 mod engine;
 mod error;
 mod harness;
+mod http;
 mod key;
 mod process;
 mod remote;
