@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use response::Response;
 pub use tls::Trust;
-pub use url::Url;
+pub use url::{Url, UrlError};
 
 use connection::Connection;
 
