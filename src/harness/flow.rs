@@ -141,7 +141,7 @@ pub fn run(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    probes = Some(probe::start(resolved, runner.t0));
+                    probes = Some(probe::start(&ws.remotes.http, resolved, runner.t0));
                 }
                 Err(e) => {
                     results[i].error = Some(format!("probes could not start: {e}"));
@@ -531,6 +531,7 @@ impl Runner<'_> {
                     expect: p.expect,
                     interval: Duration::from_secs_f64(1.0 / p.rate_hz),
                     timeout: p.timeout,
+                    max_in_flight: probe::default_max_in_flight(p.rate_hz, p.timeout),
                 })
             })
             .collect()
@@ -561,20 +562,19 @@ impl Runner<'_> {
             expect: 201,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
+            max_in_flight: 1,
         };
-        let (status, head) = probe::exchange(&request)
+        let answer = probe::exchange(&self.ws.remotes.http, &request)
             .map_err(|e| Error::Failed(format!("issuing a token for the probes: {e}")))?;
-        if status != 201 {
+        if answer.status != 201 {
             return Err(Error::Failed(format!(
-                "issuing a token for the probes: HTTP {status}"
+                "issuing a token for the probes: HTTP {}",
+                answer.status
             )));
         }
-        head.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-subject-token"))
-                    .map(|(_, v)| v.trim().to_string())
-            })
+        answer
+            .header("x-subject-token")
+            .map(str::to_string)
             .ok_or_else(|| {
                 Error::Failed("issuing a token for the probes: no X-Subject-Token".into())
             })

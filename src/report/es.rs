@@ -465,7 +465,10 @@ mod tests {
         let (url, server) = serve_once("SSH-2.0-OpenSSH_9.2\r\n".into());
         let error = post_bulk(&http::Client::default(), &url, &small_body()).unwrap_err();
         assert!(matches!(error, BulkError::Http { .. }), "{error}");
-        assert!(error.to_string().contains("not an HTTP/1.x answer"), "{error}");
+        assert!(
+            error.to_string().contains("not an HTTP/1.x answer"),
+            "{error}"
+        );
         server.join().unwrap();
 
         let (url, server) = serve_once(answer("200 OK", "<html>proxy login</html>"));
@@ -484,13 +487,23 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}");
         let error = post_bulk(&http::Client::default(), &url, "x\n").unwrap_err();
         assert!(matches!(error, BulkError::Http { .. }), "{error}");
-        assert!(error.to_string().contains("connect to 127.0.0.1:"), "{error}");
+        assert!(
+            error.to_string().contains("connect to 127.0.0.1:"),
+            "{error}"
+        );
     }
 
     #[test]
     fn the_bulk_endpoint_keeps_the_prefix_and_the_query() {
-        let bulk = |url| bulk_url(url).map(|u| u.to_string()).map_err(|e| e.to_string());
-        assert_eq!(bulk("http://127.0.0.1:9200"), Ok("http://127.0.0.1:9200/_bulk".into()));
+        let bulk = |url| {
+            bulk_url(url)
+                .map(|u| u.to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            bulk("http://127.0.0.1:9200"),
+            Ok("http://127.0.0.1:9200/_bulk".into())
+        );
         assert_eq!(
             bulk("https://[::1]:9201/es/?refresh=true"),
             Ok("https://[::1]:9201/es/_bulk?refresh=true".into())
