@@ -194,7 +194,7 @@ fn handshake(
     trust: &Trust,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Error> {
     let failed = |reason: String, certificate: bool| Error::Tls {
-        url: url.to_string(),
+        server: url.authority(),
         reason,
         certificate,
         ca_file: trust.ca_file().map(|p| p.display().to_string()),
@@ -211,7 +211,7 @@ fn handshake(
     while tls.is_handshaking() {
         if let Err(e) = tls.complete_io(&mut tcp) {
             return Err(match tls::rustls_error(&e) {
-                Some(inner) => failed(inner.to_string(), tls::is_certificate_error(inner)),
+                Some(inner) => failed(tls::explain(inner), tls::is_certificate_error(inner)),
                 None => failed(format!("the handshake broke: {e}"), false),
             });
         }

@@ -314,9 +314,10 @@ pub enum Error {
     },
     #[error("connect to {host}: {}", if tried.is_empty() { "no time left to try".to_string() } else { tried.join("; ") })]
     Connect { host: String, tried: Vec<String> },
-    #[error("TLS with {url} failed: {reason}")]
+    #[error("TLS with {server} failed: {reason}")]
     Tls {
-        url: String,
+        /// `host[:port]`.
+        server: String,
         reason: String,
         /// The server's certificate was refused (a CA file may fix that).
         certificate: bool,

@@ -91,3 +91,20 @@ pub(super) fn is_certificate_error(e: &rustls::Error) -> bool {
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
     )
 }
+
+/// A rustls error in words, with rustls's own name for it kept for searching.
+pub(super) fn explain(e: &rustls::Error) -> String {
+    use rustls::CertificateError::{Expired, NotValidForName, UnknownIssuer};
+    match e {
+        rustls::Error::InvalidCertificate(UnknownIssuer) => {
+            format!("the server's certificate is not signed by a CA trusted here ({e})")
+        }
+        rustls::Error::InvalidCertificate(NotValidForName) => {
+            format!("the server's certificate is for another name ({e})")
+        }
+        rustls::Error::InvalidCertificate(Expired) => {
+            format!("the server's certificate has expired ({e})")
+        }
+        _ => e.to_string(),
+    }
+}
