@@ -74,6 +74,7 @@ const CASES: &[Case] = &[
     Case { name: "flow-restart-unknown-service", args: &[], location: Some(":16:13"), phrases: &["machine `web` has no service `keystone`", "its services: http"] },
     Case { name: "flow-resume-later-phase", args: &[], location: Some(":17:10"), phrases: &["resume names `upgrade`, which is not an earlier phase"] },
     Case { name: "flow-probes-never-run", args: &[], location: Some(":12:8"), phrases: &["no phase has `probes = true`"] },
+    Case { name: "flow-probe-max-in-flight", args: &[], location: Some(":21:17"), phrases: &["max_in_flight is from 1 to 1000"] },
     Case { name: "flow-probe-unknown-secret", args: &[], location: Some(":22:9"), phrases: &["`{{ secrets.nope }}` names nothing defined here", "ports.http, token"] },
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.

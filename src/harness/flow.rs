@@ -531,7 +531,9 @@ impl Runner<'_> {
                     expect: p.expect,
                     interval: Duration::from_secs_f64(1.0 / p.rate_hz),
                     timeout: p.timeout,
-                    max_in_flight: probe::default_max_in_flight(p.rate_hz, p.timeout),
+                    max_in_flight: p
+                        .max_in_flight
+                        .unwrap_or_else(|| probe::default_max_in_flight(p.rate_hz, p.timeout)),
                 })
             })
             .collect()

@@ -252,6 +252,8 @@ pub struct HttpProbe {
     pub expect: u16,
     pub rate_hz: f64,
     pub timeout: Duration,
+    /// `None`: the harness's default for the rate and timeout.
+    pub max_in_flight: Option<usize>,
     pub machine: String,
 }
 

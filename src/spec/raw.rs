@@ -89,6 +89,8 @@ pub struct RawProbe {
     /// Requests per second (default 1).
     pub rate: Option<Spanned<f64>>,
     pub timeout: Option<Spanned<toml::Value>>,
+    /// Requests waiting for an answer at once, at most.
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// The OpenStack cloud the environment runs, for `envbuild creds`.
