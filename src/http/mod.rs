@@ -253,7 +253,19 @@ fn request_head(
             method.escape_debug().to_string()
         )));
     }
-    let mut head = format!("{method} {} HTTP/1.1\r\n", url.target());
+    // A URL made by `join` was never parsed: its target is checked here too.
+    let target = url.target();
+    if target
+        .bytes()
+        .chain(url.host.bytes())
+        .any(|b| !(0x21..0x7f).contains(&b))
+    {
+        return Err(Error::Refused(format!(
+            "the URL {:?} holds a space, a line break or a control character",
+            url.to_string().escape_debug().to_string()
+        )));
+    }
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
     let has_host = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
     if !has_host {
         head.push_str(&format!("Host: {}\r\n", url.authority()));

@@ -290,6 +290,12 @@ fn header_injection_and_unsafe_requests_are_refused_before_connecting() {
         assert!(matches!(err, Error::Refused(_)), "{err}");
         assert!(err.to_string().contains(says), "{header:?}: {err}");
     }
+    let joined = url.join("v1/x\r\nX-Injected: 1");
+    let err = Client::default()
+        .request("GET", &joined, &[], Body::Empty)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("line break"), "{err}");
     let accepted = listener.accept();
     assert!(
         accepted
