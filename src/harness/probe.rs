@@ -161,7 +161,7 @@ fn send(
     let answer = url
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|url| exchange_url(client, probe, url));
+        .and_then(|url| exchange_url(client, probe, url).map_err(|(e, _)| e));
     let latency_ms = due.elapsed().as_secs_f64() * 1000.0;
     let (ok, status, error) = match answer {
         Ok(response) if response.status == probe.expect => (true, Some(response.status), None),
@@ -186,17 +186,21 @@ fn send(
 }
 
 /// One request of `probe` through `client`, its answer read to the end: the response (status
-/// and headers), or why there was none.
+/// and headers), or why there was none (with the fix, when there is one to say).
 pub fn exchange(client: &http::Client, probe: &ResolvedProbe) -> Result<http::Response, String> {
     let url = Url::parse(&probe.url).map_err(|e| e.to_string())?;
-    exchange_url(&client.with_deadline(probe.timeout), probe, &url)
+    exchange_url(&client.with_deadline(probe.timeout), probe, &url).map_err(|(e, fix)| match fix {
+        Some(fix) => format!("{e}\n  fix: {fix}"),
+        None => e,
+    })
 }
 
+/// The response, or why there was none and what would fix it.
 fn exchange_url(
     client: &http::Client,
     probe: &ResolvedProbe,
     url: &Url,
-) -> Result<http::Response, String> {
+) -> Result<http::Response, (String, Option<String>)> {
     let headers: Vec<(&str, &str)> = probe
         .headers
         .iter()
@@ -209,10 +213,10 @@ fn exchange_url(
     };
     let mut response = client
         .request(&probe.method, url, &headers, body)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), e.fix()))?;
     response
         .drain(MAX_ANSWER)
-        .map_err(|e| format!("reading the answer's body: {e}"))?;
+        .map_err(|e| (format!("reading the answer's body: {e}"), None))?;
     Ok(response)
 }
 
