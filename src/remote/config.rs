@@ -220,7 +220,10 @@ mod tests {
         let flags = resolve(Overrides {
             config: Some(path),
             cache_from: vec!["http://127.0.0.1:2/b".into()],
-            cache_to: vec!["http://127.0.0.1:2/b".into(), "http://127.0.0.1:3/c".into()],
+            cache_to: vec![
+                "http://127.0.0.1:2/b/".into(),
+                "http://127.0.0.1:3/c".into(),
+            ],
             read_only: true,
             ..Default::default()
         })
@@ -240,6 +243,7 @@ mod tests {
         assert_eq!(file.cache.remote.len(), 1);
         assert!(file.cache.remote[0].push && file.cache.remote[0].pull);
         assert_eq!(file.cache.trusted_keys.len(), 2);
+        assert_eq!(file.tls.ca_file, Some(PathBuf::from("keys/lab-ca.pem")));
     }
 
     #[test]

@@ -147,7 +147,7 @@ fn broken(url: &Url, e: &std::io::Error) -> crate::error::Error {
     ))
 }
 
-/// A remote cache URL: http(s)://HOST[:PORT]/PATH, no query.
+/// A remote cache URL: http(s)://HOST[:PORT]/PATH, no query; `/cache/` and `/cache` are one.
 pub fn parse_url(text: &str) -> crate::error::Result<Url> {
     let fix = "give it as http(s)://HOST[:PORT]/PATH, e.g. http://127.0.0.1:8080/envbuild";
     let url = Url::parse(text)
@@ -157,7 +157,10 @@ pub fn parse_url(text: &str) -> crate::error::Result<Url> {
             "remote cache URL `{text}` has a query; envbuild names the files below the path.\n  fix: {fix}"
         )));
     }
-    Ok(url)
+    Ok(Url {
+        path: url.path.trim_end_matches('/').to_string(),
+        ..url
+    })
 }
 
 /// A server answered something other than what the protocol expects.
