@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Remote cache benchmark: the push/pull figures in docs/performance.md.
 
-Usage: bench/remote_cache.py [--size-mib N] [--runs N] [--no-build] [--bin PATH]
+Usage: bench/remote_cache.py [--size-mib N] [--runs N] [--no-build] [--bin PATH] [--https]
 Builds envbuild in release mode, builds a one-stage environment whose artifact is one file of
 N MiB (default 1024) of random bytes (incompressible, like a qcow2 overlay full of packages),
 starts its own NGINX with WebDAV PUT on a loopback port (client_body_buffer_size 1m, as
@@ -13,6 +13,8 @@ docs/remote-cache.md recommends), then in the same run, alternating, measures:
   - the peak RSS and the CPU time (user+sys) of each command.
 Best of --runs (default 3), and the ratio of the median runs. Prints a Markdown table; traffic stays on 127.0.0.1.
 --bin measures another envbuild binary (an old build copied aside, for an A/B in one session).
+--https serves over TLS with a certificate from a CA made for the run (openssl), given to
+envbuild with --ca-file and to curl with --cacert.
 """
 import argparse
 import json
@@ -52,8 +54,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_nginx(work, root):
+def make_certificate(work):
+    """A CA and a certificate for 127.0.0.1 that it signs: (ca.pem, server.pem, server.key)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=work, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(work, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "2",
+            "-days", "2", "-extfile", "server.ext", "-out", "server.pem")
+    return [os.path.join(work, n) for n in ("ca.pem", "server.pem", "server.key")]
+
+
+def start_nginx(work, root, tls=None):
     port = free_port()
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += f" ssl;\n        ssl_certificate {tls[1]};\n        ssl_certificate_key {tls[2]}"
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""daemon off;
@@ -72,7 +93,7 @@ http {{
     scgi_temp_path {work}/scgi;
     sendfile on;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         root {root};
         client_max_body_size 0;
         location / {{
@@ -107,6 +128,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--bin", help="the envbuild binary to measure (default: a release build of this tree)")
+    parser.add_argument("--https", action="store_true", help="serve over TLS (a CA made for the run)")
     args = parser.parse_args()
     global BIN
     if args.bin:
@@ -134,8 +156,12 @@ steps = ["head -c {args.size_mib}M /dev/urandom > disk.img"]
         subprocess.run([BIN, "build", "big", "-q"], env=env, check=True)
         key = os.path.join(work, "bench.key")
         public = subprocess.run([BIN, "cache", "keygen", key], env=env, check=True, capture_output=True, text=True).stdout.strip()
-        nginx, port = start_nginx(work, root)
-        url = f"http://127.0.0.1:{port}/cache"
+        tls = make_certificate(work) if args.https else None
+        nginx, port = start_nginx(work, root, tls)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/cache"
+        if tls:
+            env["ENVBUILD_CA_FILE"] = tls[0]
+        curl = ["curl", "-sSf"] + (["--cacert", tls[0]] if tls else [])
         entries = os.path.join(work, "store-a", "v1", "entries")
         artifact = os.path.join(entries, os.listdir(entries)[0], "artifact", "disk.img")
         mib = os.path.getsize(artifact) / 2**20
@@ -146,12 +172,12 @@ steps = ["head -c {args.size_mib}M /dev/urandom > disk.img"]
         for run in range(args.runs):
             empty(root)
             results["push"].append(measure([BIN, "cache", "push", "big", "-q", "--cache-to", url, "--cache-signing-key", key], env))
-            results["curl_up"].append(measure(["curl", "-sSf", "-T", artifact, f"{url}/curl/disk.img"], env))
+            results["curl_up"].append(measure([*curl, "-T", artifact, f"{url}/curl/disk.img"], env))
             pull_env = dict(env, ENVBUILD_STORE=os.path.join(work, f"store-pull-{run}"))
             results["pull"].append(measure([BIN, "cache", "pull", "big", "-q", "--cache-from", url, "--cache-trusted-key", public], pull_env))
             shutil.rmtree(pull_env["ENVBUILD_STORE"])
             out = os.path.join(work, "curl-down.img")
-            results["curl_down"].append(measure(["curl", "-sSf", "-o", out, f"{url}/curl/disk.img"], env))
+            results["curl_down"].append(measure([*curl, "-o", out, f"{url}/curl/disk.img"], env))
             os.remove(out)
         blobs = os.path.join(root, "cache", "v1", "blobs")
         blob_mib = sum(os.path.getsize(os.path.join(blobs, b)) for b in os.listdir(blobs)) / 2**20

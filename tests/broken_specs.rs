@@ -79,6 +79,7 @@ const CASES: &[Case] = &[
     Case { name: "flow-probes-never-run", args: &[], location: Some(":12:8"), phrases: &["no phase has `probes = true`"] },
     Case { name: "flow-budget-bad-down-time", args: &[], location: Some(":9:17"), phrases: &["max_down_time `soon` is not a duration", "\"0s\", \"5s\""] },
     Case { name: "flow-budget-bad-uptime", args: &[], location: Some(":19:18"), phrases: &["min_uptime_pct `101` is a percentage of successful requests, from 0 to 100"] },
+    Case { name: "flow-probe-max-in-flight", args: &[], location: Some(":21:17"), phrases: &["max_in_flight is from 1 to 1000"] },
     Case { name: "flow-probe-unknown-secret", args: &[], location: Some(":22:9"), phrases: &["`{{ secrets.nope }}` names nothing defined here", "ports.http, token"] },
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.

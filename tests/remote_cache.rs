@@ -996,7 +996,7 @@ fn bad_input_exits_2_and_says_what_to_fix() {
                 "--cache-signing-key",
                 key,
             ],
-            "http://HOST",
+            "http(s)://HOST",
         ),
         (
             vec![

@@ -7,7 +7,7 @@
 //! copies it back, checking every file's digest on the way.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -391,28 +391,13 @@ fn connect(address: &str) -> Result<TcpStream, String> {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("{address}: {e}"))
 }
 
-/// A minimal HTTP/1.0 GET returning the status code: enough for readiness, no client library.
+/// The status of a GET of `url` (http or https, the host's roots), or why there is none.
 pub fn http_status(url: &str) -> Result<u16, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url} is not an http:// URL"))?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = connect(host)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(|e| format!("{url}: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("{url} did not answer HTTP"))
+    let parsed = crate::http::Url::parse(url).map_err(|e| e.to_string())?;
+    let client = crate::http::Client::default().with_deadline(Duration::from_secs(5));
+    let response = client
+        .request("GET", &parsed, &[], crate::http::Body::Empty)
+        .map_err(|e| format!("{url}: {e}"))?;
+    // Only the status counts; the body is left unread (the connection closes).
+    Ok(response.status)
 }

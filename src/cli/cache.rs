@@ -78,6 +78,10 @@ pub struct RemoteArgs {
     /// Public key whose entries are accepted: the key itself or a .pub file (repeatable)
     #[arg(long, global = true, value_name = "KEY|FILE")]
     cache_trusted_key: Vec<String>,
+    /// CA certificates (PEM) trusted for https:// URLs (caches, ElasticSearch, probes) besides
+    /// the host's store
+    #[arg(long, global = true, env = "ENVBUILD_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl RemoteArgs {
@@ -90,6 +94,7 @@ impl RemoteArgs {
             signing_key: self.cache_signing_key.clone(),
             trusted_keys: self.cache_trusted_key.clone(),
             default_config: None,
+            ca_file: self.ca_file.clone(),
         }
     }
 }

@@ -113,7 +113,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
             args.es_status_index.as_deref().unwrap_or(&default_status),
             &run_id,
         )?;
-        match es::post_bulk(url, &body) {
+        match es::post_bulk(&ws.remotes.http, url, &body) {
             Ok(pushed) => eprintln!("pushed {} documents to {url}", pushed.items),
             Err(e) => eprintln!(
                 "warning: pushing results to ElasticSearch failed: {e}\n  the results in {} are complete",

@@ -78,9 +78,9 @@ struct Probing {
 }
 
 impl Probing {
-    fn start(&mut self, resolved: Vec<ResolvedProbe>, t0: Instant) {
+    fn start(&mut self, client: &crate::http::Client, resolved: Vec<ResolvedProbe>, t0: Instant) {
         let since = t0.elapsed().as_millis() as u64;
-        self.running = Some((probe::start(resolved, t0), since));
+        self.running = Some((probe::start(client, resolved, t0), since));
     }
 
     /// Stops the probes if they run; true if they did.
@@ -191,7 +191,7 @@ pub fn run(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    probing.start(resolved, t0);
+                    probing.start(&ws.remotes.http, resolved, t0);
                 }
                 Err(e) => {
                     results[i].error = Some(format!("probes could not start: {e}"));
@@ -598,6 +598,9 @@ impl Runner<'_> {
                     expect: p.expect,
                     interval: Duration::from_secs_f64(1.0 / p.rate_hz),
                     timeout: p.timeout,
+                    max_in_flight: p
+                        .max_in_flight
+                        .unwrap_or_else(|| probe::default_max_in_flight(p.rate_hz, p.timeout)),
                 })
             })
             .collect()
@@ -628,20 +631,19 @@ impl Runner<'_> {
             expect: 201,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(30),
+            max_in_flight: 1,
         };
-        let (status, head) = probe::exchange(&request)
+        let answer = probe::exchange(&self.ws.remotes.http, &request)
             .map_err(|e| Error::Failed(format!("issuing a token for the probes: {e}")))?;
-        if status != 201 {
+        if answer.status != 201 {
             return Err(Error::Failed(format!(
-                "issuing a token for the probes: HTTP {status}"
+                "issuing a token for the probes: HTTP {}",
+                answer.status
             )));
         }
-        head.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-subject-token"))
-                    .map(|(_, v)| v.trim().to_string())
-            })
+        answer
+            .header("x-subject-token")
+            .map(str::to_string)
             .ok_or_else(|| {
                 Error::Failed("issuing a token for the probes: no X-Subject-Token".into())
             })

@@ -1,15 +1,22 @@
 //! HTTP probes that run inside envbuild while an upgrade happens (not detached jobs stopped by
-//! touching a file, as in the seed's CI). Each probe is a thread sending one request per tick at
-//! its rate and recording every answer, or the lack of one, as a [`Sample`].
+//! touching a file, as in the seed's CI).
+//!
+//! Open loop, as wrk2 does it: request `i` of a probe is due at `start + i / rate`, whether or
+//! not earlier ones were answered, so a slow or hung API is sampled at the declared rate
+//! exactly when it matters (a closed loop that waits for each answer would send fewer requests
+//! then: coordinated omission). Each request runs on a thread of its own, at most
+//! `max_in_flight` at once; a request due when that many wait for answers is not sent and is
+//! recorded as a failed sample that says so. A sample's time is its due time and its latency
+//! counts from there, so a late send shows as latency, not as a gap.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::stats::Sample;
+use super::stats::{NOT_SENT, Sample};
+use crate::http::{self, Body, Url};
 
 /// A probe with every placeholder rendered: ready to send.
 #[derive(Debug, Clone)]
@@ -22,7 +29,20 @@ pub struct ResolvedProbe {
     pub expect: u16,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Requests waiting for an answer at once, at most.
+    pub max_in_flight: usize,
 }
+
+/// Enough for one timeout's worth of requests at the probe's rate, so that a hung API is still
+/// sampled at the rate until the first requests time out; at most 100 threads per probe.
+pub fn default_max_in_flight(rate_hz: f64, timeout: Duration) -> usize {
+    ((rate_hz * timeout.as_secs_f64()).ceil() as usize + 1).clamp(1, 100)
+}
+
+/// An answer is read to its end, up to this size (a probe measures the whole answer).
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+/// A request's thread: the client and a TLS handshake need little.
+const STACK: usize = 256 * 1024;
 
 /// Probes that are running; `stop` ends them and hands back every sample.
 pub struct RunningProbes {
@@ -31,19 +51,22 @@ pub struct RunningProbes {
 }
 
 /// Starts every probe; sample times count from `t0`.
-pub fn start(probes: Vec<ResolvedProbe>, t0: Instant) -> RunningProbes {
+pub fn start(client: &http::Client, probes: Vec<ResolvedProbe>, t0: Instant) -> RunningProbes {
     let stop = Arc::new(AtomicBool::new(false));
     let threads = probes
         .into_iter()
         .map(|probe| {
             let stop = stop.clone();
-            std::thread::spawn(move || run_probe(&probe, t0, &stop))
+            let client = client.with_deadline(probe.timeout);
+            std::thread::spawn(move || run_probe(&client, &probe, t0, &stop))
         })
         .collect();
     RunningProbes { stop, threads }
 }
 
 impl RunningProbes {
+    /// Stops sending, waits for the requests in flight (each ends by its timeout) and returns
+    /// every sample in time order.
     pub fn stop(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
         let mut samples: Vec<Sample> = self
@@ -56,131 +79,154 @@ impl RunningProbes {
     }
 }
 
-fn run_probe(probe: &ResolvedProbe, t0: Instant, stop: &AtomicBool) -> Vec<Sample> {
+/// The schedule of one probe: dispatches each request at its due time until told to stop.
+fn run_probe(
+    client: &http::Client,
+    probe: &ResolvedProbe,
+    t0: Instant,
+    stop: &AtomicBool,
+) -> Vec<Sample> {
+    let url = Url::parse(&probe.url).map_err(|e| e.to_string());
+    let in_flight = AtomicUsize::new(0);
+    let (answers, answered) = std::sync::mpsc::channel();
     let mut samples = Vec::new();
-    let mut next = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(50)));
-            continue;
-        }
-        let sent = Instant::now();
-        let answer = request(probe);
-        let latency_ms = sent.elapsed().as_secs_f64() * 1000.0;
-        let t_ms = sent.duration_since(t0).as_millis() as u64;
-        samples.push(match answer {
-            Ok(status) => Sample {
-                t_ms,
-                probe: probe.name.clone(),
-                ok: status == probe.expect,
-                status: Some(status),
-                latency_ms,
-                error: (status != probe.expect)
-                    .then(|| format!("HTTP {status}, expected {}", probe.expect)),
-            },
-            Err(error) => Sample {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for i in 0u32.. {
+            let due = start + probe.interval * i;
+            if !sleep_until(due, stop) {
+                break;
+            }
+            let t_ms = due.saturating_duration_since(t0).as_millis() as u64;
+            let not_sent = |why: String| Sample {
                 t_ms,
                 probe: probe.name.clone(),
                 ok: false,
                 status: None,
-                latency_ms,
-                error: Some(error),
-            },
-        });
-        // A slow answer delays the next tick instead of firing a burst to catch up.
-        next = (next + probe.interval).max(Instant::now());
-    }
+                latency_ms: 0.0,
+                error: Some(format!("{NOT_SENT} {why}")),
+            };
+            if in_flight.load(Ordering::SeqCst) >= probe.max_in_flight {
+                samples.push(not_sent(format!(
+                    "{} requests already wait for answers (the probe's max_in_flight)",
+                    probe.max_in_flight
+                )));
+                continue;
+            }
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let (url, waiting, answers): (_, _, Sender<Sample>) =
+                (&url, &in_flight, answers.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("probe {}", probe.name))
+                .stack_size(STACK)
+                .spawn_scoped(scope, move || {
+                    let sample = send(client, probe, url, due, t_ms);
+                    waiting.fetch_sub(1, Ordering::SeqCst);
+                    let _ = answers.send(sample);
+                });
+            if let Err(e) = spawned {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                samples.push(not_sent(format!("no thread for the request: {e}")));
+            }
+        }
+    });
+    drop(answers);
+    samples.extend(answered);
+    samples.sort_by_key(|s| s.t_ms);
     samples
 }
 
-/// One HTTP/1.1 request on a fresh connection; the status code, or why there was none.
-pub fn request(probe: &ResolvedProbe) -> Result<u16, String> {
-    exchange(probe).map(|(status, _)| status)
+/// Sleeps until `due`, waking often enough to notice `stop`; false when told to stop.
+fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= due {
+            return true;
+        }
+        std::thread::sleep((due - now).min(Duration::from_millis(50)));
+    }
 }
 
-/// Like [`request`], also returning the response head (status line and headers).
-pub fn exchange(probe: &ResolvedProbe) -> Result<(u16, String), String> {
-    let rest = probe
-        .url
-        .strip_prefix("http://")
-        .ok_or("not an http:// URL")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let address: SocketAddr = host
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to nothing"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&address, probe.timeout).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(probe.timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(probe.timeout))
-        .map_err(|e| e.to_string())?;
-    let body = probe.body.as_deref().unwrap_or("");
-    let mut head = format!(
-        "{} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: envbuild-probe\r\n",
-        probe.method
-    );
-    for (name, value) in &probe.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+/// One request, timed from its due time.
+fn send(
+    client: &http::Client,
+    probe: &ResolvedProbe,
+    url: &Result<Url, String>,
+    due: Instant,
+    t_ms: u64,
+) -> Sample {
+    let answer = url
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|url| exchange_url(client, probe, url).map_err(|(e, _)| e));
+    let latency_ms = due.elapsed().as_secs_f64() * 1000.0;
+    let (ok, status, error) = match answer {
+        Ok(response) if response.status == probe.expect => (true, Some(response.status), None),
+        Ok(response) => (
+            false,
+            Some(response.status),
+            Some(format!(
+                "HTTP {}, expected {}",
+                response.status, probe.expect
+            )),
+        ),
+        Err(error) => (false, None, Some(error)),
+    };
+    Sample {
+        t_ms,
+        probe: probe.name.clone(),
+        ok,
+        status,
+        latency_ms,
+        error,
     }
-    if !body.is_empty() || probe.method != "GET" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    // One write: a body sent after the server already answered would reset the connection.
-    head.push_str(body);
-    stream
-        .write_all(head.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 8192];
-    let deadline = Instant::now() + probe.timeout;
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => response.extend_from_slice(&buffer[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return Err("timeout waiting for the answer".into());
-            }
-            Err(e) => return Err(format!("receive: {e}")),
-        }
-        if Instant::now() > deadline {
-            return Err("timeout waiting for the answer".into());
-        }
-    }
-    let text = String::from_utf8_lossy(&response);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            if response.is_empty() {
-                "connection closed without an answer".to_string()
-            } else {
-                "not an HTTP answer".to_string()
-            }
-        })?;
-    Ok((status, head))
+}
+
+/// One request of `probe` through `client`, its answer read to the end: the response (status
+/// and headers), or why there was none (with the fix, when there is one to say).
+pub fn exchange(client: &http::Client, probe: &ResolvedProbe) -> Result<http::Response, String> {
+    let url = Url::parse(&probe.url).map_err(|e| e.to_string())?;
+    exchange_url(&client.with_deadline(probe.timeout), probe, &url).map_err(|(e, fix)| match fix {
+        Some(fix) => format!("{e}\n  fix: {fix}"),
+        None => e,
+    })
+}
+
+/// The response, or why there was none and what would fix it.
+fn exchange_url(
+    client: &http::Client,
+    probe: &ResolvedProbe,
+    url: &Url,
+) -> Result<http::Response, (String, Option<String>)> {
+    let headers: Vec<(&str, &str)> = probe
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let body = match (&probe.body, probe.method.as_str()) {
+        (Some(body), _) => Body::Bytes(body.as_bytes()),
+        (None, "POST" | "PUT" | "PATCH") => Body::Bytes(b""),
+        (None, _) => Body::Empty,
+    };
+    let mut response = client
+        .request(&probe.method, url, &headers, body)
+        .map_err(|e| (e.to_string(), e.fix()))?;
+    response
+        .drain(MAX_ANSWER)
+        .map_err(|e| (format!("reading the answer's body: {e}"), None))?;
+    Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::stats::summarize;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::sync::Mutex;
 
     fn probe(url: String, expect: u16, interval_ms: u64) -> ResolvedProbe {
         ResolvedProbe {
@@ -191,138 +237,234 @@ mod tests {
             body: Some("{\"a\":1}".into()),
             expect,
             interval: Duration::from_millis(interval_ms),
-            timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+            max_in_flight: 64,
         }
     }
 
-    /// A loopback server answering `status` to every request, keeping what it received.
-    fn server(status: u16) -> (String, std::sync::mpsc::Receiver<String>) {
-        slow_server(status, Duration::ZERO)
+    /// What a test server saw: each request as it arrived, and the most it answered at once.
+    struct Seen {
+        requests: std::sync::mpsc::Receiver<String>,
+        most_at_once: Arc<Mutex<(usize, usize)>>,
     }
 
-    /// As `server`, but the first answer comes only after `first_delay`.
-    fn slow_server(
-        status: u16,
-        first_delay: Duration,
-    ) -> (String, std::sync::mpsc::Receiver<String>) {
+    impl Seen {
+        fn most_at_once(&self) -> usize {
+            self.most_at_once.lock().unwrap().1
+        }
+    }
+
+    /// A loopback server answering `status` to every request after `delay`, answering
+    /// connections in parallel (as an API server does).
+    fn server(status: u16, delay: Duration) -> (String, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v3/auth/tokens", listener.local_addr().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, requests) = std::sync::mpsc::channel();
+        let most_at_once = Arc::new(Mutex::new((0usize, 0usize)));
+        let counter = most_at_once.clone();
         std::thread::spawn(move || {
-            let mut delay = first_delay;
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
-                // Read the whole request (head and body) before answering, as a server does.
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buffer) {
-                    request.extend_from_slice(&buffer[..n]);
-                    let text = String::from_utf8_lossy(&request);
-                    let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                        body.len() >= length
-                    });
-                    if n == 0 || complete {
-                        break;
+                let (tx, counter) = (tx.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let request = read_request(&mut stream);
+                    {
+                        let mut c = counter.lock().unwrap();
+                        c.0 += 1;
+                        c.1 = c.1.max(c.0);
                     }
-                }
-                let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
-                std::thread::sleep(std::mem::take(&mut delay));
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
+                    let _ = tx.send(request);
+                    std::thread::sleep(delay);
+                    counter.lock().unwrap().0 -= 1;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    );
+                });
             }
         });
-        (url, rx)
+        (
+            url,
+            Seen {
+                requests,
+                most_at_once,
+            },
+        )
+    }
+
+    /// Reads the whole request (head and body) before answering, as a server does.
+    fn read_request(stream: &mut std::net::TcpStream) -> String {
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buffer) {
+            request.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&request);
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                body.len() >= length
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&request).into_owned()
+    }
+
+    fn of<'s>(samples: &'s [Sample], name: &str) -> Vec<&'s Sample> {
+        samples.iter().filter(|s| s.probe == name).collect()
     }
 
     #[test]
-    fn request_sends_method_headers_body_and_reads_status() {
-        let (url, rx) = server(201);
-        assert_eq!(request(&probe(url, 201, 100)), Ok(201));
-        let seen = rx.recv().unwrap();
+    fn exchange_sends_method_headers_body_and_reads_status() {
+        let (url, seen) = server(201, Duration::ZERO);
+        let response = exchange(&http::Client::default(), &probe(url, 201, 100)).unwrap();
+        assert_eq!(response.status, 201);
+        let request = seen.requests.recv().unwrap();
         assert!(
-            seen.starts_with("POST /v3/auth/tokens HTTP/1.1\r\n"),
-            "{seen}"
+            request.starts_with("POST /v3/auth/tokens HTTP/1.1\r\n"),
+            "{request}"
         );
-        assert!(seen.contains("Content-Type: application/json\r\n"));
-        assert!(seen.contains("Content-Length: 7\r\n"));
-        assert!(seen.ends_with("{\"a\":1}"));
+        assert!(request.contains("Content-Type: application/json\r\n"));
+        assert!(request.contains("Content-Length: 7\r\n"));
+        assert!(request.ends_with("{\"a\":1}"));
     }
 
     #[test]
-    fn refused_connection_is_a_failed_sample() {
+    fn a_refused_connection_or_a_bad_url_is_a_failed_sample_that_says_why() {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let err = request(&probe(format!("http://127.0.0.1:{port}/"), 200, 100)).unwrap_err();
-        assert!(err.starts_with("connect:"), "{err}");
+        let t0 = Instant::now();
+        let refused = probe(format!("http://127.0.0.1:{port}/"), 200, 20);
+        let mut bad = probe("http://127.0.0.1:1/a b".into(), 200, 20);
+        bad.name = "bad".into();
+        let running = start(&http::Client::default(), vec![refused, bad], t0);
+        std::thread::sleep(Duration::from_millis(200));
+        let samples = running.stop();
+        let refused = of(&samples, "p");
+        assert!(!refused.is_empty());
+        for sample in refused {
+            assert!(!sample.ok && sample.status.is_none());
+            let error = sample.error.as_deref().unwrap();
+            assert!(error.starts_with("connect to 127.0.0.1:"), "{error}");
+        }
+        for sample in of(&samples, "bad") {
+            let error = sample.error.as_deref().unwrap();
+            assert!(error.contains("is not a URL envbuild can use"), "{error}");
+        }
     }
 
     #[test]
-    fn probes_keep_their_rate_and_record_every_request() {
-        // The first answer of the fast probe takes 600 ms: 12 ticks pass meanwhile.
-        let (ok_url, ok_requests) = slow_server(201, Duration::from_millis(600));
-        let (bad_url, bad_requests) = server(503);
+    fn a_slow_api_is_still_sampled_at_the_rate_with_latency_from_the_due_time() {
+        // Every answer takes 600 ms: a closed loop would send fewer than 2 requests a second
+        // and never more than one at a time. 20 Hz open loop keeps about 12 in flight.
+        let (slow_url, slow) = server(201, Duration::from_millis(600));
+        let (bad_url, bad) = server(503, Duration::ZERO);
         let t0 = Instant::now();
-        let mut fast = probe(ok_url, 201, 50);
+        let mut fast = probe(slow_url, 201, 50);
         fast.name = "fast".into();
-        let mut bad = probe(bad_url, 201, 100);
-        bad.name = "bad".into();
-        let running = start(vec![fast, bad], t0);
-        // Until each server has answered a few requests, however slow the machine is.
-        let wait = Duration::from_secs(60);
-        for _ in 0..10 {
-            ok_requests
+        let mut failing = probe(bad_url, 201, 100);
+        failing.name = "bad".into();
+        let running = start(&http::Client::default(), vec![fast, failing], t0);
+        // Until each server has seen enough requests, however slow the machine is.
+        let wait = Duration::from_secs(120);
+        for _ in 0..30 {
+            slow.requests
                 .recv_timeout(wait)
                 .expect("the 20 Hz probe stalled");
         }
         for _ in 0..3 {
-            bad_requests
+            bad.requests
                 .recv_timeout(wait)
                 .expect("the 10 Hz probe stalled");
         }
         let samples = running.stop();
-        let fast: Vec<&Sample> = samples.iter().filter(|s| s.probe == "fast").collect();
-        let bad: Vec<&Sample> = samples.iter().filter(|s| s.probe == "bad").collect();
-        // Never faster than the rate, however late a tick was: the i-th request of a 50 ms probe
-        // starts at least i * 50 ms after the start. Every request is recorded.
-        assert!(fast.len() >= 10, "{}", fast.len());
+        let fast = of(&samples, "fast");
+        // Every request sent is recorded (stop waits for those in flight), at its due time:
+        // exactly one interval apart (to the ms), however late each was sent.
+        assert!(fast.len() >= 30, "{}", fast.len());
+        let first = fast[0].t_ms;
         for (i, sample) in fast.iter().enumerate() {
+            let due = first + 50 * i as u64;
             assert!(
-                sample.t_ms >= 50 * i as u64,
+                sample.t_ms.abs_diff(due) <= 1,
                 "request {i} at {} ms",
                 sample.t_ms
             );
+            assert!(sample.ok && sample.status == Some(201), "{sample:?}");
+            // The server held each answer 600 ms after the request arrived.
+            assert!(sample.latency_ms >= 600.0, "{sample:?}");
         }
-        for (i, sample) in bad.iter().enumerate() {
-            assert!(
-                sample.t_ms >= 100 * i as u64,
-                "request {i} at {} ms",
-                sample.t_ms
-            );
-        }
-        // No burst to catch up after the slow answer: a tick comes at the earliest one interval
-        // after the previous tick and not before the previous answer, so any two requests with
-        // one between them are at least 50 ms apart (49 after rounding to ms). These bounds hold
-        // however loaded the machine is: lateness only delays requests.
-        let times: Vec<u64> = fast.iter().map(|s| s.t_ms).collect();
         assert!(
-            times.windows(3).all(|w| w[2] - w[0] >= 49),
-            "a burst of requests: {times:?}"
+            slow.most_at_once() >= 2,
+            "requests were sent one after the other (closed loop)"
         );
-        assert!(fast.iter().all(|s| s.ok && s.status == Some(201)));
+        let summary = summarize("fast", &samples);
+        let rate = summary.achieved_rate_hz.unwrap();
+        assert!((19.0..=21.0).contains(&rate), "{rate} Hz");
+        assert_eq!(summary.not_sent, 0);
+
+        let bad = of(&samples, "bad");
         assert!(bad.len() >= 3, "{}", bad.len());
         assert!(
             bad.iter()
                 .all(|s| !s.ok && s.error.as_deref() == Some("HTTP 503, expected 201"))
         );
         assert!(samples.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+    }
+
+    #[test]
+    fn a_hung_api_fills_the_in_flight_bound_and_later_requests_are_recorded_unsent() {
+        // Accepts connections and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (tx, accepted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+                let _ = tx.send(());
+            }
+        });
+        let mut hung = probe(url, 200, 20);
+        hung.max_in_flight = 3;
+        hung.timeout = Duration::from_secs(2);
+        let running = start(&http::Client::default(), vec![hung], Instant::now());
+        for _ in 0..3 {
+            accepted
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the probe sent nothing");
+        }
+        // At 50 Hz, 50 more requests come due meanwhile; at most 3 wait at once.
+        std::thread::sleep(Duration::from_secs(1));
+        let samples = running.stop();
+        let unsent: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.error.as_deref().is_some_and(|e| e.starts_with(NOT_SENT)))
+            .collect();
+        assert!(!unsent.is_empty(), "{samples:?}");
+        assert!(
+            unsent[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("max_in_flight")
+        );
+        assert!(samples.iter().all(|s| !s.ok));
+        let summary = summarize("p", &samples);
+        assert_eq!(summary.not_sent, unsent.len() as u64);
+        assert!(summary.achieved_rate_hz.unwrap() < 50.0);
+        // The sent ones ran into their timeout.
+        let timed_out = samples.iter().filter(|s| {
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.contains("no complete answer within 2.0 s"))
+        });
+        assert!(timed_out.count() >= 3);
     }
 }

@@ -20,6 +20,10 @@
 //!   sample succeeded.
 //! - No samples at all give 0 % uptime and availability: a probe that never ran proves nothing
 //!   (harness/verdict.rs fails the run for it, and for a probe with too few samples).
+//! - `achieved_rate_hz`: the requests sent per second (every sample but those `not_sent`, whose
+//!   error starts with [`NOT_SENT`]) over the probe's running time, the span from its first
+//!   to its last sample plus one mean interval; `None` below two samples. Probes send on
+//!   schedule, so it falls short of the declared rate only when the in-flight bound was hit.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +39,9 @@ pub struct Sample {
     pub latency_ms: f64,
     pub error: Option<String>,
 }
+
+/// A sample's `error` starts with this when its request could not be sent at its time.
+pub const NOT_SENT: &str = "not sent:";
 
 /// A time the probe saw the service down: `[start_ms, end_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +73,11 @@ pub struct ProbeSummary {
     /// Time of the first and the last sample (0 when there is none).
     pub start_ms: u64,
     pub end_ms: u64,
+    #[serde(default)]
+    pub achieved_rate_hz: Option<f64>,
+    /// Samples whose request was not sent (the probe's in-flight bound was reached).
+    #[serde(default)]
+    pub not_sent: u64,
 }
 
 /// Summarizes the samples of `probe` in `samples` (samples of other probes are ignored, so the
@@ -90,6 +102,15 @@ pub fn summarize(probe: &str, samples: &[Sample]) -> ProbeSummary {
         Some(last) if last.ok => 100.0,
         Some(_) => 0.0,
     };
+    let not_sent = mine
+        .iter()
+        .filter(|s| s.error.as_deref().is_some_and(|e| e.starts_with(NOT_SENT)))
+        .count() as u64;
+    let achieved_rate_hz = (total >= 2 && end_ms > start_ms).then(|| {
+        let span_s = (end_ms - start_ms) as f64 / 1000.0;
+        let running_s = span_s * total as f64 / (total - 1) as f64;
+        (total - not_sent) as f64 / running_s
+    });
     let mut latencies: Vec<f64> = mine.iter().filter(|s| s.ok).map(|s| s.latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
 
@@ -112,6 +133,8 @@ pub fn summarize(probe: &str, samples: &[Sample]) -> ProbeSummary {
         latency_p99_ms: nearest_rank(&latencies, 99),
         start_ms,
         end_ms,
+        achieved_rate_hz,
+        not_sent,
     }
 }
 
@@ -190,6 +213,7 @@ mod tests {
         // 4 s down out of the 9 s between the first and the last sample.
         assert!((s.availability_pct - 100.0 * 5.0 / 9.0).abs() < 1e-9);
         assert_eq!((s.start_ms, s.end_ms), (0, 9000));
+        assert_eq!((s.achieved_rate_hz, s.not_sent), (Some(1.0), 0));
         // Successful latencies: 10, 11, 12, 16, 17, 19 ms.
         assert_eq!(s.latency_p50_ms, Some(12.0));
         assert_eq!(s.latency_p95_ms, Some(19.0));
@@ -247,6 +271,19 @@ mod tests {
         assert_eq!((s.start_ms, s.end_ms, s.down_time_ms), (0, 0, 0));
         assert!(s.outages.is_empty());
         assert_eq!(s.latency_p50_ms, None);
+        assert_eq!(s.achieved_rate_hz, None);
+    }
+
+    #[test]
+    fn unsent_requests_lower_the_achieved_rate() {
+        let mut samples = timeline(10, &[6, 7]);
+        for s in &mut samples[6..8] {
+            s.status = None;
+            s.error = Some(format!("{NOT_SENT} 4 requests in flight"));
+        }
+        let s = summarize("keystone", &samples);
+        assert_eq!((s.failed, s.not_sent), (2, 2));
+        assert_eq!(s.achieved_rate_hz, Some(0.8));
     }
 
     #[test]

@@ -13,22 +13,34 @@
 //! push = true                                 # default false
 //! pull = true                                 # default true
 //! trusted_keys = []                           # added to [cache] trusted_keys for this remote
+//!
+//! [tls]
+//! ca_file = "lab-ca.pem"                      # CA certificates (PEM) trusted besides the host's,
+//!                                             # for every https:// URL: caches, ElasticSearch, probes
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::http::Url;
 use super::signing::PublicKey;
-use super::{Remote, Remotes};
+use super::{Remote, Remotes, parse_url};
 use crate::error::{Error, Result};
+use crate::http;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
     cache: CacheSection,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +83,8 @@ pub struct Overrides {
     pub read_only: bool,
     pub signing_key: Option<PathBuf>,
     pub trusted_keys: Vec<String>,
+    /// CA certificates (PEM) trusted for https:// besides the host's (`--ca-file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Reads the config file (if any) and applies the flags: `--cache-from`/`--cache-to` replace
@@ -94,6 +108,16 @@ pub fn resolve(overrides: Overrides) -> Result<Remotes> {
             PublicKey::from_value_or_file(&relative(Path::new(value)).to_string_lossy())
         }
     };
+    let ca_file = overrides
+        .ca_file
+        .clone()
+        .or_else(|| file.tls.ca_file.as_deref().map(relative));
+    let client = http::Client::with_ca_file(ca_file.as_deref()).map_err(|why| {
+        Error::input(
+            format!("{why}."),
+            "give a PEM file of CA certificates with --ca-file, ENVBUILD_CA_FILE or `ca_file` under [tls] in the config file",
+        )
+    })?;
     let mut common = Vec::new();
     for value in file.cache.trusted_keys.iter() {
         common.push(key_from(value)?);
@@ -108,12 +132,13 @@ pub fn resolve(overrides: Overrides) -> Result<Remotes> {
             for value in &section.trusted_keys {
                 trusted.push(key_from(value)?);
             }
-            remotes.push(Remote {
-                url: Url::parse(&section.url)?,
-                pull: section.pull,
-                push: section.push,
+            remotes.push(Remote::new(
+                parse_url(&section.url)?,
+                section.pull,
+                section.push,
                 trusted,
-            });
+                &client,
+            ));
         }
     } else {
         for (text, pull, push) in overrides
@@ -122,18 +147,13 @@ pub fn resolve(overrides: Overrides) -> Result<Remotes> {
             .map(|u| (u, true, false))
             .chain(overrides.cache_to.iter().map(|u| (u, false, true)))
         {
-            let url = Url::parse(text)?;
+            let url = parse_url(text)?;
             match remotes.iter_mut().find(|r: &&mut Remote| r.url == url) {
                 Some(known) => {
                     known.pull |= pull;
                     known.push |= push;
                 }
-                None => remotes.push(Remote {
-                    url,
-                    pull,
-                    push,
-                    trusted: common.clone(),
-                }),
+                None => remotes.push(Remote::new(url, pull, push, common.clone(), &client)),
             }
         }
     }
@@ -143,6 +163,7 @@ pub fn resolve(overrides: Overrides) -> Result<Remotes> {
             .signing_key
             .or_else(|| file.cache.signing_key.as_deref().map(relative)),
         read_only: overrides.read_only || file.cache.read_only,
+        http: client,
         ..Default::default()
     })
 }
@@ -157,7 +178,7 @@ fn read(path: &Path) -> Result<File> {
     toml::from_str(&text).map_err(|e| {
         Error::input(
             format!("{}: {}", path.display(), e.to_string().trim_end()),
-            "see docs/remote-cache.md for the [cache] section",
+            "see docs/remote-cache.md for the [cache] and [tls] sections",
         )
     })
 }
@@ -194,7 +215,10 @@ mod tests {
         let flags = resolve(Overrides {
             config: Some(path),
             cache_from: vec!["http://127.0.0.1:2/b".into()],
-            cache_to: vec!["http://127.0.0.1:2/b".into(), "http://127.0.0.1:3/c".into()],
+            cache_to: vec![
+                "http://127.0.0.1:2/b/".into(),
+                "http://127.0.0.1:3/c".into(),
+            ],
             read_only: true,
             ..Default::default()
         })
@@ -214,6 +238,7 @@ mod tests {
         assert_eq!(file.cache.remote.len(), 1);
         assert!(file.cache.remote[0].push && file.cache.remote[0].pull);
         assert_eq!(file.cache.trusted_keys.len(), 2);
+        assert_eq!(file.tls.ca_file, Some(PathBuf::from("keys/lab-ca.pem")));
     }
 
     #[test]

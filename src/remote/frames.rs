@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{IoSlice, Read, Write};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 
-use super::http::write_all_vectored;
+use crate::http::write_all_vectored;
 use crate::store::tar_writer::Sink;
 
 const CHUNK: usize = 1 << 20;

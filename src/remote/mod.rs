@@ -1,4 +1,4 @@
-//! Remote stage caches over plain HTTP: push, pull and pull-through during builds.
+//! Remote stage caches over HTTP or HTTPS: push, pull and pull-through during builds.
 //!
 //! ```text
 //! <base>/v1/<key>.sig                  signed statement (v2): key, entry name, blob id and size,
@@ -12,7 +12,6 @@
 
 pub mod config;
 mod frames;
-pub mod http;
 mod pipe;
 mod pull;
 mod push;
@@ -23,8 +22,11 @@ use std::sync::Mutex;
 pub use pull::{pull_key, pull_through};
 pub use push::{PushOutcome, Pushed, push_keys};
 
-use http::Url;
+use crate::http::{self, Body, Url};
 use signing::PublicKey;
+
+/// Transfers read the connection a MiB at a time.
+const BUFFER: usize = 1 << 20;
 
 /// One configured remote cache.
 #[derive(Debug, Clone)]
@@ -33,9 +35,37 @@ pub struct Remote {
     pub pull: bool,
     pub push: bool,
     pub trusted: Vec<PublicKey>,
+    /// The run's client (its CA file), reading `BUFFER` at a time.
+    http: http::Client,
 }
 
 impl Remote {
+    pub fn new(
+        url: Url,
+        pull: bool,
+        push: bool,
+        trusted: Vec<PublicKey>,
+        client: &http::Client,
+    ) -> Remote {
+        Remote {
+            url,
+            pull,
+            push,
+            trusted,
+            http: client.with_buffer(BUFFER),
+        }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> std::result::Result<http::Response, http::Error> {
+        self.http.request(method, url, headers, body)
+    }
+
     fn statement_url(&self, key: &str) -> Url {
         self.url.join(&format!("v1/{key}.sig"))
     }
@@ -53,6 +83,9 @@ pub struct Remotes {
     pub signing_key: Option<std::path::PathBuf>,
     /// Pull, never push (untrusted builds such as pull requests).
     pub read_only: bool,
+    /// The run's HTTP client (its CA file): the remotes', and the one ElasticSearch and the
+    /// probes use.
+    pub http: http::Client,
     /// Remotes that could not be reached once: not asked again by this process.
     unreachable: Mutex<Vec<String>>,
 }
@@ -72,14 +105,16 @@ impl Remotes {
     pub fn holder(&self, key: &str) -> Option<&Remote> {
         self.pulling()
             .filter(|r| !self.is_unreachable(r))
-            .find(|remote| match push::exists(&remote.statement_url(key)) {
-                Ok(found) => found,
-                Err(e) => {
-                    eprintln!("warning: {e}");
-                    self.mark_unreachable(remote);
-                    false
-                }
-            })
+            .find(
+                |remote| match push::exists(remote, &remote.statement_url(key)) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        eprintln!("warning: {e}");
+                        self.mark_unreachable(remote);
+                        false
+                    }
+                },
+            )
     }
 
     fn is_unreachable(&self, remote: &Remote) -> bool {
@@ -97,10 +132,38 @@ impl Remotes {
 
 /// Why talking to a remote failed at the transport level: a failure of the work (exit 1), not
 /// bad input.
-fn unreachable(url: &Url, e: &std::io::Error) -> crate::error::Error {
-    crate::error::Error::Remote(format!("cannot reach the remote cache at {url} ({e})")).fix(
-        "check the URL and that the server is running, or leave this remote out (--cache-from/--cache-to, config file)",
-    )
+fn unreachable(url: &Url, e: &http::Error) -> crate::error::Error {
+    let fix = e.fix().unwrap_or_else(|| {
+        "check the URL and that the server is running, or leave this remote out (--cache-from/--cache-to, config file)".into()
+    });
+    crate::error::Error::Remote(format!("cannot reach the remote cache at {url} ({e})")).fix(fix)
+}
+
+/// A transfer broke after the server answered (exit 1).
+fn broken(url: &Url, e: &std::io::Error) -> crate::error::Error {
+    crate::error::Error::Remote(format!(
+        "the transfer from the remote cache at {url} broke ({e})"
+    ))
+    .fix("check the server and the network, then run again; nothing was added to the store")
+}
+
+/// A remote cache URL: http(s)://HOST[:PORT]/PATH, no query; `/cache/` and `/cache` are one.
+pub fn parse_url(text: &str) -> crate::error::Result<Url> {
+    let fix = "give it as http(s)://HOST[:PORT]/PATH, e.g. http://127.0.0.1:8080/envbuild";
+    let url = Url::parse(text)
+        .map_err(|e| crate::error::Error::input(format!("remote cache URL {e}."), fix))?;
+    if url.query.is_some() {
+        return Err(crate::error::Error::input(
+            format!(
+                "remote cache URL `{text}` has a query; envbuild names the files below the path."
+            ),
+            fix,
+        ));
+    }
+    Ok(Url {
+        path: url.path.trim_end_matches('/').to_string(),
+        ..url
+    })
 }
 
 /// A server answered something other than what the protocol expects (exit 1).

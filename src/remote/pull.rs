@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::http::{self, Body};
 use super::pipe::PipeWriter;
 use super::signing::Statement;
-use super::{Remote, Remotes, unexpected, unreachable};
+use super::{BUFFER, Remote, Remotes, broken, unexpected, unreachable};
 use crate::error::{Error, IoContext};
+use crate::http::{Body, Url};
 use crate::key::StageKey;
 use crate::store::{Entry, Store, archive};
 use crate::ui::Progress;
@@ -146,7 +146,8 @@ fn pull_from(
     progress: &Progress,
 ) -> std::result::Result<Option<String>, Failure> {
     let url = remote.statement_url(key);
-    let mut response = http::request("GET", &url, &[], Body::Empty)
+    let mut response = remote
+        .request("GET", &url, &[], Body::Empty)
         .map_err(|e| Failure::Unreachable(unreachable(&url, &e)))?;
     match response.status {
         200 => {}
@@ -167,7 +168,7 @@ fn pull_from(
     };
     let text = response
         .text(16 * 1024)
-        .map_err(|e| Failure::Refused(unreachable(&url, &e)))?;
+        .map_err(|e| Failure::Refused(broken(&url, &e)))?;
     if remote.trusted.is_empty() {
         return Err(refuse(
             "no trusted keys are configured for this remote, so no entry can be accepted".into(),
@@ -204,6 +205,7 @@ fn pull_from(
         scope.spawn(|| {
             let done = done; // dropped with this thread, even if it panics: no waiting forever
             let result = download(
+                remote,
                 &blob_url,
                 statement.blob_size,
                 &statement.entry,
@@ -293,7 +295,8 @@ const RETRIES: u32 = 5;
 /// Fetches the blob's `size` bytes and passes them, in order, to the unpacker through
 /// `chunks`; a broken connection is resumed with `Range: bytes=N-`. `Ok` once all arrived.
 fn download(
-    url: &http::Url,
+    remote: &Remote,
+    url: &Url,
     size: u64,
     label: &str,
     progress: &Progress,
@@ -306,10 +309,10 @@ fn download(
     let bar = progress.bytes(format!("pull {label}"), size);
     let mut have = 0u64;
     let mut retries = 0;
-    let mut broken = |have: u64, e: std::io::Error| {
+    let mut retry = |have: u64, e: std::io::Error| {
         retries += 1;
         if retries > RETRIES {
-            return Err(Failure::Refused(unreachable(url, &e)));
+            return Err(Failure::Refused(broken(url, &e)));
         }
         progress.note(&format!(
             "{label}: the transfer broke at {have} of {size} bytes ({e}); resuming"
@@ -319,10 +322,10 @@ fn download(
     while have < size {
         let range = format!("bytes={have}-");
         let headers: &[(&str, &str)] = if have > 0 { &[("Range", &range)] } else { &[] };
-        let mut response = match http::request("GET", url, headers, Body::Empty) {
+        let mut response = match remote.request("GET", url, headers, Body::Empty) {
             Ok(response) => response,
             Err(e) if have > 0 => {
-                broken(have, e)?;
+                retry(have, e.into())?;
                 continue;
             }
             Err(e) => return Err(Failure::Refused(unreachable(url, &e))),
@@ -352,7 +355,7 @@ fn download(
                     n
                 })
             } else {
-                scratch.resize(http::BUFFER, 0);
+                scratch.resize(BUFFER, 0);
                 body.read(&mut scratch)
             };
             match read {
@@ -366,7 +369,7 @@ fn download(
             }
         };
         if have < size {
-            broken(have, ended)?;
+            retry(have, ended)?;
         }
     }
     bar.finish("downloaded");

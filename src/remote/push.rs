@@ -9,10 +9,10 @@
 //! the last of two racing pushers wins, and either way the statement names a complete blob.
 
 use super::frames::{self, Frames};
-use super::http::{self, Body};
 use super::signing::{SecretKey, Statement};
 use super::{Remote, Remotes, unexpected, unreachable};
 use crate::error::{Error, IoContext, Result};
+use crate::http::{Body, Url};
 use crate::key::digest;
 use crate::store::{Entry, Store, archive};
 use crate::ui::Progress;
@@ -34,7 +34,7 @@ fn push_entry(
     progress: &Progress,
 ) -> Result<Pushed> {
     let statement_url = remote.statement_url(entry.key());
-    if exists(&statement_url)? {
+    if exists(remote, &statement_url)? {
         return Ok(Pushed::AlreadyThere);
     }
     let nonce = nonce()?;
@@ -93,7 +93,7 @@ fn upload_streamed(
     let bar = progress.bytes(format!("push {}", entry.name), estimate);
     let (packed, sent) = pack_while(entry, |frames| {
         let mut packed = 0u64;
-        http::request(
+        remote.request(
             "PUT",
             &staged,
             &[("Content-Type", "application/zstd")],
@@ -113,7 +113,7 @@ fn upload_streamed(
     let packed = match packed {
         Ok(packed) => packed,
         Err(e) => {
-            delete(&staged);
+            delete(remote, &staged);
             return Err(e);
         }
     };
@@ -133,20 +133,21 @@ fn upload_streamed(
     }
     let blob_url = remote.blob_url(blob);
     let destination = blob_url.to_string();
-    let mut moved = http::request(
-        "MOVE",
-        &staged,
-        &[("Destination", &destination), ("Overwrite", "T")],
-        Body::Empty,
-    )
-    .map_err(|e| unreachable(&staged, &e))?;
+    let mut moved = remote
+        .request(
+            "MOVE",
+            &staged,
+            &[("Destination", &destination), ("Overwrite", "T")],
+            Body::Empty,
+        )
+        .map_err(|e| unreachable(&staged, &e))?;
     match moved.status {
         200 | 201 | 204 => {
             bar.finish("uploaded");
             Ok(Some(packed))
         }
         400 | 405 | 501 => {
-            delete(&staged);
+            delete(remote, &staged);
             Ok(None)
         }
         _ => Err(unexpected("MOVE", &staged, &mut moved)),
@@ -188,21 +189,22 @@ fn upload_from_file(
     written.ctx(|| format!("writing {}", blob.0.display()))?;
     let size = packed?;
     let blob_url = remote.blob_url(name);
-    if !exists(&blob_url)? {
+    if !exists(remote, &blob_url)? {
         let mut file =
             std::fs::File::open(&blob.0).ctx(|| format!("opening {}", blob.0.display()))?;
         let bar = progress.bytes(format!("push {}", entry.name), size);
-        let mut response = http::request(
-            "PUT",
-            &blob_url,
-            &[("Content-Type", "application/zstd")],
-            Body::Stream {
-                reader: &mut file,
-                len: size,
-                sent: &mut |n| bar.set(n),
-            },
-        )
-        .map_err(|e| unreachable(&blob_url, &e))?;
+        let mut response = remote
+            .request(
+                "PUT",
+                &blob_url,
+                &[("Content-Type", "application/zstd")],
+                Body::Stream {
+                    reader: &mut file,
+                    len: size,
+                    sent: &mut |n| bar.set(n),
+                },
+            )
+            .map_err(|e| unreachable(&blob_url, &e))?;
         if !matches!(response.status, 200 | 201 | 204) {
             return Err(unexpected("PUT", &blob_url, &mut response));
         }
@@ -223,27 +225,28 @@ fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Push
     let staged = remote
         .url
         .join(&format!("v1/tmp/{key}.{}.{nonce}.sig", std::process::id()));
-    put_bytes(&staged, signed.as_bytes())?;
+    put_bytes(remote, &staged, signed.as_bytes())?;
     let destination = statement_url.to_string();
-    let mut response = http::request(
-        "MOVE",
-        &staged,
-        &[("Destination", &destination), ("Overwrite", "F")],
-        Body::Empty,
-    )
-    .map_err(|e| unreachable(&staged, &e))?;
+    let mut response = remote
+        .request(
+            "MOVE",
+            &staged,
+            &[("Destination", &destination), ("Overwrite", "F")],
+            Body::Empty,
+        )
+        .map_err(|e| unreachable(&staged, &e))?;
     match response.status {
         200 | 201 | 204 => Ok(Pushed::Uploaded),
         412 => {
-            delete(&staged);
+            delete(remote, &staged);
             Ok(Pushed::LostRace)
         }
         400 | 405 | 501 => {
-            delete(&staged);
-            if exists(&statement_url)? {
+            delete(remote, &staged);
+            if exists(remote, &statement_url)? {
                 return Ok(Pushed::LostRace);
             }
-            put_bytes(&statement_url, signed.as_bytes())?;
+            put_bytes(remote, &statement_url, signed.as_bytes())?;
             Ok(Pushed::Uploaded)
         }
         _ => Err(unexpected("MOVE", &staged, &mut response)),
@@ -251,9 +254,10 @@ fn publish(remote: &Remote, key: &str, signed: &str, nonce: &str) -> Result<Push
 }
 
 /// HEAD: true on 200, false on 404.
-pub(super) fn exists(url: &http::Url) -> Result<bool> {
-    let mut response =
-        http::request("HEAD", url, &[], Body::Empty).map_err(|e| unreachable(url, &e))?;
+pub(super) fn exists(remote: &Remote, url: &Url) -> Result<bool> {
+    let mut response = remote
+        .request("HEAD", url, &[], Body::Empty)
+        .map_err(|e| unreachable(url, &e))?;
     match response.status {
         200 => Ok(true),
         404 => Ok(false),
@@ -261,9 +265,10 @@ pub(super) fn exists(url: &http::Url) -> Result<bool> {
     }
 }
 
-fn put_bytes(url: &http::Url, bytes: &[u8]) -> Result<()> {
-    let mut response =
-        http::request("PUT", url, &[], Body::Bytes(bytes)).map_err(|e| unreachable(url, &e))?;
+fn put_bytes(remote: &Remote, url: &Url, bytes: &[u8]) -> Result<()> {
+    let mut response = remote
+        .request("PUT", url, &[], Body::Bytes(bytes))
+        .map_err(|e| unreachable(url, &e))?;
     match response.status {
         200 | 201 | 204 => Ok(()),
         _ => Err(unexpected("PUT", url, &mut response)),
@@ -271,8 +276,8 @@ fn put_bytes(url: &http::Url, bytes: &[u8]) -> Result<()> {
 }
 
 /// Best effort: a leftover temp statement is harmless (nobody reads v1/tmp/).
-fn delete(url: &http::Url) {
-    let _ = http::request("DELETE", url, &[], Body::Empty);
+fn delete(remote: &Remote, url: &Url) {
+    let _ = remote.request("DELETE", url, &[], Body::Empty);
 }
 
 struct TempFile(std::path::PathBuf);

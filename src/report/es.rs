@@ -9,12 +9,10 @@
 //!   `_status`) and the CI's metadata (`job_name`, `build_number`, `build_url`, `node_name`,
 //!   `git_commit`) when the CI set it.
 //!
-//! The client is a plain HTTP/1.1 POST over `std::net::TcpStream`: ElasticSearch in the lab
-//! listens on plain http, and one request per run does not justify an HTTP stack.
+//! The transport is the run's HTTP client (src/http/): http:// or https://, the CA file of
+//! the run, bounded answers.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,14 +21,11 @@ use crate::error::{Error, Result};
 use crate::harness::stats::Sample;
 use crate::harness::summary::RunSummary;
 use crate::harness::verdict::CheckKind;
+use crate::http::{self, Body, Url};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// ElasticSearch indexes a bulk request before it answers; thousands of samples take seconds.
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
-// Caps on an answer, against a peer that is not ElasticSearch. A bulk answer is about 150 bytes
-// per document.
-const MAX_LINE_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 200;
+/// A cap on the answer, against a peer that is not ElasticSearch. A bulk answer is about 150
+/// bytes per document. (ElasticSearch indexes a bulk request before it answers: thousands of
+/// samples take seconds, within the client's 120 s of silence.)
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// `(<env>_upgrade_test, <env>_upgrade_status_log)`. Environment names are lowercase letters,
@@ -223,8 +218,14 @@ pub struct BulkOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {
-    #[error("`{url}` is not an ElasticSearch URL envbuild can use: {reason}")]
-    Url { url: String, reason: &'static str },
+    #[error("ElasticSearch URL {0}")]
+    Url(#[from] http::UrlError),
+    #[error("{context}: {source}{}", source.fix().map_or(String::new(), |fix| format!("\n  fix: {fix}")))]
+    Http {
+        context: String,
+        #[source]
+        source: http::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -245,29 +246,33 @@ pub enum BulkError {
 
 /// POSTs `body` to `<url>/_bulk`. Fails unless ElasticSearch indexed every document: a 2xx
 /// answer with `"errors": true` is a failure too, naming the first rejected document's reason.
-pub fn post_bulk(url: &str, body: &str) -> std::result::Result<BulkOutcome, BulkError> {
-    let endpoint = Endpoint::parse(url)?;
-    let io = |context: String| move |source| BulkError::Io { context, source };
-    let mut stream = endpoint.connect()?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(io(format!("configuring the connection to {url}")))?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: envbuild/{}\r\nAccept: application/json\r\n\
-         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        endpoint.path,
-        endpoint.host_header,
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
-        .and_then(|()| stream.flush())
-        .map_err(io(format!("sending the bulk request to {url}")))?;
-    let (status, answer) =
-        read_response(stream).map_err(io(format!("reading ElasticSearch's answer from {url}")))?;
+pub fn post_bulk(
+    client: &http::Client,
+    url: &str,
+    body: &str,
+) -> std::result::Result<BulkOutcome, BulkError> {
+    let bulk = bulk_url(url)?;
+    let mut response = client
+        .request(
+            "POST",
+            &bulk,
+            &[
+                ("Accept", "application/json"),
+                ("Content-Type", "application/x-ndjson"),
+            ],
+            Body::Bytes(body.as_bytes()),
+        )
+        .map_err(|source| BulkError::Http {
+            context: format!("posting the bulk request to {bulk}"),
+            source,
+        })?;
+    let status = response.status;
+    let answer = response
+        .bytes(MAX_BODY_BYTES)
+        .map_err(|source| BulkError::Io {
+            context: format!("reading ElasticSearch's answer from {bulk}"),
+            source,
+        })?;
     let answer = String::from_utf8_lossy(&answer);
     if !(200..300).contains(&status) {
         return Err(BulkError::Status {
@@ -307,158 +312,20 @@ pub fn post_bulk(url: &str, body: &str) -> std::result::Result<BulkOutcome, Bulk
     })
 }
 
-/// Where `http://host[:port][/prefix]` sends a bulk request.
-#[derive(Debug, PartialEq, Eq)]
-struct Endpoint {
-    /// Host to connect to, without IPv6 brackets.
-    host: String,
-    port: u16,
-    host_header: String,
-    /// `<prefix>/_bulk`, plus the URL's query (`?refresh=true`, say).
-    path: String,
-}
-
-impl Endpoint {
-    fn parse(url: &str) -> std::result::Result<Endpoint, BulkError> {
-        let invalid = |reason| BulkError::Url {
-            url: url.to_string(),
-            reason,
-        };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| invalid("only http:// is supported"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains('@') {
-            return Err(invalid("credentials in the URL are not supported"));
-        }
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, after) = v6
-                    .split_once(']')
-                    .ok_or_else(|| invalid("unclosed `[` in the host"))?;
-                (host, after.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        if host.is_empty() {
-            return Err(invalid("no host"));
-        }
-        let port = match port {
-            None => 80,
-            Some(port) => port
-                .parse()
-                .map_err(|_| invalid("the port is not a number from 0 to 65535"))?,
-        };
-        let mut path = format!("{}/_bulk", prefix.trim_end_matches('/'));
-        if !query.is_empty() {
-            path = format!("{path}?{query}");
-        }
-        Ok(Endpoint {
-            host: host.to_string(),
-            port,
-            host_header: authority.to_string(),
-            path,
-        })
-    }
-
-    fn connect(&self) -> std::result::Result<TcpStream, BulkError> {
-        let context = || format!("connecting to {}", self.host_header);
-        let addrs = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|source| BulkError::Io {
-                context: context(),
-                source,
-            })?;
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last = e,
-            }
-        }
-        Err(BulkError::Io {
-            context: context(),
-            source: last,
-        })
-    }
-}
-
-/// Reads an HTTP/1.1 answer: status code and body (by Content-Length, chunked, or to the end).
-fn read_response(stream: TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut reader = BufReader::new(stream);
-    let status_line = read_line(&mut reader)?;
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.split(' ').nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid(format!("not an HTTP answer: {status_line:?}")))?;
-    let (mut length, mut chunked) = (None, false);
-    for _ in 0..MAX_HEADERS {
-        let line = read_line(&mut reader)?;
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                let bytes = value.parse::<usize>().ok().filter(|n| *n <= MAX_BODY_BYTES);
-                length = Some(bytes.ok_or_else(|| invalid(format!("Content-Length {value}")))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let size_line = read_line(&mut reader)?;
-            let size = size_line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16)
-                .ok()
-                .filter(|n| body.len() + n <= MAX_BODY_BYTES)
-                .ok_or_else(|| invalid(format!("chunk size {size_line:?}")))?;
-            if size == 0 {
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            read_line(&mut reader)?;
-        }
-    } else if let Some(length) = length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.take(MAX_BODY_BYTES as u64).read_to_end(&mut body)?;
-    }
-    Ok((status, body))
-}
-
-/// One line without its CRLF; at most `MAX_LINE_BYTES`, against a peer that is not HTTP.
-fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    let mut line = String::new();
-    reader
-        .by_ref()
-        .take(MAX_LINE_BYTES as u64)
-        .read_line(&mut line)?;
-    if line.len() == MAX_LINE_BYTES && !line.ends_with('\n') {
-        return Err(invalid("a line of more than 64 KiB".into()));
-    }
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
-
-fn invalid(what: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+/// `<url>/_bulk`, keeping the URL's query (`?refresh=true`, say).
+fn bulk_url(url: &str) -> std::result::Result<Url, BulkError> {
+    let url = Url::parse(url)?;
+    Ok(Url {
+        query: url.query.clone(),
+        ..url.join("_bulk")
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::harness::summary::fixture::run;
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
 
     /// The fixture run cut to two keystone samples, one phase and no checks.
@@ -642,7 +509,7 @@ mod tests {
             {"index":{"_index":"aio_upgrade_status_log","_id":"run-1-0","status":201}},
             {"index":{"_index":"aio_upgrade_status_log","_id":"run-1-1","status":200}}]}"#;
         let (url, server) = serve_once(answer("200 OK", ok));
-        let outcome = post_bulk(&url, &small_body()).unwrap();
+        let outcome = post_bulk(&http::Client::default(), &url, &small_body()).unwrap();
         assert_eq!(
             outcome,
             BulkOutcome {
@@ -666,7 +533,7 @@ mod tests {
             "500 Internal Server Error",
             r#"{"error":"boom","status":500}"#,
         ));
-        match post_bulk(&url, &small_body()) {
+        match post_bulk(&http::Client::default(), &url, &small_body()) {
             Err(BulkError::Status { status, body }) => {
                 assert_eq!(status, 500);
                 assert!(body.contains("boom"));
@@ -690,7 +557,7 @@ mod tests {
             tail.len()
         );
         let (url, server) = serve_once(chunked);
-        match post_bulk(&url, &small_body()) {
+        match post_bulk(&http::Client::default(), &url, &small_body()) {
             Err(error @ BulkError::Rejected { .. }) => assert_eq!(
                 error.to_string(),
                 "ElasticSearch rejected 1 of 3 documents; the first because: \
@@ -704,13 +571,16 @@ mod tests {
     #[test]
     fn a_peer_that_is_not_elasticsearch_is_an_error() {
         let (url, server) = serve_once("SSH-2.0-OpenSSH_9.2\r\n".into());
-        let error = post_bulk(&url, &small_body()).unwrap_err();
-        assert!(matches!(error, BulkError::Io { .. }), "{error}");
-        assert!(error.to_string().contains("not an HTTP answer"), "{error}");
+        let error = post_bulk(&http::Client::default(), &url, &small_body()).unwrap_err();
+        assert!(matches!(error, BulkError::Http { .. }), "{error}");
+        assert!(
+            error.to_string().contains("not an HTTP/1.x answer"),
+            "{error}"
+        );
         server.join().unwrap();
 
         let (url, server) = serve_once(answer("200 OK", "<html>proxy login</html>"));
-        let error = post_bulk(&url, &small_body()).unwrap_err();
+        let error = post_bulk(&http::Client::default(), &url, &small_body()).unwrap_err();
         assert!(matches!(error, BulkError::Answer(_)), "{error}");
         server.join().unwrap();
     }
@@ -722,41 +592,39 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let error = post_bulk(&format!("http://127.0.0.1:{port}"), "x\n").unwrap_err();
-        assert!(matches!(error, BulkError::Io { .. }), "{error}");
+        let url = format!("http://127.0.0.1:{port}");
+        let error = post_bulk(&http::Client::default(), &url, "x\n").unwrap_err();
+        assert!(matches!(error, BulkError::Http { .. }), "{error}");
+        assert!(
+            error.to_string().contains("connect to 127.0.0.1:"),
+            "{error}"
+        );
     }
 
     #[test]
-    fn parses_http_urls_only() {
-        let endpoint = |url| Endpoint::parse(url).map_err(|e| e.to_string());
+    fn the_bulk_endpoint_keeps_the_prefix_and_the_query() {
+        let bulk = |url| {
+            bulk_url(url)
+                .map(|u| u.to_string())
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(
-            endpoint("http://127.0.0.1:9200"),
-            Ok(Endpoint {
-                host: "127.0.0.1".into(),
-                port: 9200,
-                host_header: "127.0.0.1:9200".into(),
-                path: "/_bulk".into(),
-            })
+            bulk("http://127.0.0.1:9200"),
+            Ok("http://127.0.0.1:9200/_bulk".into())
         );
         assert_eq!(
-            endpoint("http://[::1]:9201/es/?refresh=true"),
-            Ok(Endpoint {
-                host: "::1".into(),
-                port: 9201,
-                host_header: "[::1]:9201".into(),
-                path: "/es/_bulk?refresh=true".into(),
-            })
+            bulk("https://[::1]:9201/es/?refresh=true"),
+            Ok("https://[::1]:9201/es/_bulk?refresh=true".into())
         );
-        assert_eq!(endpoint("http://localhost").unwrap().port, 80);
         for (url, reason) in [
-            ("https://es:9200", "only http:// is supported"),
-            ("es:9200", "only http:// is supported"),
+            ("es:9200", "does not start with http:// or https://"),
             ("http://:9200", "no host"),
-            ("http://es:92000", "the port is not a number"),
-            ("http://u:p@es:9200", "credentials in the URL"),
-            ("http://[::1:9200", "unclosed `[`"),
+            ("http://es:92000", "port"),
+            ("http://u:p@es:9200", "credentials"),
+            ("http://[::1:9200", "closing `]`"),
         ] {
-            let error = endpoint(url).unwrap_err();
+            let error = bulk(url).unwrap_err();
+            assert!(error.starts_with("ElasticSearch URL `"), "{url}: {error}");
             assert!(error.contains(reason), "{url}: {error}");
         }
     }

@@ -124,6 +124,8 @@ mod tests {
                 "latency_p99_ms",
                 "start_ms",
                 "end_ms",
+                "achieved_rate_hz",
+                "not_sent",
             ])
         );
         assert_eq!(

@@ -186,8 +186,14 @@ impl Loader<'_> {
                 );
             }
             self.check_placeholders(&r.url, &probe_scope)?;
-            if !r.url.get_ref().starts_with("http://") {
-                return self.err(r.url.span().start, "a probe URL starts with http://");
+            if !["http://", "https://"]
+                .iter()
+                .any(|s| r.url.get_ref().starts_with(s))
+            {
+                return self.err(
+                    r.url.span().start,
+                    "a probe URL starts with http:// or https://",
+                );
             }
             for value in r.headers.values() {
                 self.check_placeholders(value, &probe_scope)?;
@@ -235,6 +241,13 @@ impl Loader<'_> {
                 expect,
                 rate_hz,
                 timeout: self.duration(r.timeout.as_ref(), Duration::from_secs(5))?,
+                max_in_flight: match &r.max_in_flight {
+                    None => None,
+                    Some(n) if (1..=1000).contains(n.get_ref()) => Some(*n.get_ref() as usize),
+                    Some(n) => {
+                        return self.err(n.span().start, "max_in_flight is from 1 to 1000");
+                    }
+                },
                 machine: default_machine.name.clone(),
                 budget: self.budget(
                     r.max_failed_requests.as_ref(),

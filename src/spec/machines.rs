@@ -482,9 +482,14 @@ impl Loader<'_> {
                     }
                     (None, Some(url), None) => {
                         self.check_placeholders(url, scope)?;
-                        if !url.get_ref().starts_with("http://") {
-                            return self
-                                .err(url.span().start, "a readiness URL starts with http://");
+                        if !["http://", "https://"]
+                            .iter()
+                            .any(|s| url.get_ref().starts_with(s))
+                        {
+                            return self.err(
+                                url.span().start,
+                                "a readiness URL starts with http:// or https://",
+                            );
                         }
                         let status = match &r.status {
                             None => 200,

@@ -266,6 +266,8 @@ pub struct HttpProbe {
     pub expect: u16,
     pub rate_hz: f64,
     pub timeout: Duration,
+    /// `None`: the harness's default for the rate and timeout.
+    pub max_in_flight: Option<usize>,
     pub machine: String,
     /// Its own budget keys (the flow's fill in the others).
     pub budget: Budget,

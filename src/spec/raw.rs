@@ -96,6 +96,8 @@ pub struct RawProbe {
     pub max_failed_requests: Option<Spanned<i64>>,
     pub max_down_time: Option<Spanned<toml::Value>>,
     pub min_uptime_pct: Option<Spanned<toml::Value>>,
+    /// Requests waiting for an answer at once, at most.
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// The OpenStack cloud the environment runs, for `envbuild creds`.

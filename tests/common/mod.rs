@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod tls;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

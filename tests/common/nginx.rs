@@ -1,5 +1,6 @@
 //! An NGINX of a test's own on a loopback port (Debian's nginx, WebDAV PUT/DELETE/MOVE): the
-//! remote cache server of tests/remote_cache.rs and tests/libvirt.rs.
+//! remote cache server of tests/remote_cache.rs, tests/libvirt.rs and, over TLS with a
+//! certificate from a CA the test made, tests/https.rs.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,11 +10,28 @@ pub struct Nginx {
     pub dir: tempfile::TempDir,
     child: Child,
     pub port: u16,
+    scheme: &'static str,
+}
+
+/// The certificate and key an https NGINX serves.
+pub struct ServerCert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 impl Nginx {
     /// Serves `root` (created if missing); `extra` goes into the location block.
     pub fn start(root: &Path, extra: &str) -> Nginx {
+        Nginx::start_with(root, extra, "", None)
+    }
+
+    /// Serves `root` over https with `cert`; `server` goes into the server block (more
+    /// locations), `extra` into the root location.
+    pub fn start_tls(root: &Path, extra: &str, server: &str, cert: ServerCert<'_>) -> Nginx {
+        Nginx::start_with(root, extra, server, Some(cert))
+    }
+
+    fn start_with(root: &Path, extra: &str, server: &str, tls: Option<ServerCert<'_>>) -> Nginx {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -28,6 +46,17 @@ impl Nginx {
             .unwrap()
             .port();
         let d = dir.path().display();
+        let (ssl, certificate) = match &tls {
+            Some(cert) => (
+                " ssl",
+                format!(
+                    "ssl_certificate {};\n        ssl_certificate_key {};",
+                    cert.cert.display(),
+                    cert.key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         let config = format!(
             r#"daemon off;
 master_process off;
@@ -44,9 +73,11 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certificate}
         root {root};
         client_max_body_size 0;
+        {server}
         location / {{
             dav_methods PUT DELETE MOVE;
             create_full_put_path on;
@@ -70,7 +101,12 @@ http {{
             .expect("starting nginx");
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx { dir, child, port };
+                return Nginx {
+                    dir,
+                    child,
+                    port,
+                    scheme: if tls.is_some() { "https" } else { "http" },
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
@@ -83,7 +119,7 @@ http {{
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cache", self.port)
+        format!("{}://127.0.0.1:{}/cache", self.scheme, self.port)
     }
 }
 
