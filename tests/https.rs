@@ -184,9 +184,9 @@ fn a_certificate_from_an_unknown_ca_is_refused_with_the_url_and_the_fix() {
         args.extend_from_slice(extra);
         run(&project, "a", &args, &[])
     };
-    // The host's roots alone, then a CA file that holds the wrong CA.
-    // The host's roots alone, then a CA file that holds the wrong CA: a failure to reach the remote
-    // (exit 1), not bad input.
+    // The host's roots alone, then a CA file that holds the wrong CA: a failure to reach the
+    // remote (exit 1), not bad input.
+    for (extra, names_file) in [
         (vec![], false),
         (vec!["--ca-file", other.cert.to_str().unwrap()], true),
     ] {
