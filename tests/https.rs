@@ -297,7 +297,7 @@ fn probes_and_elasticsearch_speak_https_with_the_run_s_ca() {
     let probe = &summary["probes"][0];
     assert_eq!(probe["failed"], 0, "{probe}");
     assert!(probe["successful"].as_u64().unwrap() >= 5, "{probe}");
-    let log = std::fs::read_to_string(server.dir.path().join("access.log")).unwrap();
+    let log = server.access_log_with("\"POST /es/_bulk HTTP/1.1\" 200");
     assert!(
         log.contains("\"GET /site/index.html HTTP/1.1\" 200"),
         "{log}"

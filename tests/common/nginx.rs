@@ -20,6 +20,21 @@ pub struct ServerCert<'a> {
 }
 
 impl Nginx {
+    /// The access log once it holds a line containing `needle` (NGINX logs a request after it
+    /// has answered it, so a client can be done before its line is written), or as it is after
+    /// 10 s.
+    pub fn access_log_with(&self, needle: &str) -> String {
+        let path = self.dir.path().join("access.log");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Serves `root` (created if missing); `extra` goes into the location block.
     pub fn start(root: &Path, extra: &str) -> Nginx {
         Nginx::start_with(root, extra, "", None)
