@@ -34,7 +34,18 @@ USERS = ["glance", "placement", "nova", "neutron", "swift"]
 def main():
     keystone.conf.configure()
     CONF(args=[], project="keystone", default_config_files=[sys.argv[1]])
+    domain = CONF.identity.default_domain_id
     b = bootstrap.Bootstrapper()
+    # The admin project gets a fixed id (the var admin_project_id): the spec's swift probes
+    # address its account (AUTH_<id>) before any token exists. Bootstrap then finds it by name.
+    b._bootstrap_default_domain()
+    admin_id = os.environ["ADMIN_PROJECT_ID"]
+    try:
+        PROVIDERS.resource_api.get_project(admin_id)
+    except exception.ProjectNotFound:
+        PROVIDERS.resource_api.create_project(admin_id, {
+            "id": admin_id, "name": "admin", "domain_id": domain, "description": "Bootstrap project",
+            "enabled": True, "parent_id": domain, "is_domain": False})
     b.admin_username, b.admin_password = "admin", PASSWORD
     b.project_name, b.admin_role_name = "admin", "admin"
     b.region_id, b.service_name = "RegionOne", "keystone"
@@ -42,7 +53,6 @@ def main():
     b.immutable_roles = True          # as keystone-manage bootstrap does by default
     b.bootstrap()
 
-    domain = CONF.identity.default_domain_id
     try:
         project = PROVIDERS.resource_api.get_project_by_name("service", domain)
     except exception.ProjectNotFound:
