@@ -14,7 +14,8 @@ case $project in
     keystone) app=keystone.wsgi.api; export OS_KEYSTONE_CONFIG_DIR="$conf/keystone" ;;
     glance) app=glance.wsgi.api; export OS_GLANCE_CONFIG_DIR="$conf/glance" ;;
     placement) app=placement.wsgi.api; export OS_PLACEMENT_CONFIG_DIR="$conf/placement" ;;
-    nova) app=nova.wsgi.osapi_compute; export OS_NOVA_CONFIG_DIR="$conf/nova" OS_NOVA_CONFIG_FILES=nova.conf ;;
+    # nova reads api-paste.ini and nova.conf from the folder (its default file list).
+    nova) app=nova.wsgi.osapi_compute; export OS_NOVA_CONFIG_DIR="$conf/nova" ;;
     neutron) app=neutron.wsgi.api; export OS_NEUTRON_CONFIG_DIR="$conf/neutron" ;;
     *) echo "api.sh: unknown project $project" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ cd "${ENVBUILD_ROOT:?}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export AIO_RUN="$tmp" AIO_CONF="$tmp/etc/venv" AIO_STAGE=1 AIO_STAGE_DB_PASSWORD=none
-python3 "$here/render.py" openstack venv
+python3 "$here/render.py" openstack venv keystone
 mkdir -p etc/keystone
 set -- --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
 sh "$here/os.sh" keystone-manage fernet_setup "$@"

@@ -2,8 +2,10 @@
 """Renders the aio environment's configuration files from ../templates (placeholders @NAME@).
 
 Usage (cwd or ENVBUILD_ROOT = the machine root; stdlib only):
-  render.py openstack VENV   $AIO_RUN/etc/VENV/{keystone,glance,placement,nova,neutron}/: the
-                             service configs plus the paste files of that venv's release
+  render.py openstack VENV [PROJECT...]
+                             $AIO_RUN/etc/VENV/{keystone,glance,placement,nova,neutron}/: the
+                             service configs plus the paste files of that venv's release (only
+                             the PROJECTs named, if any: a stage takes only their templates)
   render.py swift            $AIO_RUN/swift/: swift.conf, proxy-server-{1,2}.conf,
                              {account,container,object}-server-{1,2,3}.conf
   render.py haproxy          $AIO_RUN/haproxy.cfg
@@ -124,21 +126,27 @@ def render(template, dest, vals):
         f.write("".join(out))
 
 
-def openstack(venv):
+def openstack(venv, projects):
     conf = os.path.join(RUN, "etc", venv)
     vals = values(CONF=conf)
     etc = os.path.join(ROOT, venv, "etc")
-    render("keystone.conf", f"{conf}/keystone/keystone.conf", vals)
-    render("glance-api.conf", f"{conf}/glance/glance-api.conf", vals)
-    shutil.copy(f"{etc}/glance/glance-api-paste.ini", f"{conf}/glance/glance-api-paste.ini")
-    render("placement.conf", f"{conf}/placement/placement.conf", vals)
-    render("nova.conf", f"{conf}/nova/nova.conf", vals)
-    shutil.copy(f"{etc}/nova/api-paste.ini", f"{conf}/nova/api-paste.ini")
-    for host in ("compute1", "compute2"):
-        render("nova-compute.conf", f"{conf}/nova/{host}.conf", values(HOST=host))
-    render("neutron.conf", f"{conf}/neutron/neutron.conf", vals)
-    render("ml2_conf.ini", f"{conf}/neutron/plugins/ml2/ml2_conf.ini", vals)
-    shutil.copy(f"{etc}/neutron/api-paste.ini", f"{conf}/neutron/api-paste.ini")
+    projects = projects or ["keystone", "glance", "placement", "nova", "neutron"]
+    if "keystone" in projects:
+        render("keystone.conf", f"{conf}/keystone/keystone.conf", vals)
+    if "glance" in projects:
+        render("glance-api.conf", f"{conf}/glance/glance-api.conf", vals)
+        shutil.copy(f"{etc}/glance/glance-api-paste.ini", f"{conf}/glance/glance-api-paste.ini")
+    if "placement" in projects:
+        render("placement.conf", f"{conf}/placement/placement.conf", vals)
+    if "nova" in projects:
+        render("nova.conf", f"{conf}/nova/nova.conf", vals)
+        shutil.copy(f"{etc}/nova/api-paste.ini", f"{conf}/nova/api-paste.ini")
+        for host in ("compute1", "compute2"):
+            render("nova-compute.conf", f"{conf}/nova/{host}.conf", values(HOST=host))
+    if "neutron" in projects:
+        render("neutron.conf", f"{conf}/neutron/neutron.conf", vals)
+        render("ml2_conf.ini", f"{conf}/neutron/plugins/ml2/ml2_conf.ini", vals)
+        shutil.copy(f"{etc}/neutron/api-paste.ini", f"{conf}/neutron/api-paste.ini")
     for d in ("glance", "nova", "neutron"):
         os.makedirs(os.path.join(RUN, "lock", d), exist_ok=True)
 
@@ -168,14 +176,14 @@ def haproxy():
 
 def main():
     args = sys.argv[1:]
-    if args[:1] == ["openstack"] and len(args) == 2:
-        openstack(args[1])
+    if args[:1] == ["openstack"] and len(args) >= 2:
+        openstack(args[1], args[2:])
     elif args == ["swift"]:
         swift()
     elif args == ["haproxy"]:
         haproxy()
     else:
-        sys.exit("usage: render.py openstack VENV | swift | haproxy")
+        sys.exit("usage: render.py openstack VENV [PROJECT...] | swift | haproxy")
 
 
 if __name__ == "__main__":
