@@ -2,7 +2,8 @@
 # Service: one API process (gunicorn, foreground) of PROJECT on 127.0.0.1:PORT, behind HAProxy.
 # Usage: sh api.sh keystone|glance|placement|nova|neutron PORT   (cwd = machine root)
 # AIO_VENV picks the release (venv = N, venv-next = N+1); its configs are in
-# $ENVBUILD_RUN/etc/$AIO_VENV/PROJECT (prestart.sh). SIGTERM: graceful (--graceful-timeout).
+# $ENVBUILD_RUN/etc/$AIO_VENV/PROJECT (prestart.sh). SIGTERM: graceful, 5 s at most (the flows
+# drain a server in HAProxy before they restart it, so nothing is in flight by then).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "${ENVBUILD_ROOT:?}"
@@ -30,5 +31,5 @@ fi
 # small memory budget, and a slow request (a server create waits on placement, glance and
 # neutron) does not block the others.
 exec "$venv/bin/python" -m gunicorn "$@" --bind "127.0.0.1:$port" --worker-class gthread \
-    --workers 1 --threads 4 --timeout 120 --graceful-timeout 10 --name "$project-$port" \
+    --workers 1 --threads 4 --timeout 120 --graceful-timeout 5 --name "$project-$port" \
     --pythonpath "$here" aio_wsgi:application

@@ -44,7 +44,7 @@ export AIO_STAGE=1 AIO_STAGE_PASSWORD AIO_STAGE_DB_PASSWORD="$AIO_STAGE_PASSWORD
 
 # The configs of this stage: same templates as at runtime, databases through the socket.
 export AIO_RUN="$tmp/run" AIO_CONF="$tmp/run/etc/venv"
-python3 "$here/render.py" openstack venv
+python3 "$here/render.py" openstack venv keystone glance placement nova neutron
 os=$here/os.sh
 py() { PYTHONDONTWRITEBYTECODE=1 venv/bin/python "$@"; }
 

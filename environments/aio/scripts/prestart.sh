@@ -16,6 +16,7 @@ umask 077
 for venv in venv venv-next; do
     [ ! -d "$venv" ] || python3 "$here/render.py" openstack "$venv"
 done
+mkdir -p var/nova/compute1 var/nova/compute2 var/glance
 python3 "$here/render.py" swift
 python3 "$here/render.py" haproxy
 /usr/sbin/haproxy -c -q -f "$run/haproxy.cfg"

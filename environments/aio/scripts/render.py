@@ -3,7 +3,8 @@
 
 Usage (cwd or ENVBUILD_ROOT = the machine root; stdlib only):
   render.py openstack VENV [PROJECT...]
-                             $AIO_RUN/etc/VENV/{keystone,glance,placement,nova,neutron}/: the
+                             $AIO_RUN/etc/VENV/{keystone,glance,placement,nova,neutron}/ (and
+                             nova/computeN.conf for PROJECT nova-compute): the
                              service configs plus the paste files of that venv's release (only
                              the PROJECTs named, if any: a stage takes only their templates)
   render.py swift            $AIO_RUN/swift/: swift.conf, proxy-server-{1,2}.conf,
@@ -130,7 +131,7 @@ def openstack(venv, projects):
     conf = os.path.join(RUN, "etc", venv)
     vals = values(CONF=conf)
     etc = os.path.join(ROOT, venv, "etc")
-    projects = projects or ["keystone", "glance", "placement", "nova", "neutron"]
+    projects = projects or ["keystone", "glance", "placement", "nova", "nova-compute", "neutron"]
     if "keystone" in projects:
         render("keystone.conf", f"{conf}/keystone/keystone.conf", vals)
     if "glance" in projects:
@@ -141,6 +142,7 @@ def openstack(venv, projects):
     if "nova" in projects:
         render("nova.conf", f"{conf}/nova/nova.conf", vals)
         shutil.copy(f"{etc}/nova/api-paste.ini", f"{conf}/nova/api-paste.ini")
+    if "nova-compute" in projects:
         for host in ("compute1", "compute2"):
             render("nova-compute.conf", f"{conf}/nova/{host}.conf", values(HOST=host))
     if "neutron" in projects:
