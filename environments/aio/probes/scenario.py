@@ -1,4 +1,4 @@
-"""Shared part of the scenario probes (server.py, object.py, token.py): the JSON-lines contract.
+"""Shared part of the scenario probes (server.py, object.py, keystone_token.py): the JSON-lines contract.
 
 A scenario probe does ONE iteration per run and prints ONE line on stdout:
   {"ok": true|false, "detail": "...", "phases": {"NAME_s": seconds, ...}}

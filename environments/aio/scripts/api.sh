@@ -16,7 +16,8 @@ case $project in
     glance) app=glance.wsgi.api; export OS_GLANCE_CONFIG_DIR="$conf/glance" ;;
     placement) app=placement.wsgi.api; export OS_PLACEMENT_CONFIG_DIR="$conf/placement" ;;
     # nova reads api-paste.ini and nova.conf from the folder (its default file list).
-    nova) app=nova.wsgi.osapi_compute; export OS_NOVA_CONFIG_DIR="$conf/nova" ;;
+    # Native threads, not eventlet: a monkey-patched worker under gthread hangs (WORKER TIMEOUT).
+    nova) app=nova.wsgi.osapi_compute; export OS_NOVA_CONFIG_DIR="$conf/nova" OS_NOVA_DISABLE_EVENTLET_PATCHING=true ;;
     neutron) app=neutron.wsgi.api; export OS_NEUTRON_CONFIG_DIR="$conf/neutron" ;;
     *) echo "api.sh: unknown project $project" >&2; exit 2 ;;
 esac
