@@ -3,7 +3,7 @@ with keystone's own code (the database stage; run with the venv's python, cwd = 
 
 Bootstraps admin (project admin, roles, RegionOne, keystone's endpoints) as `keystone-manage
 bootstrap` does, then a `service` project, one service user per project (admin and service
-roles on it), the services and their public + internal endpoints. Every password here is a
+roles on it), swift's ResellerAdmin role, the services and their public + internal endpoints. Every password here is a
 throwaway (AIO_STAGE_PASSWORD): prestart.sh sets the real ones, and the real endpoint ports,
 at every `up` (a stage's output is cached and shared, so it holds no secret). URLs name port
 1 until then. Idempotent: existing objects are kept.
@@ -72,6 +72,10 @@ def main():
                 PROVIDERS.assignment_api.create_grant(role, user_id=user["id"], project_id=project["id"])
             except exception.Conflict:
                 pass
+    # swift's reseller admin (keystoneauth reseller_admin_role; Tempest's account quota tests).
+    if not [r for r in PROVIDERS.role_api.list_roles() if r["name"] == "ResellerAdmin"]:
+        rid = uuid.uuid4().hex
+        PROVIDERS.role_api.create_role(rid, {"id": rid, "name": "ResellerAdmin", "domain_id": None})
     have = {s["type"] for s in PROVIDERS.catalog_api.list_services()}
     for kind, name, path in SERVICES:
         if kind in have:
