@@ -309,3 +309,104 @@ fn ls_lists_entries_with_their_stage() {
     assert_eq!(stages.len(), 2);
     assert!(stages.contains(&"base") && stages.contains(&"more"));
 }
+
+/// A background build that a failed assertion must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `path` to exist (a step's handshake); panics after a minute.
+fn wait_for(path: &std::path::Path, build: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        if let Some(status) = build.try_wait().unwrap() {
+            panic!("the build ended ({status}) before {}", path.display());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn gc_beside_a_running_build_removes_nothing_it_holds_needs_or_made_since() {
+    let project = Project::new();
+    let (reached, go) = (project.path().join("reached"), project.path().join("go"));
+    project.write(
+        "slow.toml",
+        &format!(
+            r#"
+[vars]
+flavour = "default"
+
+[machines.box]
+[[machines.box.stages]]
+name = "first"
+vars = ["flavour"]
+steps = ["echo $ENVBUILD_VAR_FLAVOUR > first.txt"]
+
+[[machines.box.stages]]
+name = "second"
+steps = ["cp first.txt second.txt"]
+
+[[machines.box.stages]]
+name = "third"
+steps = ["touch {reached}", "while [ ! -e {go} ]; do sleep 0.05; done", "cat second.txt > third.txt"]
+"#,
+            reached = reached.display(),
+            go = go.display()
+        ),
+    );
+    small_env(&project);
+    // A flavour no spec references: without a lease, gc would take these entries at once.
+    let mut build = KillOnDrop(
+        project
+            .process()
+            .args(["build", "slow", "--var", "flavour=custom", "-q"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&reached, &mut build.0);
+    // Made by another build while this one runs, referenced by nothing either.
+    project.ok(&["build", "small"]);
+    // ...and no longer referenced once its spec changes.
+    project.write(
+        "small.toml",
+        "[machines.box]\n[[machines.box.stages]]\nname = \"other\"\nsteps = [\"true\"]\n",
+    );
+    for _ in 0..5 {
+        let out = project.ok(&["cache", "gc", "--keep-recent", "0"]);
+        let entries = project.entries();
+        for stage in [
+            "-slow-box-first",
+            "-slow-box-second",
+            "-small-box-base",
+            "-small-box-more",
+        ] {
+            assert!(
+                entries.iter().any(|e| e.ends_with(stage)),
+                "gc removed the `{stage}` entry beside a running build:\n{out}"
+            );
+        }
+    }
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        build.0.wait().unwrap().success(),
+        "the build failed beside gc"
+    );
+    assert_eq!(
+        project.build_actions("slow", &["--var", "flavour=custom"]),
+        ["first:cached", "second:cached", "third:current"]
+    );
+    // Once no build runs, gc takes what nothing references.
+    project.ok(&["cache", "gc", "--keep-recent", "0"]);
+    assert_eq!(project.entries(), Vec::<String>::new());
+}
