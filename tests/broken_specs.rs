@@ -93,7 +93,7 @@ const CASES: &[Case] = &[
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.
     Case { name: "var-override-undeclared", args: &["--var", "nope=1"], location: None, phrases: &["--var nope", "declares no var `nope`", "declared vars: release, version"] },
-    Case { name: "var-override-twice", args: &["--var", "version=1.1", "--var", "version=1.2"], location: None, phrases: &["--var version is given twice", "version=1.1", "version=1.2", "give it once"] },
+    Case { name: "var-override-twice", args: &["--var", "version=1.1", "--var", "version=1.2"], location: None, phrases: &["--var version is given twice", "version=1.1", "version=1.2", "give --var version=... once"] },
 ];
 
 fn fixtures() -> PathBuf {
