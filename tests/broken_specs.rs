@@ -27,6 +27,7 @@ struct Case {
 #[rustfmt::skip]
 const CASES: &[Case] = &[
     // TOML and shape (serde) errors. The syntax error column is the TOML parser's choice, so line only.
+    Case { name: "spec-not-utf8", args: &[], location: Some(":1:19"), phrases: &["is not UTF-8", "byte offset 18", "save the file as UTF-8"] },
     Case { name: "toml-syntax", args: &[], location: Some(":5"), phrases: &["expected `\"`"] },
     Case { name: "unknown-top-level-key", args: &[], location: Some(":2:1"), phrases: &["unknown field `colour`", "expected one of `description`, `vars`, `secrets`, `machines`, `cloud`"] },
     Case { name: "stage-unknown-key", args: &[], location: Some(":6:1"), phrases: &["unknown field `stpes`", "expected one of `name`, `description`, `after`, `inputs`, `templates`, `sources`, `vars`, `env`, `steps`, `timeout`"] },
@@ -35,9 +36,12 @@ const CASES: &[Case] = &[
     // Names and uniqueness.
     Case { name: "duplicate-stage", args: &[], location: Some(":10:8"), phrases: &["two stages named `install`", "stage names must be unique"] },
     Case { name: "duplicate-service", args: &[], location: Some(":10:8"), phrases: &["has two services named `web`"] },
+    Case { name: "name-too-long", args: &[], location: Some(":6:8"), phrases: &["is not a valid stage name", "at most 60 characters"] },
+    Case { name: "var-names-collide", args: &[], location: Some(":5:1"), phrases: &["vars `db-host` and `db_host` would both be $ENVBUILD_VAR_DB_HOST", "rename one"] },
     Case { name: "machine-invalid-name", args: &[], location: Some(":3:11"), phrases: &["`WebServer` is not a valid machine name", "use lowercase letters, digits, `-` and `_`, starting with a letter"] },
     // Machine settings.
-    Case { name: "unknown-backend", args: &[], location: Some(":4:11"), phrases: &["unknown backend `docker`", "allowed: local, libvirt, vagrant"] },
+    Case { name: "unknown-backend", args: &[], location: Some(":4:11"), phrases: &["unknown backend `docker`", "allowed: local, libvirt"] },
+    Case { name: "backend-vagrant", args: &[], location: Some(":4:11"), phrases: &["the vagrant backend is not implemented yet", "allowed: local, libvirt"] },
     Case { name: "image-without-sha256", args: &[], location: Some(":5:18"), phrases: &["add sha256 = \"<64 hex digits>\""] },
     Case { name: "image-not-http", args: &[], location: Some(":5:18"), phrases: &["an image URL starts with http:// or https://"] },
     Case { name: "bad-port", args: &[], location: Some(":4:17"), phrases: &["a number from 1 to 65535"] },
@@ -54,6 +58,10 @@ const CASES: &[Case] = &[
     // Inputs and pins.
     Case { name: "input-missing", args: &[], location: Some(":7:11"), phrases: &["input `scripts/install.sh` does not exist: expected"] },
     Case { name: "input-dotdot", args: &[], location: Some(":7:11"), phrases: &["must be a relative path inside", "without `..`"] },
+    Case { name: "input-symlink-outside", args: &[], location: Some(":7:11"), phrases: &["input `hostname` leads out of", "`hostname` is a link to /etc/hostname"] },
+    Case { name: "input-through-symlinked-folder", args: &[], location: Some(":7:21"), phrases: &["input `etcdir/hostname` leads out of", "`etcdir` is a link to /etc"] },
+    Case { name: "input-folder-link-outside", args: &[], location: Some(":8:3"), phrases: &["`scripts/sub/leak` is a link to ../../../../../../../../../../../../etc/hostname, which leads out of input `scripts`", "a relative link"] },
+    Case { name: "template-symlink-outside", args: &[], location: Some(":10:14"), phrases: &["template `app.conf` leads out of", "`app.conf` is a link to /etc/hostname"] },
     Case { name: "input-absolute", args: &[], location: Some(":7:11"), phrases: &["input `/etc/hostname` must be a relative path inside"] },
     Case { name: "source-bad-sha256", args: &[], location: Some(":8:81"), phrases: &["expected 64 hexadecimal digits, got 16 characters"] },
     // Placeholders in the spec.
@@ -66,6 +74,7 @@ const CASES: &[Case] = &[
     Case { name: "secret-in-step", args: &[], location: Some(":10:16"), phrases: &["secrets are never rendered", "read $ENVBUILD_SECRET_ADMIN instead"] },
     Case { name: "secret-in-service", args: &[], location: Some(":10:29"), phrases: &["secrets are never rendered", "read $ENVBUILD_SECRET_ADMIN instead"] },
     Case { name: "stage-unknown-var", args: &[], location: Some(":10:20"), phrases: &["stage uses var `nope` but [vars] does not declare it"] },
+    Case { name: "stage-empty-step", args: &[], location: Some(":7:18"), phrases: &["step 2 of stage `install` is empty"] },
     Case { name: "stage-no-steps", args: &[], location: Some(":6:8"), phrases: &["stage `install` has no steps", "add steps = [\"...\"]"] },
     // Placeholders in template files: the location is inside the template file.
     Case { name: "template-undeclared-var", args: &[], location: Some("template-undeclared-var/app.conf.tmpl:3:11"), phrases: &["`{{ workers }}` is not a declared var", "allowed: port"] },
@@ -84,6 +93,7 @@ const CASES: &[Case] = &[
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.
     Case { name: "var-override-undeclared", args: &["--var", "nope=1"], location: None, phrases: &["--var nope", "declares no var `nope`", "declared vars: release, version"] },
+    Case { name: "var-override-twice", args: &["--var", "version=1.1", "--var", "version=1.2"], location: None, phrases: &["--var version is given twice", "version=1.1", "version=1.2", "give --var version=... once"] },
 ];
 
 fn fixtures() -> PathBuf {

@@ -309,3 +309,129 @@ fn ls_lists_entries_with_their_stage() {
     assert_eq!(stages.len(), 2);
     assert!(stages.contains(&"base") && stages.contains(&"more"));
 }
+
+/// A background build that a failed assertion must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `path` to exist (a step's handshake); panics after a minute.
+fn wait_for(path: &std::path::Path, build: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        if let Some(status) = build.try_wait().unwrap() {
+            panic!("the build ended ({status}) before {}", path.display());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn gc_beside_a_running_build_removes_nothing_it_holds_needs_or_made_since() {
+    let project = Project::new();
+    let (reached, go) = (project.path().join("reached"), project.path().join("go"));
+    let (reached_last, go_last) = (
+        project.path().join("reached-last"),
+        project.path().join("go-last"),
+    );
+    project.write(
+        "slow.toml",
+        &format!(
+            r#"
+[vars]
+flavour = "default"
+
+[machines.box]
+[[machines.box.stages]]
+name = "first"
+vars = ["flavour"]
+steps = ["echo $ENVBUILD_VAR_FLAVOUR > first.txt"]
+
+[[machines.box.stages]]
+name = "second"
+steps = ["cp first.txt second.txt"]
+
+[[machines.box.stages]]
+name = "third"
+steps = ["touch {reached}", "while [ ! -e {go} ]; do sleep 0.05; done", "cat second.txt > third.txt"]
+
+[[machines.box.stages]]
+name = "last"
+steps = ["touch {reached_last}", "while [ ! -e {go_last} ]; do sleep 0.05; done"]
+"#,
+            reached = reached.display(),
+            go = go.display(),
+            reached_last = reached_last.display(),
+            go_last = go_last.display()
+        ),
+    );
+    small_env(&project);
+    // A flavour no spec references: without a lease, gc would take these entries at once.
+    let mut build = KillOnDrop(
+        project
+            .process()
+            .args(["build", "slow", "--var", "flavour=custom", "-q"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&reached, &mut build.0);
+    // Made by another build while this one runs, referenced by nothing either.
+    project.ok(&["build", "small"]);
+    // ...and no longer referenced once its spec changes.
+    project.write(
+        "small.toml",
+        "[machines.box]\n[[machines.box.stages]]\nname = \"other\"\nsteps = [\"true\"]\n",
+    );
+    for _ in 0..5 {
+        let out = project.ok(&["cache", "gc", "--keep-recent", "0"]);
+        let entries = project.entries();
+        for stage in [
+            "-slow-box-first",
+            "-slow-box-second",
+            "-small-box-base",
+            "-small-box-more",
+        ] {
+            assert!(
+                entries.iter().any(|e| e.ends_with(stage)),
+                "gc removed the `{stage}` entry beside a running build:\n{out}"
+            );
+        }
+    }
+    // And gc in a loop while the build commits that stage, until it waits in the next one.
+    std::fs::write(&go, "").unwrap();
+    let mut rounds = 0;
+    while !reached_last.exists() {
+        assert!(
+            build.0.try_wait().unwrap().is_none(),
+            "the build ended early"
+        );
+        project.ok(&["cache", "gc", "--keep-recent", "0"]);
+        rounds += 1;
+    }
+    project.ok(&["cache", "gc", "--keep-recent", "0"]);
+    assert!(
+        project
+            .entries()
+            .iter()
+            .any(|e| e.ends_with("-slow-box-third")),
+        "gc removed the stage the build had just committed ({rounds} rounds)"
+    );
+    std::fs::write(&go_last, "").unwrap();
+    assert!(
+        build.0.wait().unwrap().success(),
+        "the build failed beside gc"
+    );
+    // Once no build runs, gc takes what nothing references.
+    project.ok(&["cache", "gc", "--keep-recent", "0"]);
+    assert_eq!(project.entries(), Vec::<String>::new());
+}

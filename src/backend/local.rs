@@ -18,7 +18,7 @@ use crate::process::{self, StepEnd};
 use crate::settings::Settings;
 use crate::spec::model::{Machine, Probe, ReadyCheck, Service};
 use crate::spec::template::RuntimeValues;
-use crate::spec::{secret_env_name, var_env_name};
+use crate::spec::{port_env_name, secret_env_name, var_env_name};
 use crate::state::{RunningService, RunningServices};
 use crate::store::{self, Entry, Pending, TreeEntry, remove_tree};
 
@@ -318,10 +318,7 @@ pub fn runtime_env(
     );
     env.insert("ENVBUILD_MACHINE".into(), m.machine.name.clone());
     for (name, port) in ports {
-        env.insert(
-            format!("ENVBUILD_PORT_{}", name.to_uppercase().replace('-', "_")),
-            port.to_string(),
-        );
+        env.insert(port_env_name(name), port.to_string());
     }
     for (name, value) in &runtime.vars {
         env.insert(var_env_name(name), value.clone());

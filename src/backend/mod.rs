@@ -1,6 +1,6 @@
 //! Where machines live. One trait, one module per backend: local (host folders and processes)
-//! and libvirt (VMs with a qcow2 overlay per stage). Vagrant machines are accepted by the spec
-//! and refused at build time with a clear message.
+//! and libvirt (VMs with a qcow2 overlay per stage). Vagrant machines are refused by the spec
+//! loader, at the `backend` key, until the vagrant backend exists.
 //!
 //! A backend is a value built once per run from the [`Settings`], and every method is told which
 //! machine it is about ([`MachineContext`]: the environment's name, the validated machine, its

@@ -176,9 +176,10 @@ pub fn run(global: &Global, command: CacheCommand) -> Result<i32> {
                 "removed"
             };
             eprintln!(
-                "{verb} {} entries; kept {} referenced, {} recent (of up to {}) and {} that kept entries need",
+                "{verb} {} entries; kept {} referenced, {} held by running commands, {} recent (of up to {}) and {} that kept entries need",
                 plan.remove.len(),
                 plan.referenced,
+                plan.held,
                 plan.recent,
                 args.keep_recent,
                 plan.needed

@@ -300,7 +300,7 @@ fn build_stage(
         INPUTS_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let _inputs_guard = RemoveOnDrop(inputs.clone());
-    prepare_inputs(ws, env, stage, &inputs)?;
+    prepare_inputs(ws, stage, &inputs)?;
 
     let mut step_env = BTreeMap::from([
         ("ENVBUILD_ENV".to_string(), env.name.clone()),

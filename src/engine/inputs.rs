@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::Workspace;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{self};
-use crate::spec::model::{Environment, Stage};
+use crate::spec::model::Stage;
 use crate::store::{self, remove_tree};
 
 pub(super) struct RemoveOnDrop(pub(super) PathBuf);
@@ -17,22 +17,19 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Copies the stage's inputs, renders its templates and fetches its sources into `dir`.
-pub(super) fn prepare_inputs(
-    ws: &Workspace,
-    env: &Environment,
-    stage: &Stage,
-    dir: &Path,
-) -> Result<()> {
+pub(super) fn prepare_inputs(ws: &Workspace, stage: &Stage, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     for input in &stage.inputs {
-        let from = env.dir.join(input);
-        let to = dir.join(input);
+        // The spec resolved every link on the way and checked that the input stays inside the
+        // environment's folder; links inside an input folder are copied as links.
+        let from = &input.source;
+        let to = dir.join(&input.name);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
         }
         if from.is_dir() {
             std::fs::create_dir_all(&to).ctx(|| format!("creating {}", to.display()))?;
-            crate::key::digest::walk(&from, &mut |relative, full, meta| {
+            crate::key::digest::walk(from, &mut |relative, full, meta| {
                 let out = to.join(relative);
                 if meta.is_dir() {
                     std::fs::create_dir_all(&out).ctx(|| format!("creating {}", out.display()))
@@ -48,10 +45,10 @@ pub(super) fn prepare_inputs(
                 }
             })?;
         } else {
-            std::fs::copy(&from, &to).ctx(|| format!("copying {}", from.display()))?;
+            std::fs::copy(from, &to).ctx(|| format!("copying {}", from.display()))?;
         }
     }
-    for (relative, text) in key::rendered_templates(env, stage)? {
+    for (relative, text) in key::rendered_templates(stage)? {
         let to = dir.join(&relative);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;

@@ -78,7 +78,9 @@ impl Workspace {
         };
         let keys = key::stage_keys(env, &self.fingerprints, &material)?;
         tracing::debug!(env = %env.name, files_read = *self.fingerprints.reads.lock().unwrap(), "computed stage keys");
-        self.store()?;
+        // Held until the command ends: `cache gc` beside it keeps these entries (and what it
+        // commits), which it restores from, builds on, pushes or exports (store/lease.rs).
+        self.store()?.hold(keys.iter().map(|k| k.key.clone()))?;
         self.fingerprints.save();
         Ok(keys)
     }

@@ -90,8 +90,8 @@ pub fn stage_keys(
                 steps: stage.steps_template.clone(),
                 env: stage.env_template.clone(),
                 vars: stage.vars.clone(),
-                inputs: input_digests(env, stage, cache)?,
-                templates: rendered_templates(env, stage)?
+                inputs: input_digests(stage, cache)?,
+                templates: rendered_templates(stage)?
                     .into_iter()
                     .map(|(path, text)| (path, sha256_bytes(text.as_bytes())))
                     .collect(),
@@ -149,22 +149,22 @@ fn base_digest(
     Ok(sha256_bytes(text.as_bytes()))
 }
 
-fn input_digests(
-    env: &Environment,
-    stage: &Stage,
-    cache: &FingerprintCache,
-) -> Result<BTreeMap<String, String>> {
+fn input_digests(stage: &Stage, cache: &FingerprintCache) -> Result<BTreeMap<String, String>> {
     let mut digests = BTreeMap::new();
     let mut hash = |path: &Path, meta: &std::fs::Metadata| cache.digest(path, meta);
     for input in &stage.inputs {
-        let path = env.dir.join(input);
-        let meta =
-            std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
-        digests.insert(input.clone(), input_fingerprint(&path, &meta, &mut hash)?);
+        // Where the input leads (the spec followed every link on the way): a link named as an
+        // input is its target's content, not the link.
+        let path = &input.source;
+        let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+        digests.insert(
+            input.name.clone(),
+            input_fingerprint(path, &meta, &mut hash)?,
+        );
         if meta.is_dir() {
-            digest::walk(&path, &mut |relative, full, meta| {
+            digest::walk(path, &mut |relative, full, meta| {
                 let fingerprint = input_fingerprint(full, meta, &mut hash)?;
-                digests.insert(format!("{input}/{relative}"), fingerprint);
+                digests.insert(format!("{}/{relative}", input.name), fingerprint);
                 Ok(())
             })?;
         }
@@ -197,22 +197,19 @@ fn input_fingerprint(
 }
 
 /// Renders a stage's templates with its vars: (relative path, text).
-pub fn rendered_templates(env: &Environment, stage: &Stage) -> Result<Vec<(String, String)>> {
+pub fn rendered_templates(stage: &Stage) -> Result<Vec<(String, String)>> {
     stage
         .templates
         .iter()
-        .map(|relative| {
-            let path = env.dir.join(relative);
-            let text = std::fs::read_to_string(&path)
+        .map(|template| {
+            let path = &template.source;
+            let text = std::fs::read_to_string(path)
                 .ctx(|| format!("reading template {}", path.display()))?;
             let rendered =
                 template::render(&text, |n| stage.vars.get(n).cloned()).map_err(|e| {
-                    Error::spec(
-                        crate::error::Location::at(&path, &text, e.offset),
-                        e.message,
-                    )
+                    Error::spec(crate::error::Location::at(path, &text, e.offset), e.message)
                 })?;
-            Ok((relative.clone(), rendered))
+            Ok((template.name.clone(), rendered))
         })
         .collect()
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::remote::{self, PushOutcome};
 use crate::store::copy::HoleWriter;
 use crate::store::gc::{self, Candidate, GcPlan};
-use crate::store::{Entry, archive, tar_writer::Buffered};
+use crate::store::{Entry, archive, remove_tree, tar_writer::Buffered};
 
 /// One line of `cache ls`.
 #[derive(Debug, Serialize)]
@@ -71,8 +71,9 @@ pub fn verify(ws: &Workspace, quarantine: bool) -> Result<(usize, Vec<Bad>)> {
     Ok((entries.len(), bad))
 }
 
-/// Removes the entries no current spec references, but the `keep_recent` newest of them and
-/// every entry a kept one needs (store/gc.rs). `dry_run`: removes nothing.
+/// Removes the entries no current spec references, but those a running command holds (its
+/// lease, or committed since it began), the `keep_recent` newest of the others and every entry
+/// a kept one needs (store/gc.rs). `dry_run`: removes nothing.
 pub fn gc(ws: &Workspace, keep_recent: usize, dry_run: bool) -> Result<GcPlan> {
     let mut referenced = HashSet::new();
     for name in crate::spec::list_names(ws.envs()?)? {
@@ -80,23 +81,35 @@ pub fn gc(ws: &Workspace, keep_recent: usize, dry_run: bool) -> Result<GcPlan> {
         referenced.extend(ws.keys(&env)?.into_iter().map(|k| k.key));
     }
     let store = ws.store()?;
-    let candidates = store
-        .entries()?
-        .into_iter()
-        .map(|entry| Candidate {
-            created: entry.manifest().map_or(0, |m| m.created_unix),
-            needs: ws
-                .backends
-                .of_entry(&entry)
-                .and_then(|backend| backend.needs_entry(&entry)),
-            entry,
-        })
-        .collect();
-    let plan = gc::plan(candidates, &referenced, keep_recent);
-    if !dry_run {
-        for entry in &plan.remove {
-            store.remove(entry)?;
-        }
+    // Decided and detached under gc's lock, so no command writes a lease meanwhile; deleted
+    // after it, so that a build starting now does not wait for the files to go.
+    let (plan, doomed) = {
+        let _gc = store.lock_for_gc(|| ws.progress().note("waiting for another `cache gc`"))?;
+        let candidates = store
+            .entries()?
+            .into_iter()
+            .map(|entry| Candidate {
+                created: entry.manifest().map_or(0, |m| m.created_unix),
+                needs: ws
+                    .backends
+                    .of_entry(&entry)
+                    .and_then(|backend| backend.needs_entry(&entry)),
+                entry,
+            })
+            .collect();
+        let plan = gc::plan(candidates, &referenced, &store.held(), keep_recent);
+        let doomed = if dry_run {
+            Vec::new()
+        } else {
+            plan.remove
+                .iter()
+                .map(|entry| store.detach(entry))
+                .collect::<Result<Vec<_>>>()?
+        };
+        (plan, doomed)
+    };
+    for dir in doomed {
+        remove_tree(&dir).ctx(|| format!("removing {}", dir.display()))?;
     }
     Ok(plan)
 }

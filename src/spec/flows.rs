@@ -97,16 +97,16 @@ impl Loader<'_> {
                     })
                     .collect()
             };
-            for command in &p.run {
-                self.check_placeholders(command, &runtime)?;
-            }
+            let command = |c: &Spanned<String>| -> Result<String> {
+                let what = format!("a command of phase `{}`", p.name.get_ref());
+                Ok(self.shell_command(c, &runtime, &what)?.0)
+            };
+            let run = p.run.iter().map(command).collect::<Result<Vec<_>>>()?;
             let action =
                 match p.action.get_ref().as_str() {
                     "up" => PhaseAction::Up,
                     "down" => PhaseAction::Down,
-                    "run" if !p.run.is_empty() => {
-                        PhaseAction::Run(p.run.iter().map(|c| c.get_ref().clone()).collect())
-                    }
+                    "run" if !run.is_empty() => PhaseAction::Run(run),
                     "run" => {
                         return self.err(
                             p.action.span().start,
@@ -128,9 +128,7 @@ impl Loader<'_> {
                 self.check_placeholders(value, &runtime)?;
                 env.insert(key.get_ref().clone(), value.get_ref().clone());
             }
-            for step in &p.cleanup {
-                self.check_placeholders(step, &runtime)?;
-            }
+            let cleanup = p.cleanup.iter().map(command).collect::<Result<Vec<_>>>()?;
             let resume = match &p.resume {
                 None => phases.len(),
                 Some(target) => match phases.iter().position(|x| x.name == *target.get_ref()) {
@@ -155,7 +153,7 @@ impl Loader<'_> {
                 env,
                 probes: p.probes,
                 retries: p.retries,
-                cleanup: p.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+                cleanup,
                 resume,
                 timeout: self.duration(p.timeout.as_ref(), Duration::from_secs(3600))?,
             });
@@ -256,6 +254,21 @@ impl Loader<'_> {
                 )?,
             });
         }
+        // The flow's clean-up runs in the machine of its first phase.
+        let first = machines
+            .iter()
+            .find(|m| m.name == phases[0].machine)
+            .expect("phases name machines of the environment");
+        let first_scope = Scope {
+            vars,
+            ports: Some(&first.ports),
+            probe_secrets: None,
+        };
+        let cleanup = raw
+            .cleanup
+            .iter()
+            .map(|c| Ok(self.shell_command(c, &first_scope, "a clean-up command")?.0))
+            .collect::<Result<Vec<_>>>()?;
         if !probes.is_empty() && !phases.iter().any(|p| p.probes) {
             return self.err(
                 name.span().start,
@@ -273,7 +286,7 @@ impl Loader<'_> {
                 raw.max_down_time.as_ref(),
                 raw.min_uptime_pct.as_ref(),
             )?,
-            cleanup: raw.cleanup.iter().map(|c| c.get_ref().clone()).collect(),
+            cleanup,
             phases,
             probes,
         })

@@ -20,6 +20,16 @@ impl Loader<'_> {
         self.check_name(name, "machine")?;
         let backend = match &raw.backend {
             None => BackendKind::Local,
+            // Refused here, where the spec says it, until the vagrant backend exists (issue 14).
+            Some(b) if b.get_ref() == BackendKind::Vagrant.as_str() => {
+                return self.err(
+                    b.span().start,
+                    format!(
+                        "the vagrant backend is not implemented yet; allowed: {}",
+                        BackendKind::IMPLEMENTED.join(", ")
+                    ),
+                );
+            }
             Some(b) => match BackendKind::parse(b.get_ref()) {
                 Some(kind) => kind,
                 None => {
@@ -28,13 +38,18 @@ impl Loader<'_> {
                         format!(
                             "unknown backend `{}`; allowed: {}",
                             b.get_ref(),
-                            BackendKind::ALL.join(", ")
+                            BackendKind::IMPLEMENTED.join(", ")
                         ),
                     );
                 }
             },
         };
         let vm = self.vm(name, raw, backend)?;
+        self.check_env_names(
+            raw.ports.keys().chain(raw.forward.keys()),
+            "ports",
+            port_env_name,
+        )?;
         let mut ports = self.ports(&raw.ports)?;
         ports.extend(vm.forward.keys().map(|name| Port {
             name: name.clone(),
@@ -47,8 +62,7 @@ impl Loader<'_> {
         };
         let mut prestart = Vec::new();
         for hook in &raw.prestart {
-            self.check_placeholders(hook, &runtime)?;
-            prestart.push(hook.get_ref().clone());
+            prestart.push(self.shell_command(hook, &runtime, "a prestart hook")?.0);
         }
         let mut stages = Vec::new();
         for stage in &raw.stages {
@@ -457,7 +471,9 @@ impl Loader<'_> {
     }
 
     pub(super) fn service(&self, raw: &RawService, scope: &Scope) -> Result<Service> {
-        self.check_placeholders(&raw.command, scope)?;
+        let command = self
+            .shell_command(&raw.command, scope, "a service command")?
+            .0;
         let stop_signal = match raw.stop_signal.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("TERM") => libc::SIGTERM,
             Some("INT") => libc::SIGINT,
@@ -506,10 +522,9 @@ impl Loader<'_> {
                             status,
                         }
                     }
-                    (None, None, Some(command)) => {
-                        self.check_placeholders(command, scope)?;
-                        ReadyCheck::Command(command.get_ref().clone())
-                    }
+                    (None, None, Some(command)) => ReadyCheck::Command(
+                        self.shell_command(command, scope, "a readiness command")?.0,
+                    ),
                     _ => {
                         return self.err(
                             ready.span().start,
@@ -528,7 +543,7 @@ impl Loader<'_> {
         }
         Ok(Service {
             name: raw.name.get_ref().clone(),
-            command: raw.command.get_ref().clone(),
+            command,
             url: raw.url.as_ref().map(|u| u.get_ref().clone()),
             ready,
             stop_signal,

@@ -6,20 +6,26 @@
 //!
 //! ```text
 //! discovery.rs  the names of the specs in the environments folder
+//! names.rs      the one rule every name follows
+//! inputs.rs     where an input path leads, and that it stays inside the environment's folder
 //! mod.rs        the loader: the top-level table, vars, secrets, placeholders, durations
 //! machines.rs   [machines.NAME]: backend, base, resources, VM keys, ports, requires, services
 //! stages.rs     [[machines.NAME.stages]]: steps, inputs, templates, sources
 //! flows.rs      [flows.NAME] and [cloud]
+//! shell.rs      placeholders in shell text, as quoted references to environment variables
 //! order.rs      `after` references, and machines sorted so each follows those it waits for
 //! ```
 
 pub mod literal;
 pub mod model;
+pub mod names;
 pub mod raw;
+pub mod shell;
 pub mod template;
 
 mod discovery;
 mod flows;
+mod inputs;
 mod machines;
 mod order;
 mod stages;
@@ -46,11 +52,16 @@ pub const RUNTIME_NAMES: [&str; 2] = ["root", "run"];
 /// Loads and validates environment `name`, applying `--var` overrides.
 pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
     let file = dir.join(format!("{name}.toml"));
-    if !file.is_file() {
+    if !names::is_valid(name) || !file.is_file() {
         let known = list_names(dir)?;
+        let problem = if names::is_valid(name) {
+            format!("no environment `{name}` in {}", dir.display())
+        } else {
+            // Never a path: `../x` would load a spec from elsewhere and make state there.
+            format!("`{name}` is not a valid environment name ({})", names::RULE)
+        };
         return Err(Error::Input(format!(
-            "no environment `{name}` in {}.\n  known environments: {}",
-            dir.display(),
+            "{problem}.\n  known environments: {}",
             if known.is_empty() {
                 "(none)".to_string()
             } else {
@@ -58,13 +69,31 @@ pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<En
             }
         )));
     }
-    let source = std::fs::read_to_string(&file).ctx(|| format!("reading {}", file.display()))?;
+    let source = read_utf8(&file)?;
     Loader {
         file: &file,
         source: &source,
         dir: &dir.join(name),
     }
     .load(name, overrides)
+}
+
+/// A spec file's text; a file that is not UTF-8 is bad input located at its first bad byte.
+fn read_utf8(file: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).ctx(|| format!("reading {}", file.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        let valid = std::str::from_utf8(&bytes[..offset]).expect("the prefix is valid");
+        Error::spec(
+            Location::at(file, valid, offset),
+            format!(
+                "the file is not UTF-8 text: byte 0x{:02X} at byte offset {offset} is not valid UTF-8",
+                bytes[offset]
+            ),
+        )
+        .fix("save the file as UTF-8")
+    })
 }
 
 /// Parses `name=value` as given to `--var`.
@@ -190,7 +219,6 @@ impl Loader<'_> {
         };
         Ok(Environment {
             name: name.to_string(),
-            dir: self.dir.to_path_buf(),
             description: raw.description,
             vars,
             secrets,
@@ -201,25 +229,42 @@ impl Loader<'_> {
     }
 
     fn check_name(&self, name: &Name, what: &str) -> Result<()> {
-        let valid = name
-            .get_ref()
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase())
-            && name
-                .get_ref()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if valid {
+        if names::is_valid(name.get_ref()) {
             return Ok(());
         }
         self.err(
             name.span().start,
             format!(
-                "`{}` is not a valid {what} name: use lowercase letters, digits, `-` and `_`, starting with a letter",
-                name.get_ref()
+                "`{}` is not a valid {what} name: {}",
+                name.get_ref(),
+                names::RULE
             ),
         )
+    }
+
+    /// Names that would share one environment variable (`db-host` and `db_host` are both
+    /// `..._DB_HOST`) are refused at the second one.
+    fn check_env_names<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n Name>,
+        what: &str,
+        variable: fn(&str) -> String,
+    ) -> Result<()> {
+        let mut seen: BTreeMap<String, &Name> = BTreeMap::new();
+        for name in names {
+            if let Some(first) = seen.insert(variable(name.get_ref()), name) {
+                return self.err(
+                    name.span().start,
+                    format!(
+                        "{what} `{}` and `{}` would both be ${}; rename one",
+                        first.get_ref(),
+                        name.get_ref(),
+                        variable(name.get_ref())
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn vars(
@@ -228,6 +273,7 @@ impl Loader<'_> {
         overrides: &[(String, String)],
     ) -> Result<BTreeMap<String, Var>> {
         let mut vars = BTreeMap::new();
+        self.check_env_names(raw.vars.keys(), "vars", var_env_name)?;
         for (name, value) in &raw.vars {
             self.check_name(name, "var")?;
             let text = match value.get_ref() {
@@ -254,7 +300,16 @@ impl Loader<'_> {
                 },
             );
         }
+        let mut given: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, value) in overrides {
+            if let Some(first) = given.insert(name, value) {
+                return Err(Error::input(
+                    format!(
+                        "--var {name} is given twice ({name}={first} and {name}={value}); which one is meant is not guessed"
+                    ),
+                    format!("give --var {name}=... once"),
+                ));
+            }
             let Some(var) = vars.get_mut(name) else {
                 let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
                 return Err(Error::Input(format!(
@@ -277,6 +332,7 @@ impl Loader<'_> {
 
     fn secrets(&self, raw: &RawEnvironment) -> Result<BTreeMap<String, SecretSpec>> {
         let mut secrets = BTreeMap::new();
+        self.check_env_names(raw.secrets.keys(), "secrets", secret_env_name)?;
         for (name, secret) in &raw.secrets {
             self.check_name(name, "secret")?;
             if secret.generate.get_ref() != "password" {
@@ -332,6 +388,28 @@ impl Loader<'_> {
         Ok(names)
     }
 
+    /// A command of the spec (a step, hook, service or readiness command, flow command): not
+    /// empty, naming only what `scope` allows, and with each placeholder turned into a quoted
+    /// reference to the environment variable that carries its value (shell.rs), so that a value
+    /// is data and never code. Returns the command and the names it uses.
+    fn shell_command(
+        &self,
+        text: &Spanned<String>,
+        scope: &Scope,
+        what: &str,
+    ) -> Result<(String, Vec<String>)> {
+        if text.get_ref().trim().is_empty() {
+            return self.err(
+                text.span().start,
+                format!("{what} is empty; a command is shell text (remove it, or write `true`)"),
+            );
+        }
+        let names = self.check_placeholders(text, scope)?;
+        let command = shell::render(text.get_ref(), placeholder_env_name)
+            .map_err(|e| Error::spec(self.at(self.inside(text.span(), e.offset)), e.message))?;
+        Ok((command, names))
+    }
+
     fn duration(&self, raw: Option<&Spanned<toml::Value>>, default: Duration) -> Result<Duration> {
         let Some(raw) = raw else { return Ok(default) };
         let parsed = match raw.get_ref() {
@@ -346,12 +424,28 @@ impl Loader<'_> {
     }
 }
 
+/// The environment variable that carries what placeholder `name` stands for in commands: a var,
+/// `ports.NAME`, `root` or `run` (steps get their vars, runtime commands all of them).
+fn placeholder_env_name(name: &str) -> String {
+    match (name, name.strip_prefix("ports.")) {
+        ("root", _) => "ENVBUILD_ROOT".into(),
+        ("run", _) => "ENVBUILD_RUN".into(),
+        (_, Some(port)) => port_env_name(port),
+        _ => var_env_name(name),
+    }
+}
+
 /// The environment variable that carries secret `name` to prestart hooks and services.
 pub fn secret_env_name(name: &str) -> String {
-    format!("ENVBUILD_SECRET_{}", name.to_uppercase().replace('-', "_"))
+    format!("ENVBUILD_SECRET_{}", names::env_suffix(name))
 }
 
 /// The environment variable that carries var `name` to steps.
 pub fn var_env_name(name: &str) -> String {
-    format!("ENVBUILD_VAR_{}", name.to_uppercase().replace('-', "_"))
+    format!("ENVBUILD_VAR_{}", names::env_suffix(name))
+}
+
+/// The environment variable that carries the number of port `name` to services and hooks.
+pub fn port_env_name(name: &str) -> String {
+    format!("ENVBUILD_PORT_{}", names::env_suffix(name))
 }

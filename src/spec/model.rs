@@ -19,7 +19,8 @@ impl BackendKind {
         BackendKind::Libvirt,
         BackendKind::Vagrant,
     ];
-    pub const ALL: [&'static str; 3] = ["local", "libvirt", "vagrant"];
+    /// The kinds a spec may name today (`vagrant` is refused by the loader until it exists).
+    pub const IMPLEMENTED: [&'static str; 2] = ["local", "libvirt"];
 
     /// The kind named `name` (as `backend = "..."` and manifests write it).
     pub fn parse(name: &str) -> Option<BackendKind> {
@@ -38,8 +39,6 @@ impl BackendKind {
 #[derive(Debug, Clone)]
 pub struct Environment {
     pub name: String,
-    /// The `name/` folder beside it; stage inputs are relative to it.
-    pub dir: PathBuf,
     pub description: Option<String>,
     pub vars: BTreeMap<String, Var>,
     pub secrets: BTreeMap<String, SecretSpec>,
@@ -162,9 +161,9 @@ pub struct Stage {
     pub description: Option<String>,
     /// Stages of other machines this one waits for, as (machine, stage).
     pub after: Vec<(String, String)>,
-    /// Paths relative to the environment folder; files or folders.
-    pub inputs: Vec<String>,
-    pub templates: Vec<String>,
+    /// Files or folders of the environment's folder (src/spec/inputs.rs).
+    pub inputs: Vec<InputPath>,
+    pub templates: Vec<InputPath>,
     pub sources: Vec<Source>,
     /// Every var the stage uses: listed in `vars` or named by a placeholder in its steps, env or
     /// templates. Only these reach its key, so overriding another var leaves the key alone.
@@ -173,10 +172,20 @@ pub struct Stage {
     /// `vars`, so that `plan --explain` blames the var and not every step that names it.
     pub env_template: BTreeMap<String, String>,
     pub steps_template: Vec<String>,
-    /// The same with placeholders rendered: what runs.
+    /// What runs: env values with placeholders rendered, steps with each placeholder a quoted
+    /// reference to the variable that carries its value (src/spec/shell.rs).
     pub env: BTreeMap<String, String>,
     pub steps: Vec<String>,
     pub timeout: Duration,
+}
+
+/// An input or template: its path as the spec writes it (its name in the key and under
+/// $ENVBUILD_INPUTS) and where that leads inside the environment's folder, every link on the way
+/// followed (src/spec/inputs.rs).
+#[derive(Debug, Clone)]
+pub struct InputPath {
+    pub name: String,
+    pub source: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -1,10 +1,11 @@
 //! Stages: steps, inputs, templates, sources and the vars they use.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::inputs::{self, Refusal};
 use super::model::*;
 use super::raw::*;
 use super::*;
@@ -31,7 +32,9 @@ impl Loader<'_> {
         Ok(Spanned::new(path.span(), rendered))
     }
 
-    pub(super) fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<String> {
+    /// An input or template path: relative, inside the environment's folder however its links
+    /// lead, and existing (src/spec/inputs.rs).
+    pub(super) fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<InputPath> {
         let p = Path::new(path.get_ref());
         let clean = !path.get_ref().is_empty()
             && p.is_relative()
@@ -47,18 +50,58 @@ impl Loader<'_> {
                 ),
             );
         }
-        let full = self.dir.join(p);
-        if std::fs::symlink_metadata(&full).is_err() {
-            return self.err(
+        let name = path.get_ref().trim_end_matches('/').to_string();
+        let missing = || {
+            self.err(
                 path.span().start,
                 format!(
                     "{what} `{}` does not exist: expected {}",
                     path.get_ref(),
-                    full.display()
+                    self.dir.join(p).display()
                 ),
-            );
+            )
+        };
+        let Ok(root) = self.dir.canonicalize() else {
+            return missing();
+        };
+        // `inside`: the refusal is about a link inside the input folder, not on the way to it.
+        let refused = |refusal: Refusal, inside: bool| {
+            let message = match refusal {
+                Refusal::LeadsOut { link, target } if inside => format!(
+                    "`{}` is a link to {}, which leads out of {what} `{name}`: a link inside an input folder is copied as a link, so it must be a relative link to something inside the folder",
+                    link.display(),
+                    target.display()
+                ),
+                Refusal::LeadsOut { link, target } => format!(
+                    "{what} `{name}` leads out of the environment's folder {}: `{}` is a link to {}; inputs are copied into the store, so they must stay inside that folder",
+                    root.display(),
+                    link.display(),
+                    target.display()
+                ),
+                Refusal::TooManyLinks { link } => format!(
+                    "{what} `{name}` passes through too many links at `{}` (a loop?)",
+                    link.display()
+                ),
+                Refusal::Special { path } => format!(
+                    "`{}` in {what} `{name}` is neither a file, a folder nor a link (a socket or device?); inputs hold only those",
+                    path.display()
+                ),
+            };
+            Error::spec(self.at(path.span().start), message).fix(
+                "copy what the stage needs into the environment's folder instead of linking to it",
+            )
+        };
+        let source = root.join(inputs::resolve(&root, p).map_err(|r| refused(r, false))?);
+        let Ok(meta) = std::fs::metadata(&source) else {
+            return missing();
+        };
+        if meta.is_dir() {
+            inputs::check_folder(&source, Path::new(&name)).map_err(|r| refused(r, true))?;
+        } else if !meta.is_file() {
+            let path = PathBuf::from(&name);
+            return Err(refused(Refusal::Special { path }, false));
         }
-        Ok(path.get_ref().trim_end_matches('/').to_string())
+        Ok(InputPath { name, source })
     }
 
     pub(super) fn stage(&self, raw: &RawStage, vars: &BTreeMap<String, Var>) -> Result<Stage> {
@@ -162,8 +205,12 @@ impl Loader<'_> {
                 ),
             );
         }
-        for step in &raw.steps {
-            used.extend(self.check_placeholders(step, &scope)?);
+        let mut steps = Vec::new();
+        for (n, step) in raw.steps.iter().enumerate() {
+            let what = format!("step {} of stage `{}`", n + 1, raw.name.get_ref());
+            let (command, names) = self.shell_command(step, &scope, &what)?;
+            used.extend(names);
+            steps.push(command);
         }
         let lookup = |n: &str| vars.get(n).map(|v| v.value.clone());
         let render = |s: &str| template::render(s, lookup).expect("placeholders were validated");
@@ -182,7 +229,7 @@ impl Loader<'_> {
                 })
                 .collect(),
             env: env.iter().map(|(k, v)| (k.clone(), render(v))).collect(),
-            steps: raw.steps.iter().map(|s| render(s.get_ref())).collect(),
+            steps,
             env_template: env,
             steps_template: raw.steps.iter().map(|s| s.get_ref().clone()).collect(),
             timeout: self.duration(raw.timeout.as_ref(), DEFAULT_STAGE_TIMEOUT)?,
@@ -192,18 +239,20 @@ impl Loader<'_> {
     /// Vars named by a template file's placeholders; errors point into the template file itself.
     pub(super) fn template_file_vars(
         &self,
-        relative: &str,
+        template: &InputPath,
         declared: &Spanned<String>,
         scope: &Scope,
     ) -> Result<Vec<String>> {
+        let relative = &template.name;
+        // Errors name the template as the spec does; its text is read where that leads.
         let path = self.dir.join(relative);
-        if !path.is_file() {
+        if !template.source.is_file() {
             return self.err(
                 declared.span().start,
                 format!("template `{relative}` must be a file"),
             );
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = std::fs::read_to_string(&template.source).map_err(|e| {
             Error::spec(
                 self.at(declared.span().start),
                 format!("template `{relative}` is not readable UTF-8 text: {e}"),

@@ -1,13 +1,15 @@
 //! `cache gc`'s rule: which entries go.
 //!
-//! Kept: every entry a current spec references, the `keep_recent` newest of the others, and,
-//! transitively, every entry a kept entry cannot be used without (a libvirt overlay's parent
-//! disk, as its backend says). Everything else is removed, newest first, so an interrupted gc
-//! never leaves an entry whose parent is gone.
+//! Kept: every entry a current spec references, every entry a running command holds (its lease
+//! names it, or it was committed since the oldest running command began: store/lease.rs), the
+//! `keep_recent` newest of the others, and, transitively, every entry a kept entry cannot be
+//! used without (a libvirt overlay's parent disk, as its backend says). Everything else is
+//! removed, newest first, so an interrupted gc never leaves an entry whose parent is gone.
 
 use std::collections::{HashMap, HashSet};
 
 use super::Entry;
+use super::lease::Held;
 
 /// One entry as gc sees it.
 pub struct Candidate {
@@ -25,6 +27,8 @@ pub struct GcPlan {
     pub remove: Vec<Entry>,
     /// Kept because a current spec references them.
     pub referenced: usize,
+    /// Kept because a running command holds them, or made them since it began.
+    pub held: usize,
     /// Kept as the most recent of the unreferenced ones.
     pub recent: usize,
     /// Kept because a kept entry needs them (and nothing else keeps them).
@@ -34,6 +38,7 @@ pub struct GcPlan {
 pub fn plan(
     candidates: Vec<Candidate>,
     referenced: &HashSet<String>,
+    held: &Held,
     keep_recent: usize,
 ) -> GcPlan {
     let mut plan = GcPlan::default();
@@ -42,6 +47,11 @@ pub fn plan(
     for candidate in &candidates {
         if referenced.contains(candidate.entry.key()) {
             plan.referenced += 1;
+            kept.insert(&candidate.entry.name);
+        } else if held.keys.contains(candidate.entry.key())
+            || held.since.is_some_and(|since| candidate.created >= since)
+        {
+            plan.held += 1;
             kept.insert(&candidate.entry.name);
         } else {
             unreferenced.push(candidate);
@@ -112,10 +122,10 @@ mod tests {
                 candidate('d', 40, None),
             ]
         };
-        let plan = plan(entries(), &keys("d"), 2);
+        let plan = plan(entries(), &keys("d"), &Held::default(), 2);
         assert_eq!(removed(&plan), ['a']);
         assert_eq!((plan.referenced, plan.recent, plan.needed), (1, 2, 0));
-        let none_kept = super::plan(entries(), &keys(""), 0);
+        let none_kept = super::plan(entries(), &keys(""), &Held::default(), 0);
         assert_eq!(removed(&none_kept), ['d', 'b', 'c', 'a'], "newest first");
     }
 
@@ -131,6 +141,7 @@ mod tests {
                 candidate('x', 4, None),
             ],
             &keys("c"),
+            &Held::default(),
             0,
         );
         assert_eq!(removed(&plan), ['x']);
@@ -147,6 +158,7 @@ mod tests {
                 candidate('q', 3, None),
             ],
             &keys(""),
+            &Held::default(),
             1,
         );
         assert_eq!(removed(&plan), ['y', 'p']);
@@ -158,9 +170,32 @@ mod tests {
         let plan = plan(
             vec![candidate('p', 1, None), candidate('y', 2, Some('p'))],
             &keys(""),
+            &Held::default(),
             1,
         );
         assert!(plan.remove.is_empty(), "{:?}", removed(&plan));
         assert_eq!((plan.recent, plan.needed), (1, 1));
+    }
+
+    #[test]
+    fn what_a_running_command_holds_or_made_since_it_began_is_kept_with_its_parents() {
+        // b is leased (and needs a); c was committed after the oldest lease began; d is old.
+        let held = Held {
+            keys: keys("b"),
+            since: Some(50),
+        };
+        let plan = plan(
+            vec![
+                candidate('a', 1, None),
+                candidate('b', 2, Some('a')),
+                candidate('c', 60, None),
+                candidate('d', 3, None),
+            ],
+            &keys(""),
+            &held,
+            0,
+        );
+        assert_eq!(removed(&plan), ['d']);
+        assert_eq!((plan.held, plan.needed), (2, 1));
     }
 }

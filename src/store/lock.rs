@@ -24,6 +24,23 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 
+    /// Takes the lock shared (beside other shared holders, never beside an exclusive one),
+    /// waiting as `acquire` does.
+    pub fn acquire_shared(path: &Path, on_wait: impl FnOnce()) -> Result<FileLock> {
+        let file = open(path)?;
+        if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+            return Ok(FileLock { _file: file });
+        }
+        on_wait();
+        flock(&file, libc::LOCK_SH).ctx(|| format!("locking {}", path.display()))?;
+        Ok(FileLock { _file: file })
+    }
+
+    /// The locked file, for a holder that also writes it (a lease); the lock lives with it.
+    pub fn into_file(self) -> File {
+        self._file
+    }
+
     /// Takes the lock only if nobody holds it.
     pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         let file = open(path)?;

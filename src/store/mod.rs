@@ -4,7 +4,8 @@
 //! STORE/CACHEDIR.TAG
 //! STORE/v1/entries/<key>-<env>-<machine>-<stage>/{manifest.json, tree.json, log.txt, artifact/}
 //! STORE/v1/tmp/        entries being written (<key>.<pid>.<n>) and entries being deleted
-//! STORE/v1/locks/      one flock file per key being built
+//! STORE/v1/locks/      one flock file per key being built; gc.lock (lease.rs)
+//! STORE/v1/leases/     one file per running command: the keys gc must keep (lease.rs)
 //! STORE/v1/quarantine/ entries found tampered, kept for inspection, never used
 //! ```
 //! An entry appears by one rename of a complete, synced folder and never changes afterwards.
@@ -13,6 +14,7 @@
 pub mod archive;
 pub mod copy;
 pub mod gc;
+pub mod lease;
 pub mod lock;
 pub mod log;
 mod machine;
@@ -29,6 +31,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +40,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::KeyMaterial;
 use crate::key::digest;
 use crate::process::process_alive;
+use lease::{Held, Lease};
 use lock::FileLock;
 
 pub const LAYOUT: &str = "v1";
@@ -66,6 +70,8 @@ pub struct Manifest {
 pub struct Store {
     pub root: PathBuf,
     base: PathBuf,
+    /// This process's lease on the keys it works with (lease.rs), taken on first `hold`.
+    lease: Arc<Mutex<Option<Lease>>>,
 }
 
 /// A committed entry.
@@ -126,7 +132,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root` and removes leftovers of killed builds.
     pub fn open(root: &Path) -> Result<Store> {
         let base = root.join(LAYOUT);
-        for dir in ["entries", "tmp", "locks", "quarantine"] {
+        for dir in ["entries", "tmp", "locks", "leases", "quarantine"] {
             std::fs::create_dir_all(base.join(dir))
                 .ctx(|| format!("creating store folder {}", base.join(dir).display()))?;
         }
@@ -137,6 +143,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             base,
+            lease: Arc::default(),
         };
         store.clean_leftovers()?;
         Ok(store)
@@ -185,6 +192,38 @@ impl Store {
 
     fn try_lock(&self, key: &str) -> Result<Option<FileLock>> {
         FileLock::try_acquire(&self.base.join("locks").join(format!("{key}.lock")))
+    }
+
+    /// Leases `keys` for as long as this process runs: `cache gc` keeps their entries, and
+    /// every entry committed after the first call (store/lease.rs).
+    pub fn hold(&self, keys: impl IntoIterator<Item = String>) -> Result<()> {
+        let _written_beside_no_gc = FileLock::acquire_shared(&self.gc_lock_file(), || {
+            tracing::info!("waiting for `cache gc` to finish");
+        })?;
+        let mut lease = self.lease.lock().expect("the lease is not poisoned");
+        if lease.is_none() {
+            let name = format!(
+                "{}.{}.json",
+                std::process::id(),
+                PENDING_SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            *lease = Some(Lease::take(&self.base.join("leases"), name)?);
+        }
+        lease.as_mut().expect("taken above").extend(keys)
+    }
+
+    /// gc's lock: while it is held no command writes a lease (`hold` waits).
+    pub fn lock_for_gc(&self, on_wait: impl FnOnce()) -> Result<FileLock> {
+        FileLock::acquire(&self.gc_lock_file(), on_wait)
+    }
+
+    /// What running commands hold; only meaningful under [`Store::lock_for_gc`].
+    pub fn held(&self) -> Held {
+        lease::held(&self.base.join("leases"))
+    }
+
+    fn gc_lock_file(&self) -> PathBuf {
+        self.base.join("locks").join("gc.lock")
     }
 
     /// Every committed entry, by key.
@@ -288,9 +327,16 @@ impl Store {
 
     /// Removes an entry: one rename makes it disappear, then the files go.
     pub fn remove(&self, entry: &Entry) -> Result<()> {
+        let doomed = self.detach(entry)?;
+        remove_tree(&doomed).ctx(|| format!("removing {}", doomed.display()))
+    }
+
+    /// Makes an entry disappear by one rename into tmp/; returns where it went, for the caller
+    /// to delete (a `removing.<pid>.<n>` folder left by a killed process is cleaned up).
+    pub fn detach(&self, entry: &Entry) -> Result<PathBuf> {
         let doomed = self.tmp_path("removing");
         std::fs::rename(&entry.dir, &doomed).ctx(|| format!("removing {}", entry.dir.display()))?;
-        remove_tree(&doomed).ctx(|| format!("removing {}", doomed.display()))
+        Ok(doomed)
     }
 
     /// Moves a damaged entry out of the way; it is never used again but kept for inspection.
