@@ -9,7 +9,7 @@ use crate::error::{IoContext, Result};
 
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: File,
 }
 
 impl FileLock {
@@ -17,11 +17,16 @@ impl FileLock {
     pub fn acquire(path: &Path, on_wait: impl FnOnce()) -> Result<FileLock> {
         let file = open(path)?;
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
-            return Ok(FileLock { _file: file });
+            return Ok(FileLock { file });
         }
         on_wait();
         flock(&file, libc::LOCK_EX).ctx(|| format!("locking {}", path.display()))?;
-        Ok(FileLock { _file: file })
+        Ok(FileLock { file })
+    }
+
+    /// The locked file (a holder may write who it is into it).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Takes the lock only if nobody holds it.
@@ -29,7 +34,7 @@ impl FileLock {
         let file = open(path)?;
         Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)
             .ok()
-            .map(|_| FileLock { _file: file }))
+            .map(|_| FileLock { file }))
     }
 }
 
