@@ -25,8 +25,43 @@ pub enum StepEnd {
     Aborted,
 }
 
-/// Raised by a signal handler to stop the running step at once (its whole process group).
+/// Raised by a signal handler to stop the running step at once (its whole process group), and
+/// a readiness wait with it.
 pub static ABORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The signal (SIGINT/SIGTERM) that interrupted this run, 0 while none did.
+static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    INTERRUPTED_BY.store(signal, Ordering::SeqCst);
+    ABORT.store(true, Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM raise [`ABORT`] instead of killing envbuild: what runs stops
+/// (a step, a readiness wait), and the command stops what it started before it exits 130.
+/// Commands that start things (`build`, `up`, `down`, `test`) call this first.
+pub fn catch_interrupts() {
+    // SAFETY: installing a handler that only stores to atomics.
+    unsafe {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(signal, on_interrupt as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// The signal that interrupted this run, by name.
+pub fn interrupted_by() -> Option<&'static str> {
+    match INTERRUPTED_BY.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGTERM => Some("SIGTERM"),
+        _ => Some("SIGINT"),
+    }
+}
+
+/// True once SIGINT/SIGTERM asked the running work to stop (and until a clean-up resets it).
+pub fn aborting() -> bool {
+    ABORT.load(Ordering::SeqCst)
+}
 
 /// The host variables passed through to steps: how this host reaches package registries. They
 /// change where bytes come from, never which bytes (inputs are pinned by hash).
@@ -252,7 +287,7 @@ pub fn stop_group(pgid: i32, signal: i32, grace: Duration) -> bool {
     unsafe { libc::kill(-pgid, signal) };
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        reap();
+        reap(pgid);
         if !group_alive(pgid) {
             return false;
         }
@@ -261,7 +296,7 @@ pub fn stop_group(pgid: i32, signal: i32, grace: Duration) -> bool {
     // SAFETY: as above.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
     for _ in 0..100 {
-        reap();
+        reap(pgid);
         if !group_alive(pgid) {
             break;
         }
@@ -270,11 +305,69 @@ pub fn stop_group(pgid: i32, signal: i32, grace: Duration) -> bool {
     true
 }
 
-/// Collects exited children of ours (services started by this same process) so they do not
-/// linger as zombies that still count as alive.
-fn reap() {
-    // SAFETY: waitpid with WNOHANG on any child; no memory is shared.
-    unsafe { while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {} }
+/// How a service's first process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// It is gone, but was not our child (started by another envbuild): no status to read.
+    Unknown,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal(signal) => write!(
+                f,
+                "was killed by signal {signal} ({})",
+                signal_name(*signal)
+            ),
+            Exit::Unknown => write!(f, "exited"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// Whether process `pid` (a service's first process) has ended, and how. A child of ours is
+/// reaped here: unreaped, it would stay a zombie whose process group still "exists".
+pub fn exited(pid: i32) -> Option<Exit> {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG on one pid; `status` is a valid out-pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if rc == pid {
+        return Some(if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        });
+    }
+    // 0: our child, still running. -1 (ECHILD): not our child; alive or not, the kernel says.
+    (rc != 0 && !process_alive(pid)).then_some(Exit::Unknown)
+}
+
+/// Reaps the first process of group `pgid` if it is an exited child of ours (a service this
+/// envbuild started), so that a zombie does not keep its group "alive". Only that one pid:
+/// reaping any child would steal the status of a step or a check another thread waits for.
+fn reap(pgid: i32) {
+    // SAFETY: waitpid with WNOHANG on one pid; no memory is shared.
+    unsafe { libc::waitpid(pgid, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
 /// Runs a short host command (a requirement probe, a readiness check) to completion, quietly.

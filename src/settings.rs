@@ -12,6 +12,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::remote::Remotes;
 use crate::remote::config::Overrides;
 
+/// Off a terminal, a running stage or phase says how it is doing this often.
+const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the command line says, before anything is resolved.
 #[derive(Debug, Default)]
 pub struct Flags {
@@ -19,6 +22,7 @@ pub struct Flags {
     pub store: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub quiet: bool,
+    pub heartbeat: Option<std::time::Duration>,
     pub libvirt_uri: Option<String>,
     pub images: Option<PathBuf>,
     /// Remote-cache flags; `default_config` is filled in here.
@@ -36,6 +40,8 @@ pub struct Settings {
     pub state: PathBuf,
     /// Print only results, warnings and errors.
     pub quiet: bool,
+    /// Off a terminal, how often a running stage or phase prints a line (CI consoles).
+    pub heartbeat: std::time::Duration,
     pub libvirt: LibvirtSettings,
     /// The remote caches, in lookup order.
     pub remotes: Remotes,
@@ -75,6 +81,7 @@ impl Settings {
             store,
             state,
             quiet: flags.quiet,
+            heartbeat: flags.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             libvirt: LibvirtSettings {
                 uri: flags.libvirt_uri,
                 images,

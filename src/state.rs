@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! STATE/envs/<env>/secrets.json            generated secrets (0600), never in the store
+//! STATE/envs/<env>/env.lock                held by the run that uses the environment (engine/lock.rs)
 //! STATE/envs/<env>/clouds.yaml             written by `creds`
 //! STATE/envs/<env>/<machine>/root/         the live machine
 //! STATE/envs/<env>/<machine>/marker.json   which stage key root/ holds, and whether it is pristine
@@ -68,9 +69,6 @@ impl MachineState {
     }
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.dir.join("lock")
     }
 
     pub fn marker(&self) -> Marker {

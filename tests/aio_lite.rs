@@ -1,7 +1,8 @@
 //! aio-lite end to end: real keystone, Tempest and Rally from PyPI, real NGINX, on loopback. Up,
 //! a token through NGINX with the generated credentials, down leaves nothing, warm up replays;
-//! the rolling upgrade with validation and probes, twice; the all-at-once upgrade's outage.
-//! Needs nginx and python3-venv (dev/setup installs them) and PyPI; fails, never skips, without.
+//! the rolling upgrade with validation and probes, twice, and with every probe at 20 Hz; the
+//! all-at-once upgrade's outage. Needs nginx, memcached and python3-venv (dev/setup installs
+//! them) and PyPI; fails, never skips, without.
 
 mod common;
 
@@ -26,6 +27,40 @@ fn project() -> (Project, std::sync::MutexGuard<'static, ()>) {
     std::fs::create_dir_all(shared_store()).unwrap();
     std::os::unix::fs::symlink(shared_store(), project.store()).unwrap();
     (project, guard)
+}
+
+/// A project whose aio-lite is a copy of the repository's with every probe at `rate` Hz (the
+/// stage keys are the same: inputs count by content, flows not at all).
+fn project_at_rate(rate: &str) -> (Project, std::sync::MutexGuard<'static, ()>) {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let project = Project::new();
+    let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/environments"));
+    copy_tree(&repo.join("aio-lite"), &project.envs().join("aio-lite"));
+    let spec = std::fs::read_to_string(repo.join("aio-lite.toml")).unwrap();
+    assert_eq!(
+        spec.matches("\nrate = 1.0\n").count(),
+        3,
+        "the rolling flow's probes"
+    );
+    project.write(
+        "aio-lite.toml",
+        &spec.replace("\nrate = 1.0\n", &format!("\nrate = {rate}\n")),
+    );
+    std::fs::create_dir_all(shared_store()).unwrap();
+    std::os::unix::fs::symlink(shared_store(), project.store()).unwrap();
+    (project, guard)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 fn shared_store() -> std::path::PathBuf {
@@ -110,7 +145,7 @@ fn aio_lite_up_token_down_and_warm_up() {
         "{cold}"
     );
     let services = cold["machines"][0]["services"].as_array().unwrap();
-    assert_eq!(services.len(), 3);
+    assert_eq!(services.len(), 4);
 
     // A token through NGINX with the generated admin password, then an authenticated call.
     let openrc = project.ok(&["creds", "aio-lite"]);
@@ -370,5 +405,49 @@ fn all_at_once_upgrade_measures_the_outage() {
             .iter()
             .all(|p| p["uptime_pct"].as_f64().unwrap() < 100.0)
     );
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+}
+
+#[test]
+fn rolling_upgrade_with_probes_at_20_hz_fails_no_request() {
+    let (project, _serial) = project_at_rate("20.0");
+    let out = project.path().join("run");
+    let (result, summary) = test_run(
+        &project,
+        "rolling-upgrade",
+        &out,
+        &["--var", "validation=none"],
+    );
+    let probes = summary["probes"].as_array().unwrap();
+    let figures: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {} sent, {} failed, {} not sent, {:.1} Hz, p95 {:.0} ms",
+                p["probe"],
+                p["total"],
+                p["failed"],
+                p["not_sent"],
+                p["achieved_rate_hz"],
+                p["latency_p95_ms"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    eprintln!("20 Hz rolling upgrade: {figures:?}");
+    assert!(
+        result.status.success(),
+        "{figures:?}\n{}",
+        String::from_utf8_lossy(&result.stdout)
+    );
+    assert_eq!(probes.len(), 3);
+    for probe in probes {
+        assert_eq!(probe["failed"], 0, "{probe}");
+        assert_eq!(probe["not_sent"], 0, "{probe}");
+        // Open loop: the rate asked is the rate sent.
+        assert!(
+            probe["achieved_rate_hz"].as_f64().unwrap() > 19.0,
+            "{probe}"
+        );
+    }
     assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
 }

@@ -226,6 +226,7 @@ fn concurrent_cold_builds_run_each_stage_once() {
         "\"sh $ENVBUILD_INPUTS/one.sh\", \"sleep 1\"",
     );
     std::fs::write(&file, text).unwrap();
+    // Two of them share a state folder: the second waits for the first (--wait).
     let handles: Vec<_> = (0..4)
         .map(|i| {
             project
@@ -234,7 +235,7 @@ fn concurrent_cold_builds_run_each_stage_once() {
                     "ENVBUILD_STATE",
                     project.path().join(format!("state-{}", i % 3)),
                 )
-                .args(["build", "demo", "-q"])
+                .args(["build", "demo", "-q", "--wait"])
                 .spawn()
                 .unwrap()
         })
@@ -495,4 +496,53 @@ fn a_command_refused_for_bad_input_creates_no_store() {
     }
     project.ok(&["build", "demo"]);
     assert_eq!(project.entries().len(), 3);
+}
+
+#[test]
+fn off_a_terminal_a_long_stage_prints_a_heartbeat_with_its_last_line() {
+    let project = Project::new();
+    project.write(
+        "slow.toml",
+        r#"
+[machines.m]
+[[machines.m.stages]]
+name = "long"
+steps = ["echo collecting-wheels; echo downloading-wheel-7; sleep 3"]
+"#,
+    );
+    let out = project
+        .cmd()
+        .env("ENVBUILD_HEARTBEAT", "1s")
+        .args(["build", "slow"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let beats: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("==> slow/m/long: running "))
+        .collect();
+    // One a second while the step sleeps, each with the output so far and its last line.
+    assert!(beats.len() >= 2, "{stderr}");
+    assert!(
+        beats
+            .iter()
+            .all(|l| l.contains(", 2 lines; last (") && l.ends_with("ago): downloading-wheel-7")),
+        "{stderr}"
+    );
+    // The output itself stays in the stage's log, not on the console.
+    assert!(!stderr.contains("collecting-wheels"), "{stderr}");
+    // -q: nothing but results and errors.
+    project.write(
+        "quiet.toml",
+        "[machines.m]\n[[machines.m.stages]]\nname = \"long\"\nsteps = [\"echo x; sleep 2\"]\n",
+    );
+    let out = project
+        .cmd()
+        .env("ENVBUILD_HEARTBEAT", "1s")
+        .args(["build", "quiet", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }

@@ -718,14 +718,7 @@ run = ["true"]
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while common::processes_with(&marker).len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the long phase never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    common::wait_for_processes(&marker, 2);
     // SAFETY: signalling the child we spawned, as Ctrl-C or Jenkins' abort would.
     unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
@@ -771,4 +764,146 @@ run = ["true"]
         processes_mentioning(&project.state().display().to_string()).is_empty(),
         "clean-up did not run"
     );
+}
+
+/// The pids of the environment's running services, as `status` lists them.
+fn service_pids(project: &Project, env: &str) -> Vec<u64> {
+    project.json(&["status", env, "--json"])[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_test_deploys_what_it_tests_and_never_reuses_an_environment_that_is_up() {
+    let project = Project::new();
+    web_flow(&project, "");
+    let out = project.path().join("run");
+    let out = out.to_str().unwrap();
+    // Brought up by hand: the test refuses (exit 2, the fix named) and leaves it running.
+    project.ok(&["up", "web"]);
+    let before = service_pids(&project, "web");
+    let refused = project.run(&["test", "web", "--out", out]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("web is up (web/web)"), "{stderr}");
+    assert!(stderr.contains("`envbuild down web`"), "{stderr}");
+    assert!(stderr.contains("--replace"), "{stderr}");
+    assert_eq!(service_pids(&project, "web"), before, "the clean-up ran");
+    assert!(!std::path::Path::new(out).join("summary.json").exists());
+
+    // --replace: taken down, then deployed by the test from the cached stage, and cleaned up.
+    let replaced = project.run(&["test", "web", "--out", out, "--replace"]);
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replaced.stderr).contains("--replace: taking down web"));
+    let s = summary(std::path::Path::new(out));
+    assert_eq!(s["verdict"], "passed");
+    assert_eq!(s["cache"][0]["action"], "restored");
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+
+    // Kept by a test: the next test refuses as well, and does not pass on what it did not make.
+    project.ok(&["test", "web", "--out", out, "--keep"]);
+    let kept = service_pids(&project, "web");
+    let again = project.run(&["test", "web", "--out", out]);
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(service_pids(&project, "web"), kept);
+    project.ok(&["down", "web"]);
+}
+
+#[test]
+fn two_tests_at_once_never_share_an_environment_or_orphan_a_service() {
+    let project = Project::new();
+    let gate = project.path().join("gate");
+    let marker = format!("envbuild-two-tests-{}", std::process::id());
+    web_flow(
+        &project,
+        &format!(
+            r#"
+[[flows.check.phases]]
+name = "hold"
+action = "run"
+run = ["while [ ! -f {} ]; do sleep 0.1; done # {marker}"]
+"#,
+            gate.display()
+        ),
+    );
+    let spawn = |name: &str, extra: &[&str]| {
+        let mut test = project.process();
+        test.args(["test", "web", "--out"])
+            .arg(project.path().join(name))
+            .args(extra);
+        common::Background::spawn(test)
+    };
+    let first = spawn("first", &[]);
+    common::wait_for_processes(&marker, 1);
+    let pids = service_pids(&project, "web");
+
+    // The second refuses at once, naming the first; it probes and starts nothing.
+    let second = project.run(&["test", "web", "--out", "second"]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "web is in use by another envbuild (pid {}: envbuild test web, since",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    // A third waits for the first, then deploys afresh and passes on its own services.
+    let third = spawn("third", &["--wait"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(service_pids(&project, "web"), pids);
+    std::fs::write(&gate, "").unwrap();
+    for (run, child) in [("first", first), ("third", third)] {
+        let out = child.finish();
+        assert!(
+            out.status.success(),
+            "{run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(summary(&project.path().join(run))["verdict"], "passed");
+    }
+    let third = summary(&project.path().join("third"));
+    assert_eq!(third["cache"][0]["action"], "restored");
+    // Each run's clean-up took down its own services: nothing is left, orphaned or not.
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+}
+
+#[test]
+fn off_a_terminal_a_long_phase_says_it_is_alive_and_q_keeps_it_quiet() {
+    let project = Project::new();
+    web_flow(
+        &project,
+        r#"
+[[flows.check.phases]]
+name = "slow"
+action = "run"
+run = ["echo tempest-is-working; sleep 3"]
+"#,
+    );
+    let run = |extra: &[&str]| {
+        let out = project
+            .cmd()
+            .env("ENVBUILD_HEARTBEAT", "1s")
+            .args(["test", "web", "--out"])
+            .arg(project.path().join("run"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = run(&[]);
+    let beat = stderr
+        .lines()
+        .find(|l| l.starts_with("==> check/slow: running ") && l.contains("tempest-is-working"))
+        .unwrap_or_else(|| panic!("no heartbeat of the slow phase in:\n{stderr}"));
+    assert!(beat.contains(" 1 lines; last ("), "{beat}");
+    assert!(!run(&["-q"]).contains("running"));
 }

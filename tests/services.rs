@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Project, processes_mentioning};
+use common::{Background, Project, processes_mentioning};
 
 fn web_env(project: &Project, marker: &str) {
     project.write(
@@ -220,26 +220,11 @@ command = "exec sleep 600"
 fn a_service_that_never_gets_ready_fails_up_and_leaves_nothing() {
     let project = Project::new();
     let marker = format!("envbuild-notready-{}", std::process::id());
-    project.write(
-        "broken.toml",
-        &format!(
-            r#"
-[machines.m]
-ports = {{ p = "auto" }}
-[[machines.m.stages]]
-name = "s"
-steps = ["true"]
-
-[[machines.m.services]]
-name = "ok"
-command = "exec sleep 600 # {marker}"
-
-[[machines.m.services]]
-name = "never"
-command = "echo starting; exec sleep 600 # {marker}"
-ready = {{ tcp = "127.0.0.1:{{{{ ports.p }}}}", timeout = "2s" }}
-"#
-        ),
+    behind_a_running_service(
+        &project,
+        "broken",
+        &marker,
+        ("never", "echo starting; exec sleep 600", "2s"),
     );
     let out = project.run(&["up", "broken"]);
     assert_eq!(out.status.code(), Some(1));
@@ -281,4 +266,166 @@ steps = ["true"]
         "{stderr}"
     );
     assert!(project.entries().is_empty());
+}
+
+// Services here run `sleep` under their shell (no `exec`), so that the shell's command line,
+// the service's first process, keeps the test's marker.
+
+/// Environment `env`: a service `ok` that runs, then `(name, command, ready timeout)`, whose
+/// readiness (a TCP port nobody opens) never comes.
+fn behind_a_running_service(
+    project: &Project,
+    env: &str,
+    marker: &str,
+    second: (&str, &str, &str),
+) {
+    let (name, command, timeout) = second;
+    project.write(
+        &format!("{env}.toml"),
+        &format!(
+            r#"
+[machines.m]
+ports = {{ p = "auto" }}
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "ok"
+command = "sleep 600 # {marker}"
+
+[[machines.m.services]]
+name = "{name}"
+command = "{command} # {marker}"
+ready = {{ tcp = "127.0.0.1:{{{{ ports.p }}}}", timeout = "{timeout}" }}
+"#
+        ),
+    );
+}
+
+#[test]
+fn a_service_that_exits_at_once_is_reported_with_its_status_and_log() {
+    for (command, status) in [
+        (
+            "echo boom-from-the-service >&2; exit 3",
+            "exited with status 3",
+        ),
+        (
+            "echo boom-from-the-service >&2; kill -9 $$",
+            "was killed by signal 9 (SIGKILL)",
+        ),
+    ] {
+        let project = Project::new();
+        let marker = format!("envbuild-dying-{}", std::process::id());
+        // Its readiness timeout is far longer than it takes to notice the exit.
+        behind_a_running_service(&project, "dying", &marker, ("dies", command, "90s"));
+        let out = project.run(&["up", "dying"]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Its exit, not a readiness timeout (90 s) after the fact, with the end of its log.
+        assert!(
+            stderr.contains(&format!("service `dies` of machine `m` {status} ")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("before it was ready"), "{stderr}");
+        assert!(stderr.contains("boom-from-the-service"), "{stderr}");
+        let state = project.state().display().to_string();
+        assert!(processes_mentioning(&state).is_empty(), "{stderr}");
+        assert!(!project.state().join("envs/dying/m/services.json").exists());
+    }
+}
+
+#[test]
+fn sigint_or_sigterm_while_services_wait_for_readiness_stops_them_all() {
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let project = Project::new();
+        let marker = format!("envbuild-never-{}-{name}", std::process::id());
+        behind_a_running_service(&project, "never", &marker, ("never", "sleep 601", "600s"));
+        let child = Background::spawn({
+            let mut up = project.process();
+            up.args(["up", "never"]);
+            up
+        });
+        common::wait_for_processes(&marker, 2);
+        // SAFETY: signalling the child we spawned, as Ctrl-C or a CI abort would.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.finish();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name} while service `never`")),
+            "{stderr}"
+        );
+        assert!(common::processes_with(&marker).is_empty(), "{name}");
+        assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+        let machine = project.state().join("envs/never/m");
+        assert!(!machine.join("services.json").exists(), "{name}");
+        assert!(!machine.join("run").exists(), "{name}");
+    }
+}
+
+#[test]
+fn two_ups_at_once_never_share_an_environment() {
+    let project = Project::new();
+    let marker = format!("envbuild-gate-{}", std::process::id());
+    // Ready once the test creates `go` in the machine: the first `up` holds the environment
+    // until then.
+    project.write(
+        "gate.toml",
+        &format!(
+            r#"
+[machines.m]
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "svc"
+command = "sleep 600 # {marker}"
+ready = {{ command = "test -f go", timeout = "300s" }}
+"#
+        ),
+    );
+    let up = |extra: &[&str]| {
+        let mut up = project.process();
+        up.args(["up", "gate"]).args(extra);
+        Background::spawn(up)
+    };
+    let first = up(&[]);
+    common::wait_for_processes(&marker, 1);
+
+    // A second up refuses at once and names the run that holds the environment.
+    let out = project.run(&["up", "gate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "gate is in use by another envbuild (pid {}: envbuild up gate, since ",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--wait"), "{stderr}");
+    // So does down: it does not stop what another run is starting.
+    assert_eq!(project.run(&["down", "gate"]).status.code(), Some(2));
+    assert_eq!(common::processes_with(&marker).len(), 1);
+
+    // With --wait it waits for the first, then finds the environment up.
+    let waiting = up(&["--wait=5m"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::fs::write(project.state().join("envs/gate/m/root/go"), "").unwrap();
+    assert!(first.finish().status.success());
+    let waited = waiting.finish();
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(waited.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting for it to end"), "{stderr}");
+    assert!(stderr.contains("gate is already up"), "{stderr}");
+
+    // One service ran all along, the one status lists and down stops: nothing orphaned.
+    let pids = common::processes_with(&marker);
+    let status = project.json(&["status", "gate", "--json"]);
+    assert_eq!(pids.len(), 1);
+    assert_eq!(status[0]["services"][0]["pid"], pids[0]);
+    project.ok(&["down", "gate"]);
+    assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
 }

@@ -154,6 +154,12 @@ impl Backend for LocalBackend {
             let end = process::run_step(&command, &root, &env, deadline, |line| {
                 let _ = writeln!(log, "{line}");
             })?;
+            if end == StepEnd::Aborted {
+                return Err(Error::Aborted(format!(
+                    "prestart hook `{hook}` of machine `{}` was interrupted",
+                    machine.name
+                )));
+            }
             if end != StepEnd::Exited(0) {
                 return Err(Error::Failed(format!(
                     "prestart hook `{hook}` of machine `{}` failed ({end:?}).\n  last lines:\n{}\n  full log: {}",
@@ -165,7 +171,12 @@ impl Backend for LocalBackend {
         }
 
         for service in &machine.services {
-            if let Err(e) = start_service(m, runtime, service, &env, &ports, &mut running) {
+            let started = if process::aborting() {
+                Err(interrupted(service, machine))
+            } else {
+                start_service(m, runtime, service, &env, &ports, &mut running)
+            };
+            if let Err(e) = started {
                 self.stop(m, &running);
                 m.state.set_services(None)?;
                 return Err(e);
@@ -224,7 +235,8 @@ impl Backend for LocalBackend {
 }
 
 /// Starts one service, records it in `running` (and services.json), and waits until it is
-/// ready; on failure its process group is stopped and the error says why, with its log.
+/// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
+/// stopped and taken out of `running`, and the error says why, with the end of its log.
 fn start_service(
     m: &MachineContext,
     runtime: &Runtime,
@@ -243,35 +255,71 @@ fn start_service(
     let render = |text: &str| values.render(text).map_err(|e| Error::Failed(e.message));
     let log = m.state.logs().join(format!("{}.log", service.name));
     let command = render(&service.command)?;
+    let check = service
+        .ready
+        .as_ref()
+        .map(|ready| {
+            Ok::<_, Error>((
+                match &ready.check {
+                    ReadyCheck::Tcp(address) => ReadyCheck::Tcp(render(address)?),
+                    ReadyCheck::Http { url, status } => ReadyCheck::Http {
+                        url: render(url)?,
+                        status: *status,
+                    },
+                    ReadyCheck::Command(command) => ReadyCheck::Command(render(command)?),
+                },
+                ready.timeout,
+            ))
+        })
+        .transpose()?;
+    let url = service.url.as_deref().map(render).transpose()?;
     let pid = process::spawn_service(&command, &root, env, &log)?;
+    let started = Instant::now();
     running.services.push(RunningService {
         name: service.name.clone(),
         pid,
         stop_signal: service.stop_signal,
         log: log.clone(),
-        url: service.url.as_deref().map(render).transpose()?,
+        url,
     });
     m.state.set_services(Some(running))?;
-    let Some(ready) = &service.ready else {
+    let Some((check, timeout)) = check else {
         return Ok(());
     };
-    let check = match &ready.check {
-        ReadyCheck::Tcp(address) => ReadyCheck::Tcp(render(address)?),
-        ReadyCheck::Http { url, status } => ReadyCheck::Http {
-            url: render(url)?,
-            status: *status,
-        },
-        ReadyCheck::Command(command) => ReadyCheck::Command(render(command)?),
+    let Err(why) = wait_ready(&check, timeout, pid, &root, env) else {
+        return Ok(());
     };
-    wait_ready(&check, ready.timeout, pid, &root, env).map_err(|why| {
-        Error::Failed(format!(
-            "service `{}` of machine `{}` did not become ready: {why}.\n  last lines of its log:\n{}\n  full log: {}",
-            service.name,
-            m.machine.name,
-            process::tail(&log, 15),
-            log.display()
-        ))
+    process::stop_group(pid, service.stop_signal, STOP_GRACE);
+    running.services.retain(|s| s.pid != pid);
+    m.state.set_services(Some(running))?;
+    let machine = &m.machine.name;
+    let name = &service.name;
+    let log_tail = format!(
+        "\n  last lines of its log:\n{}\n  full log: {}",
+        process::tail(&log, 15),
+        log.display()
+    );
+    Err(match why {
+        NotReady::Aborted => interrupted(service, m.machine),
+        NotReady::Exited(exit) => Error::Failed(format!(
+            "service `{name}` of machine `{machine}` {exit} {:.1}s after it started, before it was ready.{log_tail}",
+            started.elapsed().as_secs_f64()
+        )),
+        NotReady::TimedOut(last) => Error::Failed(format!(
+            "service `{name}` of machine `{machine}` did not become ready: still not ready after {}s ({last}).{log_tail}",
+            timeout.as_secs()
+        )),
     })
+}
+
+/// The error of a service whose start SIGINT/SIGTERM cut short.
+fn interrupted(service: &Service, machine: &Machine) -> Error {
+    Error::Aborted(format!(
+        "interrupted by {} while service `{}` of machine `{}` started; what this run started was stopped",
+        process::interrupted_by().unwrap_or("a signal"),
+        service.name,
+        machine.name
+    ))
 }
 
 /// Picks a free loopback port for each "auto" port; fixed ports must be free.
@@ -329,29 +377,47 @@ pub fn runtime_env(
     env
 }
 
+/// Why a service is not ready.
+enum NotReady {
+    /// Its first process ended (a service runs in the foreground).
+    Exited(process::Exit),
+    /// The timeout passed; the last check's answer.
+    TimedOut(String),
+    /// SIGINT/SIGTERM.
+    Aborted,
+}
+
+/// Checks readiness every 200 ms until `timeout`; a service that exits or a signal ends the
+/// wait at once.
 fn wait_ready(
     check: &ReadyCheck,
     timeout: Duration,
     pid: i32,
     root: &Path,
     env: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not checked yet");
-    while Instant::now() < deadline {
-        if !process::group_alive(pid) {
-            return Err("its process exited".into());
+    loop {
+        if let Some(exit) = process::exited(pid) {
+            return Err(NotReady::Exited(exit));
+        }
+        if process::aborting() {
+            return Err(NotReady::Aborted);
+        }
+        if Instant::now() >= deadline {
+            return Err(NotReady::TimedOut(last));
         }
         match check_once(check, root, env) {
-            Ok(()) => return Ok(()),
+            // Ready, unless it answered while it was exiting.
+            Ok(()) => match process::exited(pid) {
+                Some(exit) => return Err(NotReady::Exited(exit)),
+                None => return Ok(()),
+            },
             Err(why) => last = why,
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!(
-        "still not ready after {}s ({last})",
-        timeout.as_secs()
-    ))
 }
 
 fn check_once(

@@ -2,8 +2,8 @@
 
 use clap::Args;
 
-use super::{Global, VarArgs, load, print_json};
-use crate::engine::{self, Action, BuildReport};
+use super::{Global, VarArgs, WaitArgs, load, print_json};
+use crate::engine::{self, Action, BuildReport, IfUp};
 use crate::error::Result;
 use crate::ops::{self, build::AfterBuild};
 
@@ -16,12 +16,16 @@ pub struct BuildArgs {
     json: bool,
     #[command(flatten)]
     vars: VarArgs,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct EnvArg {
     /// Environment name
     env: String,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 fn summary(report: &BuildReport) -> String {
@@ -41,7 +45,9 @@ pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
     let env = load(&ws, &args.env, &args.vars)?;
     let keys = ws.keys(&env)?;
-    let (report, after) = ops::build::build(&ws, &env, &keys)?;
+    crate::process::catch_interrupts();
+    let lock = ws.lock(&env, "build", args.wait.wait(), &ws.progress())?;
+    let (report, after) = ops::build::build(&ws, &lock, &env, &keys)?;
     if args.json {
         print_json(&report);
     } else if !global.quiet {
@@ -65,7 +71,10 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
     let env = load(&ws, &args.env, &args.vars)?;
     let keys = ws.keys(&env)?;
-    let (report, running) = engine::up(&ws, &env, &keys, &ws.progress())?;
+    let progress = ws.progress();
+    crate::process::catch_interrupts();
+    let lock = ws.lock(&env, "up", args.wait.wait(), &progress)?;
+    let (report, running) = engine::up(&ws, &lock, &env, &keys, IfUp::Reuse, &progress)?;
     if args.json {
         let machines = running
             .iter()
@@ -104,8 +113,9 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
 pub fn run_down(global: &Global, args: EnvArg) -> Result<i32> {
     let ws = global.workspace()?;
     let env = ws.load(&args.env, &[])?;
-    let killed = engine::down(&ws, &env)?;
     let progress = ws.progress();
+    let lock = ws.lock(&env, "down", args.wait.wait(), &progress)?;
+    let killed = engine::down(&ws, &lock, &env)?;
     for (machine, service) in &killed {
         progress.warn(&format!(
             "{}/{machine}/{service} did not stop in time and was killed",

@@ -52,6 +52,10 @@ pub struct Global {
     /// Print only results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Off a terminal (a CI console), how often a running stage or phase prints its time and
+    /// last output line [default: 30s]
+    #[arg(long, global = true, env = "ENVBUILD_HEARTBEAT", value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat: Option<std::time::Duration>,
     #[command(flatten)]
     pub remote: cache::RemoteArgs,
     /// libvirt URI for VM machines, overriding their `uri` [default: qemu:///system]
@@ -68,6 +72,31 @@ pub struct VarArgs {
     /// Override a var of the environment (changes the keys of exactly the stages that use it)
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var_override)]
     pub vars: Vec<(String, String)>,
+}
+
+/// `--wait[=DURATION]`: what a run does when another envbuild holds its environment.
+#[derive(Debug, Args, Clone)]
+pub struct WaitArgs {
+    /// If another envbuild is using the environment, wait for it to end (at most DURATION, e.g.
+    /// --wait=30m) instead of refusing
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, value_parser = parse_duration)]
+    wait: Option<Option<std::time::Duration>>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a duration: write e.g. 90s, 30m, 1h"))
+}
+
+impl WaitArgs {
+    pub fn wait(&self) -> crate::engine::Wait {
+        match self.wait {
+            None => crate::engine::Wait::No,
+            Some(limit) => crate::engine::Wait::For(limit),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +156,7 @@ impl Global {
             store: self.store.clone(),
             state: self.state.clone(),
             quiet: self.quiet,
+            heartbeat: self.heartbeat,
             libvirt_uri: self.libvirt_uri.clone(),
             images: self.images.clone(),
             remote: self.remote.overrides(),

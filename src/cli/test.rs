@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Global, VarArgs, load};
+use super::{Global, VarArgs, WaitArgs, load};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::harness::flow;
 use crate::harness::verdict::CheckKind;
@@ -28,6 +29,10 @@ pub struct TestArgs {
     /// Leave the environment up at the end instead of running the flow's clean-up
     #[arg(long)]
     keep: bool,
+    /// If the environment is up (an `envbuild up`, a `test --keep`), take it down first instead
+    /// of refusing: a test always deploys what it tests itself
+    #[arg(long)]
+    replace: bool,
     /// Push the summary and every probe sample to ElasticSearch (bulk API) at this URL
     #[arg(long, value_name = "URL")]
     es_url: Option<String>,
@@ -39,6 +44,8 @@ pub struct TestArgs {
     es_status_index: Option<String>,
     #[command(flatten)]
     vars: VarArgs,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
@@ -68,6 +75,32 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         })
     })?;
     let keys = ws.keys(&env)?;
+    let progress = ws.progress();
+    crate::process::catch_interrupts();
+    // The whole run holds the environment: no other envbuild starts, stops or probes it.
+    let lock = ws.lock(&env, "test", args.wait.wait(), &progress)?;
+    let up = engine::up_machines(&ws, &env)?;
+    if !up.is_empty() {
+        if !args.replace {
+            return Err(Error::input(
+                format!(
+                    "{} is up ({}): a test deploys what it tests itself, from the cached stages, and its clean-up would take down what it did not start",
+                    env.name,
+                    up.join(", ")
+                ),
+                format!(
+                    "take it down first (`envbuild down {0}`), or run `envbuild test {0} --replace` to have the test do it",
+                    env.name
+                ),
+            ));
+        }
+        progress.note(&format!(
+            "--replace: taking down {} ({}) to deploy it afresh",
+            env.name,
+            up.join(", ")
+        ));
+        engine::down(&ws, &lock, &env)?;
+    }
     let stamp = crate::clock::now_rfc3339().replace(':', "");
     let out = args.out.clone().unwrap_or_else(|| {
         ws.state
@@ -76,7 +109,6 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
             .join(&env.name)
             .join(format!("{stamp}-{}", flow.name))
     });
-    let progress = ws.progress();
     progress.note(&format!(
         "{} {}: {}",
         env.name,
@@ -94,7 +126,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         );
         Ok(INFRASTRUCTURE_FAILURE)
     };
-    let outcome = match flow::run(&ws, &env, flow, &keys, &out, args.keep, &progress) {
+    let outcome = match flow::run(&ws, &lock, &env, flow, &keys, &out, args.keep, &progress) {
         Ok(outcome) => outcome,
         Err(e) => return infrastructure(e),
     };

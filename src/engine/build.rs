@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::Workspace;
 use super::inputs::{RemoveOnDrop, prepare_inputs};
+use super::lock::EnvLock;
 use super::workspace::MachineHandle;
 use crate::backend::{MachineContext, StepContext};
 use crate::error::{Error, IoContext, Result, StageFailure};
@@ -16,7 +17,6 @@ use crate::process::StepEnd;
 use crate::spec::model::{Environment, Machine, Stage};
 use crate::spec::var_env_name;
 use crate::state::Marker;
-use crate::store::lock::FileLock;
 use crate::store::{Entry, Manifest, Store};
 use crate::ui::Progress;
 
@@ -54,10 +54,12 @@ pub struct BuildReport {
 /// Builds every machine of `env`: machines that do not wait for each other in parallel.
 pub fn build(
     ws: &Workspace,
+    lock: &EnvLock,
     env: &Environment,
     keys: &[StageKey],
     progress: &Progress,
 ) -> Result<BuildReport> {
+    debug_assert_eq!(lock.env, env.name);
     let started = Instant::now();
     for machine in &env.machines {
         let state = ws.state.locate(&env.name, &machine.name);
@@ -126,11 +128,6 @@ fn build_machine(
     let handle = MachineHandle::new(ws, env, machine)?;
     let (backend, state, m) = (handle.backend, &handle.state, handle.context());
     let label = m.label();
-    let _machine_lock = FileLock::acquire(&state.lock_file(), || {
-        progress.note(&format!(
-            "{label}: waiting for another envbuild using this machine"
-        ))
-    })?;
     if state
         .services()
         .is_some_and(|running| backend.runs_anything(&m, &running))

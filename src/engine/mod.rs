@@ -7,15 +7,18 @@
 //! build.rs      replay, build and commit the stages of every machine
 //! inputs.rs     a stage's inputs folder (inputs, rendered templates, pinned sources)
 //! services.rs   up and down
+//! lock.rs       one lock per environment, held by every run that changes its machines
 //! ```
 
 mod build;
 mod inputs;
+mod lock;
 mod plan;
 mod services;
 mod workspace;
 
 pub use build::{Action, BuildReport, build};
+pub use lock::{EnvLock, Wait};
 pub use plan::plan;
-pub use services::{down, runtime, up};
+pub use services::{IfUp, down, runtime, up, up_machines};
 pub use workspace::{MachineHandle, Workspace};

@@ -2,6 +2,7 @@
 
 use super::Workspace;
 use super::build::{BuildReport, build, waves};
+use super::lock::EnvLock;
 use super::workspace::MachineHandle;
 use crate::backend::{Runtime, StartOrder};
 use crate::error::{Error, Result};
@@ -22,14 +23,35 @@ pub fn runtime(ws: &Workspace, env: &Environment) -> Result<Runtime> {
     })
 }
 
+/// What `up` does with an environment that is already up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUp {
+    /// Leave it as it is when it runs its current build (`envbuild up`).
+    Reuse,
+    /// Fail: the caller must start services itself (a test's deploy phase).
+    Refuse,
+}
+
 /// Builds, then starts every machine's services. An environment that is already up with its
-/// current build is left as it is; one running an older build must be taken down first.
+/// current build is left as it is (`IfUp::Reuse`) or refused; one running an older build must
+/// be taken down first.
 pub fn up(
     ws: &Workspace,
+    lock: &EnvLock,
     env: &Environment,
     keys: &[StageKey],
+    if_up: IfUp,
     progress: &Progress,
 ) -> Result<(BuildReport, Vec<(String, RunningServices)>)> {
+    debug_assert_eq!(lock.env, env.name);
+    if if_up == IfUp::Refuse
+        && let Some(machines) = up_machines(ws, env)?.first()
+    {
+        return Err(Error::Failed(format!(
+            "{machines} is already up: this run did not start it, so it cannot deploy it"
+        ))
+        .fix(format!("take it down first (`envbuild down {}`)", env.name)));
+    }
     if let Some(running) = already_up(ws, env, keys)? {
         progress.note(&format!("{} is already up", env.name));
         return Ok((
@@ -40,7 +62,7 @@ pub fn up(
             running,
         ));
     }
-    let report = build(ws, env, keys, progress)?;
+    let report = build(ws, lock, env, keys, progress)?;
     let runtime = runtime(ws, env)?;
     let mut started: Vec<(MachineHandle, RunningServices)> = Vec::new();
     // Machines of a backend that starts in parallel (VMs: a minute or more each to boot) start
@@ -174,8 +196,23 @@ fn already_up(
     Ok((!running.is_empty()).then_some(running))
 }
 
+/// The machines of `env` (as `env/machine`) where anything `up` started still runs.
+pub fn up_machines(ws: &Workspace, env: &Environment) -> Result<Vec<String>> {
+    let mut up = Vec::new();
+    for machine in &env.machines {
+        let handle = MachineHandle::new(ws, env, machine)?;
+        if let Some(services) = handle.state.services()
+            && handle.backend.runs_anything(&handle.context(), &services)
+        {
+            up.push(handle.context().label());
+        }
+    }
+    Ok(up)
+}
+
 /// Stops every service of `env`; returns (machine, service) pairs that had to be killed.
-pub fn down(ws: &Workspace, env: &Environment) -> Result<Vec<(String, String)>> {
+pub fn down(ws: &Workspace, lock: &EnvLock, env: &Environment) -> Result<Vec<(String, String)>> {
+    debug_assert_eq!(lock.env, env.name);
     let mut killed = Vec::new();
     for machine in env.machines.iter().rev() {
         let handle = MachineHandle::new(ws, env, machine)?;

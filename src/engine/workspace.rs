@@ -60,7 +60,7 @@ impl Workspace {
     }
 
     pub fn progress(&self) -> Progress {
-        Progress::new(self.settings.quiet)
+        Progress::new(self.settings.quiet, self.settings.heartbeat)
     }
 
     pub fn load(&self, name: &str, overrides: &[(String, String)]) -> Result<Environment> {

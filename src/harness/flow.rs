@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::local::runtime_env;
 use crate::backend::{MachineContext, Runtime, ServiceControl};
 use crate::clock::now_rfc3339;
-use crate::engine::{self, Workspace};
+use crate::engine::{self, EnvLock, IfUp, Workspace};
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::{self, StepEnd};
@@ -28,23 +28,6 @@ use super::summary::{
 };
 use super::verdict::{Evidence, judge};
 
-/// The signal (SIGINT/SIGTERM) that interrupted the run, 0 while none did: the flow stops after
-/// the current phase (whose step is stopped) and cleans up.
-static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_interrupt(signal: libc::c_int) {
-    INTERRUPTED_BY.store(signal, Ordering::SeqCst);
-    process::ABORT.store(true, Ordering::SeqCst);
-}
-
-fn interrupted_by() -> Option<&'static str> {
-    match INTERRUPTED_BY.load(Ordering::SeqCst) {
-        0 => None,
-        libc::SIGTERM => Some("SIGTERM"),
-        _ => Some("SIGINT"),
-    }
-}
-
 /// Names a phase whose first attempt fails on purpose (tests of the retry policy).
 pub const FAIL_ONCE_VAR: &str = "ENVBUILD_FAIL_ONCE";
 
@@ -55,6 +38,7 @@ pub struct Outcome {
 
 struct Runner<'a> {
     ws: &'a Workspace,
+    lock: &'a EnvLock,
     env: &'a Environment,
     flow: &'a Flow,
     keys: &'a [StageKey],
@@ -116,8 +100,10 @@ pub fn declared_probes(flow: &Flow) -> Vec<DeclaredProbe> {
 
 /// Runs `flow` and returns what happened, judged (harness/verdict.rs); writes logs into
 /// `out/logs`. Reports are written by the caller from the outcome.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     ws: &Workspace,
+    lock: &EnvLock,
     env: &Environment,
     flow: &Flow,
     keys: &[StageKey],
@@ -129,15 +115,11 @@ pub fn run(
         std::fs::create_dir_all(out.join(dir))
             .ctx(|| format!("creating {}", out.join(dir).display()))?;
     }
-    // SAFETY: installing a handler that only stores to atomics.
-    unsafe {
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            libc::signal(signal, on_interrupt as *const () as libc::sighandler_t);
-        }
-    }
+    process::catch_interrupts();
     let started = now_rfc3339();
     let mut runner = Runner {
         ws,
+        lock,
         env,
         flow,
         keys,
@@ -175,7 +157,7 @@ pub fn run(
     let mut probes_failed_to_start = false;
     let mut i = 0;
     while i < phases.len() {
-        if interrupted_by().is_some() {
+        if process::interrupted_by().is_some() {
             progress.note("interrupted: stopping after the current phase and cleaning up");
             break;
         }
@@ -219,7 +201,7 @@ pub fn run(
                 phase.name
             )))
         } else {
-            runner.run_phase(phase)
+            runner.run_phase(phase, &|line| bar.line(line))
         };
         let span = Span {
             start_ms,
@@ -237,7 +219,7 @@ pub fn run(
                 }
                 i += 1;
             }
-            Err(e) if interrupted_by().is_some() => {
+            Err(e) if process::interrupted_by().is_some() => {
                 bar.finish("aborted");
                 results[i].error = Some(e.to_string());
                 results[i].status = PhaseStatus::Aborted;
@@ -272,8 +254,8 @@ pub fn run(
     }
     probing.stop(t0);
     // An interrupt that came after the last phase ended cut nothing short.
-    let aborted_by =
-        interrupted_by().filter(|_| results.iter().any(|r| r.status != PhaseStatus::Passed));
+    let aborted_by = process::interrupted_by()
+        .filter(|_| results.iter().any(|r| r.status != PhaseStatus::Passed));
     // Clean-up runs even after Ctrl-C: only a second interrupt stops its steps.
     process::ABORT.store(false, Ordering::SeqCst);
     if keep {
@@ -378,10 +360,18 @@ impl Runner<'_> {
         .map_err(|e| Error::Failed(format!("`{text}`: {}", e.message)))
     }
 
-    fn run_phase(&mut self, phase: &Phase) -> Result<()> {
+    /// Runs one attempt of `phase`; its commands' output lines also go to `on_line`.
+    fn run_phase(&mut self, phase: &Phase, on_line: &(dyn Fn(&str) + Sync)) -> Result<()> {
         match &phase.action {
             PhaseAction::Up => {
-                let (report, _) = engine::up(self.ws, self.env, self.keys, self.progress)?;
+                let (report, _) = engine::up(
+                    self.ws,
+                    self.lock,
+                    self.env,
+                    self.keys,
+                    IfUp::Refuse,
+                    self.progress,
+                )?;
                 if self.cache.is_empty() && !report.stages.is_empty() {
                     self.cache = report
                         .stages
@@ -399,10 +389,10 @@ impl Runner<'_> {
                 }
                 Ok(())
             }
-            PhaseAction::Down => engine::down(self.ws, self.env).map(|_| ()),
+            PhaseAction::Down => engine::down(self.ws, self.lock, self.env).map(|_| ()),
             PhaseAction::Run(commands) => {
                 for command in commands {
-                    self.run_command(phase, command)?;
+                    self.run_command(phase, command, on_line)?;
                 }
                 self.collect_results(phase);
                 Ok(())
@@ -431,7 +421,12 @@ impl Runner<'_> {
 
     /// Runs one command in the phase's machine, with its runtime environment, ENVBUILD_OUT (the
     /// run folder) and ENVBUILD_RESULT (where the command may leave results for the summary).
-    fn run_command(&self, phase: &Phase, command: &str) -> Result<()> {
+    fn run_command(
+        &self,
+        phase: &Phase,
+        command: &str,
+        on_line: &(dyn Fn(&str) + Sync),
+    ) -> Result<()> {
         let state = self.ws.state.machine(&self.env.name, &phase.machine)?;
         let ctx = self.machine_context(phase, &state);
         let ports = state.services().map(|s| s.ports).unwrap_or_default();
@@ -463,6 +458,7 @@ impl Runner<'_> {
             Instant::now() + phase.timeout,
             |line| {
                 let _ = writeln!(log, "{line}");
+                on_line(line);
             },
         )?;
         match end {
@@ -539,9 +535,9 @@ impl Runner<'_> {
     /// A clean-up step: "down" takes the environment down; anything else runs in the machine.
     fn cleanup_step(&self, step: &str, phase: &Phase) -> Result<()> {
         if step == "down" {
-            return engine::down(self.ws, self.env).map(|_| ());
+            return engine::down(self.ws, self.lock, self.env).map(|_| ());
         }
-        self.run_command(phase, step)
+        self.run_command(phase, step, &|_| {})
     }
 
     /// Renders the probes against the running machine: ports, vars, secrets and, if a probe

@@ -1,6 +1,6 @@
 //! `build`, then push what it built to the remote caches that take pushes.
 
-use crate::engine::{self, BuildReport, Workspace};
+use crate::engine::{self, BuildReport, EnvLock, Workspace};
 use crate::error::Result;
 use crate::key::StageKey;
 use crate::remote::{self, PushOutcome};
@@ -18,11 +18,12 @@ pub enum AfterBuild {
 /// Builds `env`, then pushes its entries to every remote cache that takes pushes.
 pub fn build(
     ws: &Workspace,
+    lock: &EnvLock,
     env: &Environment,
     keys: &[StageKey],
 ) -> Result<(BuildReport, AfterBuild)> {
     let progress = ws.progress();
-    let report = engine::build(ws, env, keys, &progress)?;
+    let report = engine::build(ws, lock, env, keys, &progress)?;
     let remotes = &ws.remotes;
     let after = if remotes.read_only && remotes.remotes.iter().any(|r| r.push) {
         AfterBuild::ReadOnly

@@ -9,7 +9,7 @@ use crate::error::{IoContext, Result};
 
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: File,
 }
 
 impl FileLock {
@@ -17,11 +17,16 @@ impl FileLock {
     pub fn acquire(path: &Path, on_wait: impl FnOnce()) -> Result<FileLock> {
         let file = open(path)?;
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
-            return Ok(FileLock { _file: file });
+            return Ok(FileLock { file });
         }
         on_wait();
         flock(&file, libc::LOCK_EX).ctx(|| format!("locking {}", path.display()))?;
-        Ok(FileLock { _file: file })
+        Ok(FileLock { file })
+    }
+
+    /// The locked file (a holder may write who it is into it).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Takes the lock shared (beside other shared holders, never beside an exclusive one),
@@ -29,16 +34,16 @@ impl FileLock {
     pub fn acquire_shared(path: &Path, on_wait: impl FnOnce()) -> Result<FileLock> {
         let file = open(path)?;
         if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
-            return Ok(FileLock { _file: file });
+            return Ok(FileLock { file });
         }
         on_wait();
         flock(&file, libc::LOCK_SH).ctx(|| format!("locking {}", path.display()))?;
-        Ok(FileLock { _file: file })
+        Ok(FileLock { file })
     }
 
     /// The locked file, for a holder that also writes it (a lease); the lock lives with it.
     pub fn into_file(self) -> File {
-        self._file
+        self.file
     }
 
     /// Takes the lock only if nobody holds it.
@@ -46,7 +51,7 @@ impl FileLock {
         let file = open(path)?;
         Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)
             .ok()
-            .map(|_| FileLock { _file: file }))
+            .map(|_| FileLock { file }))
     }
 }
 

@@ -200,6 +200,18 @@ pub fn processes_with(needle: &str) -> Vec<i32> {
     found
 }
 
+/// Waits (at most two minutes) until `n` processes have `marker` on their command line.
+pub fn wait_for_processes(marker: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while processes_with(marker).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} processes with {marker} never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Pids of processes whose command line or environment contains `needle` (services `exec` away
 /// their command line; their environment names the project's state folder).
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
@@ -217,4 +229,36 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// A run of the binary in the background that a failing test does not leave behind: dropped
+/// before it ended, it gets SIGTERM (and cleans up, as on a CI abort) and is waited for.
+pub struct Background(Option<std::process::Child>);
+
+impl Background {
+    pub fn spawn(mut command: Command) -> Background {
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Background(Some(command.spawn().expect("envbuild starts")))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Waits for the end of the run: its status and output.
+    pub fn finish(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: signalling the child this test spawned.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
 }

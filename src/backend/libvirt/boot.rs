@@ -131,6 +131,13 @@ pub(super) fn boot(plan: &BootPlan) -> Result<Booted> {
     virsh.create(&xml)?;
     let deadline = started + BOOT_TIMEOUT;
     loop {
+        // SIGINT/SIGTERM (caught by `up` and `build`): the guard destroys the VM as we return.
+        if process::aborting() {
+            return Err(Error::Aborted(format!(
+                "interrupted while VM {} booted; it is destroyed",
+                plan.domain
+            )));
+        }
         if !virsh.is_running(plan.domain) {
             return Err(Error::Failed(format!(
                 "VM {} stopped while booting.\n  last console lines:\n{}\n  console: {}",
