@@ -22,6 +22,7 @@ mod discovery;
 mod flows;
 mod machines;
 mod order;
+mod probes;
 mod stages;
 
 pub use discovery::list_names;
