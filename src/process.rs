@@ -7,7 +7,7 @@
 //! and `down` stops their process group.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,25 +105,9 @@ pub fn run_step(
     deadline: Instant,
     mut on_line: impl FnMut(&str) + Send,
 ) -> Result<StepEnd> {
-    let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
     let (reader, writer) = std::io::pipe().ctx(|| "creating a pipe".into())?;
-    let mut child = Command::new(&exe)
-        .args(["supervise", "--", "/bin/sh", "-ec", command])
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env)
-        .env(SUPERVISOR_PARENT, std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().ctx(|| "creating a pipe".into())?)
-        .stderr(writer)
-        .spawn()
-        .ctx(|| {
-            format!(
-                "starting a step ({} supervise) in {}",
-                exe.display(),
-                cwd.display()
-            )
-        })?;
+    let stdout = writer.try_clone().ctx(|| "creating a pipe".into())?;
+    let mut child = spawn_supervised(command, cwd, env, stdout.into(), writer.into())?;
     std::thread::scope(|scope| {
         let lines = scope.spawn(move || {
             for line in BufReader::new(reader).split(b'\n') {
@@ -131,26 +115,100 @@ pub fn run_step(
                 on_line(&String::from_utf8_lossy(&line));
             }
         });
-        let end = loop {
-            if let Some(status) = child.try_wait().ctx(|| "waiting for a step".into())? {
-                break StepEnd::Exited(status.code().unwrap_or(128));
-            }
-            let aborted = ABORT.load(Ordering::SeqCst);
-            if aborted || Instant::now() >= deadline {
-                // SAFETY: signalling our own child, which kills its step's process group.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                let _ = child.wait();
-                break if aborted {
-                    StepEnd::Aborted
-                } else {
-                    StepEnd::TimedOut
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let end = wait_supervised(&mut child, deadline);
         let _ = lines.join();
-        Ok(end)
+        end
     })
+}
+
+/// What a command printed, each stream apart and cut at the size asked for.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `sh -ec command` under the supervisor like [`run_step`], keeping stdout and stderr
+/// apart, the first `max` bytes of each (the rest is read and dropped).
+pub fn run_captured(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    deadline: Instant,
+    max: usize,
+) -> Result<(StepEnd, Captured)> {
+    let (out_reader, out_writer) = std::io::pipe().ctx(|| "creating a pipe".into())?;
+    let (err_reader, err_writer) = std::io::pipe().ctx(|| "creating a pipe".into())?;
+    let mut child = spawn_supervised(command, cwd, env, out_writer.into(), err_writer.into())?;
+    let keep = |mut reader: std::io::PipeReader| {
+        let mut kept = Vec::new();
+        let mut buffer = [0u8; 8192];
+        while let Ok(n @ 1..) = reader.read(&mut buffer) {
+            let room = max.saturating_sub(kept.len());
+            kept.extend_from_slice(&buffer[..n.min(room)]);
+        }
+        kept
+    };
+    std::thread::scope(|scope| {
+        let stdout = scope.spawn(|| keep(out_reader));
+        let stderr = scope.spawn(|| keep(err_reader));
+        let end = wait_supervised(&mut child, deadline)?;
+        let captured = Captured {
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        };
+        Ok((end, captured))
+    })
+}
+
+/// `envbuild supervise -- /bin/sh -ec COMMAND` with the environment `env` and nothing else.
+fn spawn_supervised(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<std::process::Child> {
+    let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
+    Command::new(&exe)
+        .args(["supervise", "--", "/bin/sh", "-ec", command])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .env(SUPERVISOR_PARENT, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .ctx(|| {
+            format!(
+                "starting a step ({} supervise) in {}",
+                exe.display(),
+                cwd.display()
+            )
+        })
+}
+
+/// Waits for a supervised step until it ends, `deadline` passes or [`ABORT`] is raised (then
+/// the supervisor is told to kill the step's process group).
+fn wait_supervised(child: &mut std::process::Child, deadline: Instant) -> Result<StepEnd> {
+    loop {
+        if let Some(status) = child.try_wait().ctx(|| "waiting for a step".into())? {
+            return Ok(StepEnd::Exited(status.code().unwrap_or(128)));
+        }
+        let aborted = ABORT.load(Ordering::SeqCst);
+        if aborted || Instant::now() >= deadline {
+            // SAFETY: signalling our own child, which kills its step's process group.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            return Ok(if aborted {
+                StepEnd::Aborted
+            } else {
+                StepEnd::TimedOut
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 static SUPERVISED_GROUP: AtomicI32 = AtomicI32::new(0);

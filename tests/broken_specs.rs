@@ -90,6 +90,12 @@ const CASES: &[Case] = &[
     Case { name: "flow-budget-bad-uptime", args: &[], location: Some(":19:18"), phrases: &["min_uptime_pct `101` is a percentage of successful requests, from 0 to 100"] },
     Case { name: "flow-probe-max-in-flight", args: &[], location: Some(":21:17"), phrases: &["max_in_flight is from 1 to 1000"] },
     Case { name: "flow-probe-unknown-secret", args: &[], location: Some(":22:9"), phrases: &["`{{ secrets.nope }}` names nothing defined here", "ports.http, token"] },
+    Case { name: "flow-probe-unknown-kind", args: &[], location: Some(":20:8"), phrases: &["unknown probe kind `script`", "allowed: http (default), program"] },
+    Case { name: "flow-program-probe-url", args: &[], location: Some(":22:7"), phrases: &["`url` is a key of HTTP probes", "a program probe runs `command`"] },
+    Case { name: "flow-program-probe-no-command", args: &[], location: Some(":19:8"), phrases: &["a program probe needs command = \"...\""] },
+    Case { name: "flow-probe-command-without-kind", args: &[], location: Some(":21:11"), phrases: &["`command` is a key of program probes", "add kind = \"program\""] },
+    Case { name: "flow-http-probe-no-url", args: &[], location: Some(":19:8"), phrases: &["an HTTP probe needs url = \"http://...\""] },
+    Case { name: "flow-program-probe-secret", args: &[], location: Some(":24:35"), phrases: &["secrets are never rendered", "read $ENVBUILD_SECRET_ADMIN instead"] },
     Case { name: "cloud-unknown-machine", args: &[], location: Some(":13:11"), phrases: &["[cloud] names machine `controller`, which this environment does not define", "machines: keystone"] },
     // Command line.
     Case { name: "var-override-undeclared", args: &["--var", "nope=1"], location: None, phrases: &["--var nope", "declares no var `nope`", "declared vars: release, version"] },

@@ -197,6 +197,14 @@ fn print_summary(summary: &crate::harness::summary::RunSummary) {
             probe.down_time_ms as f64 / 1000.0,
             probe.latency_p95_ms.unwrap_or(0.0)
         );
+        if !probe.phases.is_empty() {
+            let phases: Vec<String> = probe
+                .phases
+                .iter()
+                .map(|(name, f)| format!("{name} p50 {:.1} p95 {:.1}", f.p50_s, f.p95_s))
+                .collect();
+            println!("        {}", phases.join(", "));
+        }
     }
     if !summary.complete {
         println!("  INCOMPLETE: not every phase passed or a probe could not be judged");

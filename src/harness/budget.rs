@@ -104,6 +104,7 @@ mod tests {
         // 100 samples at 10 Hz, down 1.0 s (samples 20..30 failed), 90 % uptime.
         let samples: Vec<Sample> = (0..100u64)
             .map(|i| Sample {
+                phases: Default::default(),
                 t_ms: i * 100,
                 probe: "keystone".into(),
                 ok: !(20..30).contains(&i),

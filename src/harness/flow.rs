@@ -15,12 +15,13 @@ use crate::engine::{self, EnvLock, IfUp, Workspace};
 use crate::error::{Error, IoContext, Result};
 use crate::key::StageKey;
 use crate::process::{self, StepEnd};
-use crate::spec::model::{self as spec_model, Environment, Flow, Phase, PhaseAction};
+use crate::spec::model::{self as spec_model, Environment, Flow, Phase, PhaseAction, ProbeKind};
 use crate::spec::template::{self, RuntimeValues};
 use crate::ui::Progress;
 
 use super::budget::{Budget, DeclaredProbe};
-use super::probe::{self, ResolvedProbe, RunningProbes};
+use super::probe::{self, Action, Request, ResolvedProbe, RunningProbes};
+use super::program::Program;
 use super::stats::{Sample, summarize};
 use super::summary::{
     PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, Span, StageUse, TestCounts,
@@ -540,8 +541,9 @@ impl Runner<'_> {
         self.run_command(phase, step, &|_| {})
     }
 
-    /// Renders the probes against the running machine: ports, vars, secrets and, if a probe
-    /// names `{{ token }}`, a token issued now with the environment's [cloud] credentials.
+    /// Renders the probes against the running machine: ports, vars, secrets and, if an HTTP
+    /// probe names `{{ token }}`, a token issued now with the environment's [cloud]
+    /// credentials. A program probe gets the runtime environment of a `run` phase.
     fn resolve_probes(&self) -> Result<Vec<ResolvedProbe>> {
         let machine = &self.flow.probes[0].machine;
         let state = self.ws.state.machine(&self.env.name, machine)?;
@@ -552,10 +554,13 @@ impl Runner<'_> {
         let names_token = |text: &str| {
             template::placeholders(text).is_ok_and(|found| found.iter().any(|p| p.name == "token"))
         };
-        let needs_token = self.flow.probes.iter().any(|p| {
-            names_token(&p.url)
-                || p.headers.values().any(|v| names_token(v))
-                || p.body.as_deref().is_some_and(names_token)
+        let needs_token = self.flow.probes.iter().any(|p| match &p.kind {
+            ProbeKind::Http(r) => {
+                names_token(&r.url)
+                    || r.headers.values().any(|v| names_token(v))
+                    || r.body.as_deref().is_some_and(names_token)
+            }
+            ProbeKind::Program { .. } => false,
         });
         let token = if needs_token {
             Some(self.issue_token(&ports)?)
@@ -567,7 +572,7 @@ impl Runner<'_> {
             ports: &ports,
             dirs: None,
         };
-        // Probes also name the token and secrets (rendered in memory only).
+        // HTTP probes also name the token and secrets (rendered in memory only).
         let lookup = |name: &str| -> Option<String> {
             match (name, name.strip_prefix("secrets.")) {
                 ("token", _) => token.clone(),
@@ -581,25 +586,62 @@ impl Runner<'_> {
             .probes
             .iter()
             .map(|p| {
+                let action = match &p.kind {
+                    ProbeKind::Http(r) => Action::Http(Request {
+                        method: r.method.clone(),
+                        url: render(&r.url)?,
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| Ok((k.clone(), render(v)?)))
+                            .collect::<Result<_>>()?,
+                        body: r.body.as_deref().map(render).transpose()?,
+                        expect: r.expect,
+                    }),
+                    ProbeKind::Program { command } => {
+                        Action::Program(self.program(&p.name, command, &state, &ports)?)
+                    }
+                };
+                let program = matches!(action, Action::Program(_));
                 Ok(ResolvedProbe {
                     name: p.name.clone(),
-                    method: p.method.clone(),
-                    url: render(&p.url)?,
-                    headers: p
-                        .headers
-                        .iter()
-                        .map(|(k, v)| Ok((k.clone(), render(v)?)))
-                        .collect::<Result<_>>()?,
-                    body: p.body.as_deref().map(render).transpose()?,
-                    expect: p.expect,
+                    action,
                     interval: Duration::from_secs_f64(1.0 / p.rate_hz),
                     timeout: p.timeout,
-                    max_in_flight: p
-                        .max_in_flight
-                        .unwrap_or_else(|| probe::default_max_in_flight(p.rate_hz, p.timeout)),
+                    max_in_flight: p.max_in_flight.unwrap_or_else(|| {
+                        probe::default_max_in_flight(program, p.rate_hz, p.timeout)
+                    }),
                 })
             })
             .collect()
+    }
+
+    /// A program probe's command, rendered, with the environment a `run` phase's command gets
+    /// (but no ENVBUILD_PHASE or ENVBUILD_RESULT: it runs across phases).
+    fn program(
+        &self,
+        name: &str,
+        command: &str,
+        state: &crate::state::MachineState,
+        ports: &BTreeMap<String, u16>,
+    ) -> Result<Program> {
+        let machine = self
+            .env
+            .machine(&self.flow.probes[0].machine)
+            .expect("spec checked the machine");
+        let ctx = MachineContext {
+            env: &self.env.name,
+            machine,
+            state,
+        };
+        let mut env = runtime_env(&ctx, &self.runtime(), ports);
+        env.insert("ENVBUILD_OUT".into(), self.out.display().to_string());
+        Ok(Program {
+            command: self.render(command, ports, &state.root(), &state.run_dir())?,
+            cwd: state.root(),
+            env,
+            log: self.out.join("logs").join(format!("probe-{name}.log")),
+        })
     }
 
     fn issue_token(&self, ports: &BTreeMap<String, u16>) -> Result<String> {
@@ -618,18 +660,14 @@ impl Runner<'_> {
                 "name": cloud.username, "domain": {"name": cloud.user_domain},
                 "password": self.secrets.get(&cloud.password_secret).cloned().unwrap_or_default()}}},
             "scope": {"project": {"name": cloud.project, "domain": {"name": cloud.project_domain}}}}});
-        let request = ResolvedProbe {
-            name: "token".into(),
+        let request = Request {
             method: "POST".into(),
             url: format!("{}/auth/tokens", auth_url.trim_end_matches('/')),
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: Some(body.to_string()),
             expect: 201,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(30),
-            max_in_flight: 1,
         };
-        let answer = probe::exchange(&self.ws.remotes.http, &request)
+        let answer = probe::exchange(&self.ws.remotes.http, &request, Duration::from_secs(30))
             .map_err(|e| Error::Failed(format!("issuing a token for the probes: {e}")))?;
         if answer.status != 201 {
             return Err(Error::Failed(format!(

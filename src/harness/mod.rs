@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod flow;
 pub mod probe;
+pub mod program;
 pub mod stats;
 pub mod summary;
 pub mod verdict;

@@ -15,28 +15,45 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::program::{self, Program};
 use super::stats::{NOT_SENT, Sample};
 use crate::http::{self, Body, Url};
 
-/// A probe with every placeholder rendered: ready to send.
+/// A probe with every placeholder rendered: ready to run.
 #[derive(Debug, Clone)]
 pub struct ResolvedProbe {
     pub name: String,
+    pub action: Action,
+    pub interval: Duration,
+    /// One request's whole exchange, or one iteration of a program.
+    pub timeout: Duration,
+    /// Requests (or iterations) waiting for their end at once, at most.
+    pub max_in_flight: usize,
+}
+
+/// What a probe does at each due time.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Http(Request),
+    Program(Program),
+}
+
+/// One HTTP request and the status that counts as a success.
+#[derive(Debug, Clone)]
+pub struct Request {
     pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
     pub expect: u16,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Requests waiting for an answer at once, at most.
-    pub max_in_flight: usize,
 }
 
 /// Enough for one timeout's worth of requests at the probe's rate, so that a hung API is still
-/// sampled at the rate until the first requests time out; at most 100 threads per probe.
-pub fn default_max_in_flight(rate_hz: f64, timeout: Duration) -> usize {
-    ((rate_hz * timeout.as_secs_f64()).ceil() as usize + 1).clamp(1, 100)
+/// sampled at the rate until the first requests time out; at most 100 threads per probe, and
+/// at most 4 iterations of a program at once (each is a process tree on the machine it tests).
+pub fn default_max_in_flight(program: bool, rate_hz: f64, timeout: Duration) -> usize {
+    let most = if program { 4 } else { 100 };
+    ((rate_hz * timeout.as_secs_f64()).ceil() as usize + 1).clamp(1, most)
 }
 
 /// An answer is read to its end, up to this size (a probe measures the whole answer).
@@ -86,8 +103,8 @@ fn run_probe(
     t0: Instant,
     stop: &AtomicBool,
 ) -> Vec<Sample> {
-    let url = Url::parse(&probe.url).map_err(|e| e.to_string());
     let in_flight = AtomicUsize::new(0);
+    let log = std::sync::Mutex::new(());
     let (answers, answered) = std::sync::mpsc::channel();
     let mut samples = Vec::new();
     let start = Instant::now();
@@ -102,25 +119,33 @@ fn run_probe(
                 t_ms,
                 probe: probe.name.clone(),
                 ok: false,
-                status: None,
-                latency_ms: 0.0,
                 error: Some(format!("{NOT_SENT} {why}")),
+                ..Sample::default()
             };
             if in_flight.load(Ordering::SeqCst) >= probe.max_in_flight {
+                let what = match probe.action {
+                    Action::Http(_) => "requests already wait for answers",
+                    Action::Program(_) => "iterations are still running",
+                };
                 samples.push(not_sent(format!(
-                    "{} requests already wait for answers (the probe's max_in_flight)",
+                    "{} {what} (the probe's max_in_flight)",
                     probe.max_in_flight
                 )));
                 continue;
             }
             in_flight.fetch_add(1, Ordering::SeqCst);
-            let (url, waiting, answers): (_, _, Sender<Sample>) =
-                (&url, &in_flight, answers.clone());
+            let (waiting, answers, log): (_, Sender<Sample>, _) =
+                (&in_flight, answers.clone(), &log);
             let spawned = std::thread::Builder::new()
                 .name(format!("probe {}", probe.name))
                 .stack_size(STACK)
                 .spawn_scoped(scope, move || {
-                    let sample = send(client, probe, url, due, t_ms);
+                    let sample = match &probe.action {
+                        Action::Http(request) => send(client, &probe.name, request, due, t_ms),
+                        Action::Program(p) => {
+                            program::run_once(&probe.name, p, probe.timeout, due, t_ms, i, log)
+                        }
+                    };
                     waiting.fetch_sub(1, Ordering::SeqCst);
                     let _ = answers.send(sample);
                 });
@@ -151,45 +176,43 @@ fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
 }
 
 /// One request, timed from its due time.
-fn send(
-    client: &http::Client,
-    probe: &ResolvedProbe,
-    url: &Result<Url, String>,
-    due: Instant,
-    t_ms: u64,
-) -> Sample {
-    let answer = url
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|url| exchange_url(client, probe, url).map_err(|(e, _)| e));
+fn send(client: &http::Client, name: &str, request: &Request, due: Instant, t_ms: u64) -> Sample {
+    let answer = Url::parse(&request.url)
+        .map_err(|e| e.to_string())
+        .and_then(|url| exchange_url(client, request, &url).map_err(|(e, _)| e));
     let latency_ms = due.elapsed().as_secs_f64() * 1000.0;
     let (ok, status, error) = match answer {
-        Ok(response) if response.status == probe.expect => (true, Some(response.status), None),
+        Ok(response) if response.status == request.expect => (true, Some(response.status), None),
         Ok(response) => (
             false,
             Some(response.status),
             Some(format!(
                 "HTTP {}, expected {}",
-                response.status, probe.expect
+                response.status, request.expect
             )),
         ),
         Err(error) => (false, None, Some(error)),
     };
     Sample {
         t_ms,
-        probe: probe.name.clone(),
+        probe: name.to_string(),
         ok,
         status,
         latency_ms,
         error,
+        ..Sample::default()
     }
 }
 
-/// One request of `probe` through `client`, its answer read to the end: the response (status
-/// and headers), or why there was none (with the fix, when there is one to say).
-pub fn exchange(client: &http::Client, probe: &ResolvedProbe) -> Result<http::Response, String> {
-    let url = Url::parse(&probe.url).map_err(|e| e.to_string())?;
-    exchange_url(&client.with_deadline(probe.timeout), probe, &url).map_err(|(e, fix)| match fix {
+/// One request through `client` within `timeout`, its answer read to the end: the response
+/// (status and headers), or why there was none (with the fix, when there is one to say).
+pub fn exchange(
+    client: &http::Client,
+    request: &Request,
+    timeout: Duration,
+) -> Result<http::Response, String> {
+    let url = Url::parse(&request.url).map_err(|e| e.to_string())?;
+    exchange_url(&client.with_deadline(timeout), request, &url).map_err(|(e, fix)| match fix {
         Some(fix) => format!("{e}\n  fix: {fix}"),
         None => e,
     })
@@ -198,21 +221,21 @@ pub fn exchange(client: &http::Client, probe: &ResolvedProbe) -> Result<http::Re
 /// The response, or why there was none and what would fix it.
 fn exchange_url(
     client: &http::Client,
-    probe: &ResolvedProbe,
+    request: &Request,
     url: &Url,
 ) -> Result<http::Response, (String, Option<String>)> {
-    let headers: Vec<(&str, &str)> = probe
+    let headers: Vec<(&str, &str)> = request
         .headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    let body = match (&probe.body, probe.method.as_str()) {
+    let body = match (&request.body, request.method.as_str()) {
         (Some(body), _) => Body::Bytes(body.as_bytes()),
         (None, "POST" | "PUT" | "PATCH") => Body::Bytes(b""),
         (None, _) => Body::Empty,
     };
     let mut response = client
-        .request(&probe.method, url, &headers, body)
+        .request(&request.method, url, &headers, body)
         .map_err(|e| (e.to_string(), e.fix()))?;
     response
         .drain(MAX_ANSWER)
@@ -228,14 +251,20 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::Mutex;
 
-    fn probe(url: String, expect: u16, interval_ms: u64) -> ResolvedProbe {
-        ResolvedProbe {
-            name: "p".into(),
+    fn request(url: String, expect: u16) -> Request {
+        Request {
             method: "POST".into(),
             url,
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: Some("{\"a\":1}".into()),
             expect,
+        }
+    }
+
+    fn probe(url: String, expect: u16, interval_ms: u64) -> ResolvedProbe {
+        ResolvedProbe {
+            name: "p".into(),
+            action: Action::Http(request(url, expect)),
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(10),
             max_in_flight: 64,
@@ -320,7 +349,12 @@ mod tests {
     #[test]
     fn exchange_sends_method_headers_body_and_reads_status() {
         let (url, seen) = server(201, Duration::ZERO);
-        let response = exchange(&http::Client::default(), &probe(url, 201, 100)).unwrap();
+        let response = exchange(
+            &http::Client::default(),
+            &request(url, 201),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(response.status, 201);
         let request = seen.requests.recv().unwrap();
         assert!(

@@ -25,10 +25,12 @@
 //!   to its last sample plus one mean interval; `None` below two samples. Probes send on
 //!   schedule, so it falls short of the declared rate only when the in-flight bound was hit.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-/// One request of one probe: a line of status.jsonl.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One request (or program iteration) of one probe: a line of status.jsonl.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Milliseconds since the start of the run.
     pub t_ms: u64,
@@ -38,6 +40,18 @@ pub struct Sample {
     pub status: Option<u16>,
     pub latency_ms: f64,
     pub error: Option<String>,
+    /// A program probe's sub-phase timings in seconds, as it printed them (`build_s`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub phases: BTreeMap<String, f64>,
+}
+
+/// One sub-phase of a program probe over its successful samples: nearest-rank percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseFigures {
+    pub samples: u64,
+    pub p50_s: f64,
+    pub p95_s: f64,
+    pub max_s: f64,
 }
 
 /// A sample's `error` starts with this when its request could not be sent at its time.
@@ -78,6 +92,9 @@ pub struct ProbeSummary {
     /// Samples whose request was not sent (the probe's in-flight bound was reached).
     #[serde(default)]
     pub not_sent: u64,
+    /// A program probe's sub-phases (`build_s`, `total_s`, ...) over its successful samples.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub phases: BTreeMap<String, PhaseFigures>,
 }
 
 /// Summarizes the samples of `probe` in `samples` (samples of other probes are ignored, so the
@@ -135,7 +152,31 @@ pub fn summarize(probe: &str, samples: &[Sample]) -> ProbeSummary {
         end_ms,
         achieved_rate_hz,
         not_sent,
+        phases: phase_figures(&mine),
     }
+}
+
+/// Per sub-phase name, its figures over the successful samples that report it.
+fn phase_figures(sorted: &[&Sample]) -> BTreeMap<String, PhaseFigures> {
+    let mut seconds: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for sample in sorted.iter().filter(|s| s.ok) {
+        for (name, value) in &sample.phases {
+            seconds.entry(name).or_default().push(*value);
+        }
+    }
+    seconds
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_by(f64::total_cmp);
+            let figures = PhaseFigures {
+                samples: values.len() as u64,
+                p50_s: nearest_rank(&values, 50).unwrap_or(0.0),
+                p95_s: nearest_rank(&values, 95).unwrap_or(0.0),
+                max_s: values.last().copied().unwrap_or(0.0),
+            };
+            (name.to_string(), figures)
+        })
+        .collect()
 }
 
 fn outages(sorted: &[&Sample]) -> Vec<Outage> {
@@ -187,6 +228,7 @@ mod tests {
 
     fn sample(t_ms: u64, ok: bool, latency_ms: f64) -> Sample {
         Sample {
+            phases: Default::default(),
             t_ms,
             probe: "keystone".into(),
             ok,

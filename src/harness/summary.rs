@@ -191,6 +191,7 @@ pub(crate) mod fixture {
                 let keystone_ok = !(8..11).contains(&t) && t != 15;
                 [
                     Sample {
+                        phases: Default::default(),
                         t_ms: 25_000 + t * 1000,
                         probe: "keystone".into(),
                         ok: keystone_ok,
@@ -203,6 +204,7 @@ pub(crate) mod fixture {
                         error: (!keystone_ok).then(|| "502 Bad Gateway".into()),
                     },
                     Sample {
+                        phases: Default::default(),
                         t_ms: 25_500 + t * 1000,
                         probe: "token".into(),
                         ok: true,

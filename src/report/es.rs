@@ -343,6 +343,7 @@ mod tests {
         summary.probe_windows.clear();
         let samples = vec![
             Sample {
+                phases: Default::default(),
                 t_ms: 250,
                 probe: "keystone".into(),
                 ok: true,
@@ -351,6 +352,7 @@ mod tests {
                 error: None,
             },
             Sample {
+                phases: Default::default(),
                 t_ms: 61_001,
                 probe: "keystone".into(),
                 ok: false,

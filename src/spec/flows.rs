@@ -164,15 +164,9 @@ impl Loader<'_> {
                 format!("flow `{}` has no phases", name.get_ref()),
             );
         }
-        let mut probes: Vec<HttpProbe> = Vec::new();
-        let probe_scope = Scope {
-            vars,
-            ports: Some(&default_machine.ports),
-            probe_secrets: Some(secrets),
-        };
+        let mut probes: Vec<FlowProbe> = Vec::new();
         for raw_probe in &raw.probes {
             let r = raw_probe.get_ref();
-            self.check_name(&r.name, "probe")?;
             if probes.iter().any(|x| x.name == *r.name.get_ref()) {
                 return self.err(
                     r.name.span().start,
@@ -183,76 +177,7 @@ impl Loader<'_> {
                     ),
                 );
             }
-            self.check_placeholders(&r.url, &probe_scope)?;
-            if !["http://", "https://"]
-                .iter()
-                .any(|s| r.url.get_ref().starts_with(s))
-            {
-                return self.err(
-                    r.url.span().start,
-                    "a probe URL starts with http:// or https://",
-                );
-            }
-            for value in r.headers.values() {
-                self.check_placeholders(value, &probe_scope)?;
-            }
-            if let Some(body) = &r.body {
-                self.check_placeholders(body, &probe_scope)?;
-            }
-            let method = r
-                .method
-                .as_ref()
-                .map_or("GET".to_string(), |m| m.get_ref().to_uppercase());
-            if !["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"].contains(&method.as_str()) {
-                return self.err(
-                    r.method.as_ref().unwrap().span().start,
-                    "method is one of GET, POST, PUT, DELETE, HEAD, PATCH",
-                );
-            }
-            let expect = match &r.expect {
-                None => 200,
-                Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
-                Some(s) => {
-                    return self.err(s.span().start, "expect is an HTTP status code (100-599)");
-                }
-            };
-            let rate_hz = match &r.rate {
-                None => 1.0,
-                Some(rate) if *rate.get_ref() > 0.0 && *rate.get_ref() <= 1000.0 => *rate.get_ref(),
-                Some(rate) => {
-                    return self.err(
-                        rate.span().start,
-                        "rate is requests per second, above 0 and at most 1000",
-                    );
-                }
-            };
-            probes.push(HttpProbe {
-                name: r.name.get_ref().clone(),
-                method,
-                url: r.url.get_ref().clone(),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
-                    .collect(),
-                body: r.body.as_ref().map(|b| b.get_ref().clone()),
-                expect,
-                rate_hz,
-                timeout: self.duration(r.timeout.as_ref(), Duration::from_secs(5))?,
-                max_in_flight: match &r.max_in_flight {
-                    None => None,
-                    Some(n) if (1..=1000).contains(n.get_ref()) => Some(*n.get_ref() as usize),
-                    Some(n) => {
-                        return self.err(n.span().start, "max_in_flight is from 1 to 1000");
-                    }
-                },
-                machine: default_machine.name.clone(),
-                budget: self.budget(
-                    r.max_failed_requests.as_ref(),
-                    r.max_down_time.as_ref(),
-                    r.min_uptime_pct.as_ref(),
-                )?,
-            });
+            probes.push(self.probe(r, default_machine, vars, secrets)?);
         }
         // The flow's clean-up runs in the machine of its first phase.
         let first = machines
@@ -339,7 +264,7 @@ impl Loader<'_> {
     }
 
     /// An availability budget of a flow or a probe: a count, a duration (0 allowed), a share.
-    fn budget(
+    pub(super) fn budget(
         &self,
         max_failed_requests: Option<&Spanned<i64>>,
         max_down_time: Option<&Spanned<toml::Value>>,

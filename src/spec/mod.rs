@@ -28,6 +28,7 @@ mod flows;
 mod inputs;
 mod machines;
 mod order;
+mod probes;
 mod stages;
 
 pub use discovery::list_names;

@@ -236,7 +236,7 @@ pub struct Flow {
     pub budget: Budget,
     pub cleanup: Vec<String>,
     pub phases: Vec<Phase>,
-    pub probes: Vec<HttpProbe>,
+    pub probes: Vec<FlowProbe>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,22 +264,40 @@ pub struct Phase {
     pub timeout: Duration,
 }
 
+/// A probe of a flow: what it does at each due time, and its schedule and budget.
 #[derive(Debug, Clone)]
-pub struct HttpProbe {
+pub struct FlowProbe {
     pub name: String,
-    pub method: String,
-    /// These hold runtime placeholders (ports, `token`, `secrets.x`), rendered when probes start.
-    pub url: String,
-    pub headers: BTreeMap<String, String>,
-    pub body: Option<String>,
-    pub expect: u16,
+    pub kind: ProbeKind,
+    /// Requests or iterations started per second, on schedule.
     pub rate_hz: f64,
+    /// One request's whole exchange, or one iteration of a program.
     pub timeout: Duration,
-    /// `None`: the harness's default for the rate and timeout.
+    /// `None`: the harness's default for the kind, rate and timeout.
     pub max_in_flight: Option<usize>,
     pub machine: String,
     /// Its own budget keys (the flow's fill in the others).
     pub budget: Budget,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbeKind {
+    Http(HttpRequest),
+    /// A command run in the machine root per iteration (runtime placeholders rendered at start).
+    Program {
+        command: String,
+    },
+}
+
+/// What an HTTP probe sends. These hold runtime placeholders (ports, `token`, `secrets.x`),
+/// rendered when probes start.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub expect: u16,
 }
 
 /// An availability budget (docs/spec.md, flows): each key set must hold; none set means the

@@ -82,8 +82,12 @@ pub struct RawPhase {
 #[serde(deny_unknown_fields)]
 pub struct RawProbe {
     pub name: Name,
+    /// `http` (default): one request per due time; `program`: one run of `command`.
+    pub kind: Option<Spanned<String>>,
+    /// A program probe's command: one iteration, one JSON line on stdout (docs/harness.md).
+    pub command: Option<Spanned<String>>,
     pub method: Option<Spanned<String>>,
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
     pub body: Option<Spanned<String>>,

@@ -18,6 +18,7 @@ fn phase(name: &str, status: PhaseStatus) -> PhaseResult {
 fn probe(name: &str, n: u64, fails: impl Fn(u64) -> bool) -> ProbeSummary {
     let samples: Vec<Sample> = (0..n)
         .map(|i| Sample {
+            phases: Default::default(),
             t_ms: 1000 + i * 100,
             probe: name.into(),
             ok: !fails(i),

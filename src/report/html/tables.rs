@@ -137,6 +137,35 @@ pub fn probes_table(page: &mut String, summary: &RunSummary) {
     page.push_str(
         "</table>\n<p class=\"meta\">Outage times are seconds since the start of the run.</p>\n",
     );
+    scenario_phases_table(page, summary);
+}
+
+/// Program probes' sub-phases (a server's build time, ...) over their successful iterations.
+fn scenario_phases_table(page: &mut String, summary: &RunSummary) {
+    if summary.probes.iter().all(|p| p.phases.is_empty()) {
+        return;
+    }
+    page.push_str(
+        "<h2>Scenario phases</h2>\n<table>\n<tr><th>probe</th><th>phase</th>\
+         <th class=\"n\">iterations</th><th class=\"n\">p50</th><th class=\"n\">p95</th>\
+         <th class=\"n\">max</th></tr>\n",
+    );
+    for p in &summary.probes {
+        for (name, f) in &p.phases {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.2} s</td>\
+                 <td class=\"n\">{:.2} s</td><td class=\"n\">{:.2} s</td></tr>",
+                text(&p.probe),
+                text(name),
+                f.samples,
+                f.p50_s,
+                f.p95_s,
+                f.max_s
+            );
+        }
+    }
+    page.push_str("</table>\n");
 }
 
 pub fn smoke_table(page: &mut String, summary: &RunSummary) {

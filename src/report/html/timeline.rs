@@ -471,6 +471,7 @@ mod tests {
 
     fn sample(t_ms: u64, ok: bool) -> Sample {
         Sample {
+            phases: Default::default(),
             t_ms,
             probe: "p".into(),
             ok,
