@@ -6,6 +6,7 @@ use super::{Global, VarArgs, load, print_json};
 use crate::engine::{self, Action, BuildReport};
 use crate::error::Result;
 use crate::ops::{self, build::AfterBuild};
+use crate::spec::model::Environment;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -14,8 +15,22 @@ pub struct BuildArgs {
     /// Print a JSON report of what was built, restored and cached (and, for up, the services)
     #[arg(long)]
     json: bool,
+    /// Only these machines (comma-separated), e.g. the ones this host can run
+    #[arg(long, value_name = "MACHINE,...", value_delimiter = ',')]
+    only: Vec<String>,
     #[command(flatten)]
     vars: VarArgs,
+}
+
+impl BuildArgs {
+    /// The environment, or the part of it `--only` names.
+    fn environment(&self, ws: &crate::engine::Workspace) -> Result<Environment> {
+        let env = load(ws, &self.env, &self.vars)?;
+        if self.only.is_empty() {
+            return Ok(env);
+        }
+        ops::build::only(&env, &self.only)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +54,7 @@ fn summary(report: &BuildReport) -> String {
 
 pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
-    let env = load(&ws, &args.env, &args.vars)?;
+    let env = args.environment(&ws)?;
     let keys = ws.keys(&env)?;
     let (report, after) = ops::build::build(&ws, &env, &keys)?;
     if args.json {
@@ -63,7 +78,7 @@ struct UpReport<'a> {
 
 pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
-    let env = load(&ws, &args.env, &args.vars)?;
+    let env = args.environment(&ws)?;
     let keys = ws.keys(&env)?;
     let (report, running) = engine::up(&ws, &env, &keys, &ws.progress())?;
     if args.json {
