@@ -4,7 +4,8 @@
 # envbuild-elk-setup.service once both answer. Vars: ENVBUILD_VAR_ELK_ADDRESS,
 # ENVBUILD_VAR_ES_HEAP, ENVBUILD_VAR_KIBANA_PUBLIC_URL.
 set -eu
-in=${ENVBUILD_INPUTS:?}
+# The role folder (this script is in its scripts/): environments/NAME/ or infra/NAME/.
+in=$(cd "$(dirname "$0")/.." && pwd)
 address=${ENVBUILD_VAR_ELK_ADDRESS:?}
 heap=${ENVBUILD_VAR_ES_HEAP:?}
 public=${ENVBUILD_VAR_KIBANA_PUBLIC_URL:?}

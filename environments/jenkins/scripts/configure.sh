@@ -3,7 +3,8 @@
 # the per-boot secrets unit, and jenkins.service enabled. Vars: ENVBUILD_VAR_JENKINS_URL,
 # ENVBUILD_VAR_REPO_URL, ENVBUILD_VAR_CACHE_URL, ENVBUILD_VAR_TRUSTED_KEY.
 set -eu
-in=${ENVBUILD_INPUTS:?}
+# The role folder (this script is in its scripts/): environments/NAME/ or infra/NAME/.
+in=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p /etc/jenkins/casc
 install -m 644 "$in/casc/jenkins.yaml" "$in/casc/envbuild-job.groovy" /etc/jenkins/casc/
 install -m 755 "$in/scripts/secrets.sh" /usr/local/sbin/envbuild-jenkins-secrets

@@ -4,7 +4,8 @@
 # Plugin Installation Manager, which checks each download's sha256 against the update
 # center's signed metadata. Vars: ENVBUILD_VAR_PLUGIN_MANAGER_VERSION.
 set -eu
-in=${ENVBUILD_INPUTS:?}
+# The role folder (this script is in its scripts/): environments/NAME/ or infra/NAME/.
+in=$(cd "$(dirname "$0")/.." && pwd)
 tool=${ENVBUILD_VAR_PLUGIN_MANAGER_VERSION:?}
 jar=/usr/local/lib/jenkins-plugin-manager-$tool.jar
 url=https://github.com/jenkinsci/plugin-installation-manager-tool/releases/download/$tool/jenkins-plugin-manager-$tool.jar
