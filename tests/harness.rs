@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 
 use common::{Project, count_lines, processes_mentioning};
 
@@ -248,45 +247,12 @@ run = ["true"]
     );
 }
 
-/// A loopback stand-in for ElasticSearch's bulk endpoint: answers `answer` and hands back the
-/// request it got.
-fn fake_es(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut buffer = [0u8; 65536];
-        loop {
-            let n = stream.read(&mut buffer).unwrap();
-            request.extend_from_slice(&buffer[..n]);
-            let text = String::from_utf8_lossy(&request).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap();
-                if body.len() >= length {
-                    break;
-                }
-            }
-        }
-        write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len()).unwrap();
-        String::from_utf8(request).unwrap()
-    });
-    (url, handle)
-}
-
 #[test]
 fn results_are_pushed_to_elasticsearch_with_the_bulk_api() {
     let project = Project::new();
     web_flow(&project, "");
     let out = project.path().join("run");
-    let (url, server) = fake_es(r#"{"took":3,"errors":false,"items":[]}"#);
+    let (url, server) = common::es::fake_es(r#"{"took":3,"errors":false,"items":[]}"#);
     let result = project
         .cmd()
         .env("JOB_NAME", "envbuild-ci")

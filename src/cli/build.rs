@@ -6,6 +6,7 @@ use super::{Global, VarArgs, WaitArgs, load, print_json};
 use crate::engine::{self, Action, BuildReport, IfUp};
 use crate::error::Result;
 use crate::ops::{self, build::AfterBuild};
+use crate::spec::model::Environment;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -14,10 +15,24 @@ pub struct BuildArgs {
     /// Print a JSON report of what was built, restored and cached (and, for up, the services)
     #[arg(long)]
     json: bool,
+    /// Only these machines (comma-separated), e.g. the ones this host can run
+    #[arg(long, value_name = "MACHINE,...", value_delimiter = ',')]
+    only: Vec<String>,
     #[command(flatten)]
     vars: VarArgs,
     #[command(flatten)]
     wait: WaitArgs,
+}
+
+impl BuildArgs {
+    /// The environment, or the part of it `--only` names.
+    fn environment(&self, ws: &crate::engine::Workspace) -> Result<Environment> {
+        let env = load(ws, &self.env, &self.vars)?;
+        if self.only.is_empty() {
+            return Ok(env);
+        }
+        ops::build::only(&env, &self.only)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -43,7 +58,7 @@ fn summary(report: &BuildReport) -> String {
 
 pub fn run_build(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
-    let env = load(&ws, &args.env, &args.vars)?;
+    let env = args.environment(&ws)?;
     let keys = ws.keys(&env)?;
     crate::process::catch_interrupts();
     let lock = ws.lock(&env, "build", args.wait.wait(), &ws.progress())?;
@@ -69,7 +84,7 @@ struct UpReport<'a> {
 
 pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     let ws = global.workspace()?;
-    let env = load(&ws, &args.env, &args.vars)?;
+    let env = args.environment(&ws)?;
     let keys = ws.keys(&env)?;
     let progress = ws.progress();
     crate::process::catch_interrupts();
