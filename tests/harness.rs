@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::{Project, count_lines, processes_mentioning};
 
 fn web_flow(project: &Project, extra_phase: &str) -> std::path::PathBuf {
