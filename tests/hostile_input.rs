@@ -83,6 +83,7 @@ run = ["printf '%s' {{ msg }} > \"$ENVBUILD_ROOT/phase.txt\""]
     project.ok(&[
         "test",
         "echo",
+        "--replace",
         "--var",
         &var,
         "--out",
