@@ -22,11 +22,11 @@ use crate::ui::Progress;
 use super::budget::{Budget, DeclaredProbe};
 use super::probe::{self, Action, Request, ResolvedProbe, RunningProbes};
 use super::program::Program;
-use super::stats::{Sample, summarize};
-use super::summary::{
-    PhaseResult, PhaseStatus, Rally, ResourceCheck, RunSummary, Smoke, Span, StageUse, TestCounts,
-    ci_metadata,
+use super::record::{
+    PhaseResult, PhaseStatus, Rally, ResourceCheck, Smoke, Span, StageUse, TestCounts,
 };
+use super::stats::{Sample, summarize};
+use super::summary::{RunSummary, ci_metadata};
 use super::verdict::{Evidence, judge};
 
 /// Names a phase whose first attempt fails on purpose (tests of the retry policy).

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod flow;
 pub mod probe;
 pub mod program;
+pub mod record;
 pub mod stats;
 pub mod summary;
 pub mod verdict;

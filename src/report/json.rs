@@ -43,8 +43,8 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::record::{Rally, Smoke};
     use crate::harness::summary::fixture::run;
-    use crate::harness::summary::{Rally, Smoke};
 
     #[test]
     fn summary_round_trips_through_the_file() {

@@ -255,7 +255,7 @@ fn secs(ms: u64) -> f64 {
 mod tests {
     use super::*;
     use crate::harness::budget::Budget;
-    use crate::harness::summary::PhaseStatus;
+    use crate::harness::record::PhaseStatus;
     use crate::harness::summary::fixture::{declared, rejudge, run};
     use serde_json::{Value, json};
 

@@ -22,8 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::budget::{Budget, DeclaredProbe, seconds};
+use super::record::{PhaseResult, PhaseStatus, Rally, ResourceCheck, Smoke, TestCounts};
 use super::stats::ProbeSummary;
-use super::summary::{PhaseResult, PhaseStatus, Rally, ResourceCheck, Smoke, TestCounts};
 
 /// Fewer samples than this say nothing about uptime (each one is a 20 % step).
 pub const MIN_SAMPLES: u64 = 5;

@@ -166,8 +166,8 @@ fn seconds(s: f64) -> String {
 mod tests {
     use super::*;
     use crate::harness::budget::Budget;
+    use crate::harness::record::{PhaseStatus, Span};
     use crate::harness::summary::fixture::{declared, rejudge, run};
-    use crate::harness::summary::{PhaseStatus, Span};
 
     fn logs() -> Vec<String> {
         vec!["logs/upgrade.log".into(), "logs/validate-after.log".into()]

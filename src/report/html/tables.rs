@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::harness::budget::seconds as ms_seconds;
+use crate::harness::record::TestCounts;
 use crate::harness::stats::ProbeSummary;
-use crate::harness::summary::{RunSummary, TestCounts};
+use crate::harness::summary::RunSummary;
 use crate::harness::verdict::{CheckKind, CheckStatus};
 
 use super::{attr, number, seconds, text};

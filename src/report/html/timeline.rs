@@ -7,8 +7,9 @@
 
 use std::fmt::Write;
 
+use crate::harness::record::{PhaseStatus, Span};
 use crate::harness::stats::{ProbeSummary, Sample};
-use crate::harness::summary::{PhaseStatus, RunSummary, Span};
+use crate::harness::summary::RunSummary;
 
 use super::{number, text};
 
