@@ -15,7 +15,10 @@ out=$1
 shift
 worst=0
 ran=0
-for tool in "$@"; do
+# The var arrives as one word ("tempest rally": placeholders are data, never split by the shell
+# that runs the phase): split it here, on blanks only (no globbing).
+set -f
+for tool in $*; do
     case $tool in
         tempest) script=tempest-smoke.sh ;;
         rally) script=rally-keystone.sh ;;
