@@ -153,7 +153,10 @@ impl History {
             let aside = path.with_file_name(format!("{FILE}.corrupt-{stamp}"));
             std::fs::rename(&path, &aside).ctx(|| format!("moving {} aside", path.display()))?;
             let journal = path.with_file_name(format!("{FILE}-journal"));
-            let _ = std::fs::rename(&journal, aside.with_file_name(format!("{FILE}.corrupt-{stamp}-journal")));
+            let _ = std::fs::rename(
+                &journal,
+                aside.with_file_name(format!("{FILE}.corrupt-{stamp}-journal")),
+            );
             progress.warn(&format!(
                 "{first}\n  set it aside as {}; a new history starts with this run",
                 aside.display()
@@ -163,10 +166,6 @@ impl History {
         set_aside()
             .map_err(|e| progress.warn(&format!("{e}\n  this run is not recorded in the history")))
             .ok()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Creates the table in a new history; checks the schema of an existing one.
@@ -189,7 +188,9 @@ impl History {
             .map_err(|e| unreadable(&path, &e))?;
         if version == 0 {
             transaction
-                .execute_batch(&format!("{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};"))
+                .execute_batch(&format!(
+                    "{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};"
+                ))
                 .map_err(|e| unreadable(&path, &e))?;
         }
         transaction.commit().map_err(|e| unreadable(&path, &e))
@@ -266,9 +267,8 @@ impl History {
     fn select(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<RecordedRun>> {
         let rows = || -> rusqlite::Result<Vec<(i64, String, String)>> {
             let mut statement = self.connection.prepare(sql)?;
-            let rows = statement.query_map(params, |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?;
+            let rows =
+                statement.query_map(params, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
             rows.collect()
         };
         rows()
@@ -329,10 +329,16 @@ mod tests {
         assert!(second > first);
         let read = History::read(state.path()).unwrap().unwrap();
         let all = read.runs(Some("aio-lite"), None).unwrap();
-        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [first, second]);
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [first, second]
+        );
         assert_eq!(all[1].summary, summary);
         assert_eq!(read.runs(None, Some("upgrade")).unwrap().len(), 1);
-        assert_eq!(read.latest("aio-lite", "upgrade").unwrap().unwrap().id, first);
+        assert_eq!(
+            read.latest("aio-lite", "upgrade").unwrap().unwrap().id,
+            first
+        );
         assert!(read.runs(Some("elk"), None).unwrap().is_empty());
     }
 
@@ -376,12 +382,18 @@ mod tests {
         let e = History::read(state.path()).err().unwrap();
         assert!(is_corrupt(&e), "{e}");
         assert!(e.to_string().contains("fix: move it aside"), "{e}");
-        let mut history = History::for_run(state.path(), &Progress::new(true, Duration::from_secs(30))).unwrap();
+        let mut history =
+            History::for_run(state.path(), &Progress::new(true, Duration::from_secs(30))).unwrap();
         history.record(&run().0, Path::new("/r")).unwrap();
         let names: Vec<String> = std::fs::read_dir(state.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().any(|n| n.starts_with("history.sqlite.corrupt-")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("history.sqlite.corrupt-")),
+            "{names:?}"
+        );
     }
 }
