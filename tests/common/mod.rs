@@ -2,6 +2,7 @@
 //! real envbuild binary.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod es;
 pub mod nginx;
 pub mod tls;
