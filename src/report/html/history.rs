@@ -91,24 +91,42 @@ fn svg_open(page: &mut String, height: f64, label: &str) {
 fn verdicts(page: &mut String, runs: &[RecordedRun]) {
     page.push_str("<h2>Verdicts</h2>\n");
     let step = ((WIDTH - LEFT) / runs.len() as f64).min(60.0);
-    svg_open(page, 50.0, "verdict of each run");
+    svg_open(page, 66.0, "verdict of each run");
     for (i, run) in runs.iter().enumerate() {
         let x = LEFT + i as f64 * step;
         let verdict = run.summary.verdict.as_str();
         let _ = writeln!(
             page,
             "<rect x=\"{x:.1}\" y=\"4\" width=\"{:.1}\" height=\"24\" fill=\"{}\">\
-             <title>run {}: {verdict}, {}</title></rect>\
-             <text x=\"{:.1}\" y=\"44\" text-anchor=\"middle\" {FONT}>{}</text>",
-            step - 4.0,
+             <title>run {}: {verdict}, {}</title></rect>",
+            bar_width(step),
             verdict_colour(verdict),
             run.id,
             text(&run.summary.started),
-            x + (step - 4.0) / 2.0,
-            run.id
         );
+        if labelled(i, step) {
+            let _ = writeln!(
+                page,
+                "<text x=\"{:.1}\" y=\"42\" text-anchor=\"middle\" {FONT}>{}</text>",
+                x + bar_width(step) / 2.0,
+                run.id
+            );
+        }
     }
     let _ = writeln!(page, "<text x=\"0\" y=\"20\" {FONT}>verdict</text>");
+    for (i, verdict) in ["passed", "failed", "incomplete", "aborted"]
+        .iter()
+        .enumerate()
+    {
+        let x = WIDTH - 340.0 + i as f64 * 85.0;
+        let _ = writeln!(
+            page,
+            "<rect x=\"{x:.1}\" y=\"52\" width=\"10\" height=\"10\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"61\" {FONT}>{verdict}</text>",
+            verdict_colour(verdict),
+            x + 14.0
+        );
+    }
     page.push_str("</svg>\n");
 }
 
@@ -153,7 +171,7 @@ fn bar_chart(
     max: f64,
     show: fn(f64) -> String,
 ) {
-    let (height, top, bottom) = (150.0, 16.0, 22.0);
+    let (height, top, bottom) = (160.0, 26.0, 22.0);
     let plot = height - top - bottom;
     let max = if max > 0.0 { max } else { 1.0 };
     let step = ((WIDTH - LEFT) / bars.len() as f64).min(60.0);
@@ -176,12 +194,14 @@ fn bar_chart(
     );
     for (i, (id, value)) in bars.iter().enumerate() {
         let x = LEFT + 2.0 + i as f64 * step;
-        let middle = x + (step - 4.0) / 2.0;
-        let _ = writeln!(
-            page,
-            "<text x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>{id}</text>",
-            height - 6.0
-        );
+        let middle = x + bar_width(step) / 2.0;
+        if labelled(i, step) {
+            let _ = writeln!(
+                page,
+                "<text x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>{id}</text>",
+                height - 6.0
+            );
+        }
         let Some(value) = value else {
             let _ = writeln!(
                 page,
@@ -196,11 +216,31 @@ fn bar_chart(
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#1f5fa8\">\
              <title>run {id}: {}</title></rect>",
             top + plot - h,
-            step - 4.0,
+            bar_width(step),
             show(*value)
         );
+        // The figure over its bar, where bars are wide enough to carry it.
+        if step >= 40.0 {
+            let _ = writeln!(
+                page,
+                "<text x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\" {FONT}>{}</text>",
+                top + plot - h - 3.0,
+                show(*value)
+            );
+        }
     }
     page.push_str("</svg>\n");
+}
+
+/// The width of a run's bar or square: its `step` less a gap.
+fn bar_width(step: f64) -> f64 {
+    step - (step * 0.1).min(4.0)
+}
+
+/// Whether the run at `i` gets its id under the axis: all of them, unless `step` (the width of
+/// a run) is too narrow for that; then one in every few.
+fn labelled(i: usize, step: f64) -> bool {
+    i % ((30.0 / step).ceil() as usize).max(1) == 0
 }
 
 fn probes(page: &mut String, runs: &[RecordedRun]) {
@@ -407,6 +447,20 @@ mod tests {
         ] {
             assert!(!html.contains(forbidden), "the page contains {forbidden}");
         }
+    }
+
+    #[test]
+    fn many_runs_get_narrow_bars_and_one_id_in_a_few() {
+        let one = recorded().remove(0);
+        let runs: Vec<RecordedRun> = (1..=200)
+            .map(|id| RecordedRun { id, ..one.clone() })
+            .collect();
+        let html = history_page("aio-lite", &runs);
+        assert!(!html.contains("width=\"-"), "no negative width");
+        assert!(html.contains(">200 runs, from ") || html.contains("<p>200 runs, from "));
+        // 200 runs in 930 px: 4.65 px each, an id every 7th run.
+        assert!(html.contains(">1</text>") && html.contains(">8</text>"));
+        assert!(!html.contains(">2</text>"), "ids every run would overlap");
     }
 
     #[test]
