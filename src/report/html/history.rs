@@ -240,7 +240,7 @@ fn bar_width(step: f64) -> f64 {
 /// Whether the run at `i` gets its id under the axis: all of them, unless `step` (the width of
 /// a run) is too narrow for that; then one in every few.
 fn labelled(i: usize, step: f64) -> bool {
-    i % ((30.0 / step).ceil() as usize).max(1) == 0
+    i.is_multiple_of(((30.0 / step).ceil() as usize).max(1))
 }
 
 fn probes(page: &mut String, runs: &[RecordedRun]) {
