@@ -163,6 +163,26 @@ fn an_aborted_run_is_recorded_as_aborted() {
 }
 
 #[test]
+fn the_history_can_live_outside_the_state_folder() {
+    let project = Project::new();
+    site(&project, "site", "sleep 0.5");
+    let kept = project.path().join("kept/history.sqlite");
+    let out = project.path().join("run");
+    let output = project
+        .cmd()
+        .env("ENVBUILD_HISTORY_FILE", &kept)
+        .args(["test", "site", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(kept.is_file());
+    assert!(!project.state().join("history.sqlite").exists());
+    assert!(runs(&project, "site").is_empty());
+    let listed = project.json(&["runs", "--json", "--history-file", kept.to_str().unwrap()]);
+    assert_eq!(listed[0]["run_dir"], out.to_str().unwrap());
+}
+
+#[test]
 fn runs_that_end_together_are_both_recorded() {
     let project = Project::new();
     let go = project.path().join("go");

@@ -51,6 +51,14 @@ pub struct Global {
     /// Live machines, secrets, running services [default: $XDG_STATE_HOME/envbuild]
     #[arg(long, global = true, env = "ENVBUILD_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// The results history, kept across runs [default: STATE/history.sqlite]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVBUILD_HISTORY_FILE",
+        value_name = "FILE"
+    )]
+    pub history_file: Option<PathBuf>,
     /// Print only results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -161,6 +169,7 @@ impl Global {
             envs: self.envs.clone(),
             store: self.store.clone(),
             state: self.state.clone(),
+            history: self.history_file.clone(),
             quiet: self.quiet,
             heartbeat: self.heartbeat,
             libvirt_uri: self.libvirt_uri.clone(),

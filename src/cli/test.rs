@@ -133,7 +133,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
     };
     let summary = &outcome.summary;
     // The history never stops a run from reporting: its trouble is a warning.
-    let mut history = History::for_run(&ws.state.root, &progress);
+    let mut history = History::for_run(&ws.settings.history, &progress);
     let previous = history
         .as_ref()
         .and_then(|h| {

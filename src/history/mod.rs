@@ -3,7 +3,7 @@
 //! --history`, and the "vs previous" section of each report.html).
 //!
 //! ```text
-//! STATE/history.sqlite        one table, `runs`: id, env, flow, started, verdict, run folder,
+//! STATE/history.sqlite        (or --history-file) one table, `runs`: id, env, flow, started, verdict, run folder,
 //!                             and the whole summary.json of the run
 //! STATE/history.sqlite.lock   held while a corrupt history is set aside
 //! ```
@@ -105,35 +105,44 @@ impl RecordedRun {
 }
 
 impl History {
-    /// Opens the history of the state folder `state_root`, creating it if there is none.
-    pub fn open(state_root: &Path) -> Result<History> {
-        std::fs::create_dir_all(state_root)
-            .ctx(|| format!("creating the state folder {}", state_root.display()))?;
-        let path = state_root.join(FILE);
-        let connection = Connection::open(&path).map_err(|e| unreadable(&path, &e))?;
-        let mut history = History { connection, path };
+    /// Opens the history database `path`, creating it if there is none.
+    pub fn open(path: &Path) -> Result<History> {
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder)
+                .ctx(|| format!("creating the folder of {}", path.display()))?;
+        }
+        let connection = Connection::open(path).map_err(|e| unreadable(path, &e))?;
+        let mut history = History {
+            connection,
+            path: path.to_path_buf(),
+        };
         history.prepare()?;
         Ok(history)
     }
 
-    /// Opens the history of `state_root` to read it; `None` when no run was ever recorded there.
-    pub fn read(state_root: &Path) -> Result<Option<History>> {
-        let path = state_root.join(FILE);
+    /// Opens the history database `path` to read it; `None` when no run was ever recorded there.
+    pub fn read(path: &Path) -> Result<Option<History>> {
         if !path.exists() {
             return Ok(None);
         }
-        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| unreadable(&path, &e))?;
-        let history = History { connection, path };
-        history.check_version(history.version()?)?;
-        Ok(Some(history))
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| unreadable(path, &e))?;
+        let history = History {
+            connection,
+            path: path.to_path_buf(),
+        };
+        match history.version()? {
+            // An empty file: a history whose first run did not get as far as its table.
+            0 => Ok(None),
+            version => history.check_version(version).map(|()| Some(history)),
+        }
     }
 
     /// The history for a run that is about to report: a corrupt one is set aside (renamed
     /// `history.sqlite.corrupt-<time>`) with a warning and a new one started; `None`, with a
     /// warning, when there is still none to write to. Never an error: a run reports without it.
-    pub fn for_run(state_root: &Path, progress: &Progress) -> Option<History> {
-        let first = match History::open(state_root) {
+    pub fn for_run(path: &Path, progress: &Progress) -> Option<History> {
+        let first = match History::open(path) {
             Ok(history) => return Some(history),
             Err(e) if is_corrupt(&e) => e,
             Err(e) => {
@@ -143,25 +152,21 @@ impl History {
         };
         let set_aside = || -> Result<History> {
             // One run sets the file aside; a run that waited here finds the new one.
-            let _lock = FileLock::acquire(&state_root.join(format!("{FILE}.lock")), || {})?;
-            match History::open(state_root) {
+            let _lock = FileLock::acquire(&sibling(path, ".lock"), || {})?;
+            match History::open(path) {
                 Err(e) if is_corrupt(&e) => {}
                 other => return other,
             }
-            let path = state_root.join(FILE);
             let stamp = crate::clock::now_rfc3339().replace(':', "");
-            let aside = path.with_file_name(format!("{FILE}.corrupt-{stamp}"));
-            std::fs::rename(&path, &aside).ctx(|| format!("moving {} aside", path.display()))?;
-            let journal = path.with_file_name(format!("{FILE}-journal"));
-            let _ = std::fs::rename(
-                &journal,
-                aside.with_file_name(format!("{FILE}.corrupt-{stamp}-journal")),
-            );
+            let aside = sibling(path, &format!(".corrupt-{stamp}"));
+            std::fs::rename(path, &aside).ctx(|| format!("moving {} aside", path.display()))?;
+            let journal = sibling(path, "-journal");
+            let _ = std::fs::rename(&journal, sibling(&aside, "-journal"));
             progress.warn(&format!(
                 "{first}\n  set it aside as {}; a new history starts with this run",
                 aside.display()
             ));
-            History::open(state_root)
+            History::open(path)
         };
         set_aside()
             .map_err(|e| progress.warn(&format!("{e}\n  this run is not recorded in the history")))
@@ -292,6 +297,13 @@ impl History {
     }
 }
 
+/// `path` with `suffix` added to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// The marker of an unreadable history in an error's message (see [`is_corrupt`]).
 const UNREADABLE: &str = "the results history is unreadable";
 
@@ -322,12 +334,12 @@ mod tests {
     fn records_and_reads_back_runs_in_order() {
         let state = tempfile::tempdir().unwrap();
         let (mut summary, _) = run();
-        let mut history = History::open(state.path()).unwrap();
+        let mut history = History::open(&state.path().join(FILE)).unwrap();
         let first = history.record(&summary, Path::new("/runs/1")).unwrap();
         summary.flow = "other".into();
         let second = history.record(&summary, Path::new("/runs/2")).unwrap();
         assert!(second > first);
-        let read = History::read(state.path()).unwrap().unwrap();
+        let read = History::read(&state.path().join(FILE)).unwrap().unwrap();
         let all = read.runs(Some("aio-lite"), None).unwrap();
         assert_eq!(
             all.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -358,20 +370,47 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_file_has_no_runs_and_a_newer_schema_is_refused() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(state.path().join(FILE), "").unwrap();
+        assert!(History::read(&state.path().join(FILE)).unwrap().is_none());
+        let history = History::open(&state.path().join(FILE)).unwrap();
+        history
+            .connection
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let e = History::read(&state.path().join(FILE))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("schema version 99; this envbuild reads version 1"),
+            "{e}"
+        );
+        assert!(
+            History::for_run(
+                &state.path().join(FILE),
+                &Progress::new(true, Duration::from_secs(30))
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
     fn writers_at_once_are_all_recorded() {
         let state = tempfile::tempdir().unwrap();
         let (summary, _) = run();
         std::thread::scope(|scope| {
             for _ in 0..8 {
                 scope.spawn(|| {
-                    let mut history = History::open(state.path()).unwrap();
+                    let mut history = History::open(&state.path().join(FILE)).unwrap();
                     for _ in 0..5 {
                         history.record(&summary, Path::new("/r")).unwrap();
                     }
                 });
             }
         });
-        let history = History::read(state.path()).unwrap().unwrap();
+        let history = History::read(&state.path().join(FILE)).unwrap().unwrap();
         assert_eq!(history.runs(None, None).unwrap().len(), 40);
     }
 
@@ -379,11 +418,14 @@ mod tests {
     fn a_corrupt_history_is_an_error_to_read_and_set_aside_by_a_run() {
         let state = tempfile::tempdir().unwrap();
         std::fs::write(state.path().join(FILE), vec![b'x'; 4096]).unwrap();
-        let e = History::read(state.path()).err().unwrap();
+        let e = History::read(&state.path().join(FILE)).err().unwrap();
         assert!(is_corrupt(&e), "{e}");
         assert!(e.to_string().contains("fix: move it aside"), "{e}");
-        let mut history =
-            History::for_run(state.path(), &Progress::new(true, Duration::from_secs(30))).unwrap();
+        let mut history = History::for_run(
+            &state.path().join(FILE),
+            &Progress::new(true, Duration::from_secs(30)),
+        )
+        .unwrap();
         history.record(&run().0, Path::new("/r")).unwrap();
         let names: Vec<String> = std::fs::read_dir(state.path())
             .unwrap()

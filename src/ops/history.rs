@@ -10,7 +10,7 @@ use crate::report::html::history_page;
 
 /// The recorded runs (of `env`), oldest first; none when nothing was ever recorded.
 fn recorded(ws: &Workspace, env: Option<&str>, flow: Option<&str>) -> Result<Vec<RecordedRun>> {
-    match History::read(&ws.state.root)? {
+    match History::read(&ws.settings.history)? {
         Some(history) => history.runs(env, flow),
         None => Ok(Vec::new()),
     }
@@ -37,7 +37,7 @@ pub fn write_page(
         return Err(Error::input(
             format!(
                 "the results history ({}) has no run of {which}",
-                ws.state.root.join(crate::history::FILE).display()
+                ws.settings.history.display()
             ),
             "`envbuild runs` lists the recorded runs; `envbuild test ENV` records one",
         ));

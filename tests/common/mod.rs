@@ -23,6 +23,7 @@ pub fn envbuild(dir: &Path) -> Command {
         "ENVBUILD_ENVS",
         "ENVBUILD_STORE",
         "ENVBUILD_STATE",
+        "ENVBUILD_HISTORY_FILE",
         "ENVBUILD_CONFIG",
         "ENVBUILD_SIGNING_KEY",
     ] {
