@@ -12,7 +12,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::harness::flow;
 use crate::harness::verdict::CheckKind;
-use crate::history::History;
+use crate::ops::history::RunHistory;
 use crate::report::{self, es};
 
 /// The exit code of a run that could not be carried out or reported (Jenkins: FAILURE).
@@ -132,25 +132,10 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         Err(e) => return infrastructure(e),
     };
     let summary = &outcome.summary;
-    // The history never stops a run from reporting: its trouble is a warning.
-    let mut history = History::for_run(&ws.settings.history, &progress);
-    let previous = history
-        .as_ref()
-        .and_then(|h| {
-            h.latest(&env.name, &flow.name)
-                .map_err(|e| progress.warn(&e.to_string()))
-                .ok()
-        })
-        .flatten();
+    let mut history = RunHistory::open(&ws, &progress);
+    let previous = history.previous(summary);
     let written = report::write_all(&out, summary, &outcome.samples, previous.as_ref());
-    let recorded = history
-        .as_mut()
-        .map(|h| h.record(summary, &out))
-        .transpose()
-        .unwrap_or_else(|e| {
-            progress.warn(&format!("{e}\n  this run is not recorded in the history"));
-            None
-        });
+    let recorded = history.record(summary, &out);
     if let Err(e) = written {
         return infrastructure(e);
     }

@@ -1,12 +1,52 @@
-//! `runs` and `report --history`: the recorded runs of the results history (src/history), as
-//! lines and as one page.
+//! The results history (src/history) for commands: a `test` run's record (and the run it is
+//! compared with), the recorded runs as lines (`runs`) and as one page (`report --history`).
 
 use std::path::{Path, PathBuf};
 
 use crate::engine::Workspace;
 use crate::error::{Error, IoContext, Result};
+use crate::harness::summary::RunSummary;
 use crate::history::{History, RecordedRun, RunLine};
 use crate::report::html::history_page;
+use crate::ui::Progress;
+
+/// The history of a `test` run that is about to report. It never stops the run from reporting:
+/// whatever goes wrong with it is a warning.
+pub struct RunHistory<'a> {
+    history: Option<History>,
+    progress: &'a Progress,
+}
+
+impl<'a> RunHistory<'a> {
+    pub fn open(ws: &Workspace, progress: &'a Progress) -> RunHistory<'a> {
+        RunHistory {
+            history: History::for_run(&ws.settings.history, progress),
+            progress,
+        }
+    }
+
+    /// The previous recorded run of the summary's environment and flow.
+    pub fn previous(&self, summary: &RunSummary) -> Option<RecordedRun> {
+        let history = self.history.as_ref()?;
+        history
+            .latest(&summary.env, &summary.flow)
+            .map_err(|e| self.progress.warn(&e.to_string()))
+            .ok()
+            .flatten()
+    }
+
+    /// Records the run; its id in the history.
+    pub fn record(&mut self, summary: &RunSummary, run_dir: &Path) -> Option<i64> {
+        let history = self.history.as_mut()?;
+        history
+            .record(summary, run_dir)
+            .map_err(|e| {
+                self.progress
+                    .warn(&format!("{e}\n  this run is not recorded in the history"))
+            })
+            .ok()
+    }
+}
 
 /// The recorded runs (of `env`), oldest first; none when nothing was ever recorded.
 fn recorded(ws: &Workspace, env: Option<&str>, flow: Option<&str>) -> Result<Vec<RecordedRun>> {
