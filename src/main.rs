@@ -6,6 +6,7 @@ mod clock;
 mod engine;
 mod error;
 mod harness;
+mod history;
 mod http;
 mod key;
 mod ops;

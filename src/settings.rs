@@ -21,6 +21,7 @@ pub struct Flags {
     pub envs: Option<PathBuf>,
     pub store: Option<PathBuf>,
     pub state: Option<PathBuf>,
+    pub history: Option<PathBuf>,
     pub quiet: bool,
     pub heartbeat: Option<std::time::Duration>,
     pub libvirt_uri: Option<String>,
@@ -38,6 +39,8 @@ pub struct Settings {
     pub store: PathBuf,
     /// Live machines, secrets, running services.
     pub state: PathBuf,
+    /// The results history database (src/history), by default in the state folder.
+    pub history: PathBuf,
     /// Print only results, warnings and errors.
     pub quiet: bool,
     /// Off a terminal, how often a running stage or phase prints a line (CI consoles).
@@ -68,6 +71,10 @@ impl Settings {
                 .state
                 .unwrap_or_else(|| xdg("XDG_STATE_HOME", ".local/state")),
         )?;
+        let history = match flags.history {
+            Some(file) => absolute(file)?,
+            None => state.join(crate::history::FILE),
+        };
         let images = match flags.images {
             Some(dir) => absolute(dir)?,
             None => store.join(crate::store::LAYOUT).join("images"),
@@ -80,6 +87,7 @@ impl Settings {
             envs,
             store,
             state,
+            history,
             quiet: flags.quiet,
             heartbeat: flags.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             libvirt: LibvirtSettings {

@@ -10,6 +10,8 @@ mod exec;
 mod hash;
 mod list;
 mod plan;
+mod report;
+mod runs;
 mod ssh;
 mod status;
 mod test;
@@ -49,6 +51,14 @@ pub struct Global {
     /// Live machines, secrets, running services [default: $XDG_STATE_HOME/envbuild]
     #[arg(long, global = true, env = "ENVBUILD_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// The results history, kept across runs [default: STATE/history.sqlite]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVBUILD_HISTORY_FILE",
+        value_name = "FILE"
+    )]
+    pub history_file: Option<PathBuf>,
     /// Print only results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -117,6 +127,10 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Run a test flow (e.g. a rolling upgrade under live probes) and write its results
     Test(test::TestArgs),
+    /// List the runs of the results history (every `test` is recorded)
+    Runs(runs::RunsArgs),
+    /// Write one HTML page comparing the recorded runs of an environment
+    Report(report::ReportArgs),
     /// Print the stage keys of an environment
     Hash(hash::HashArgs),
     /// Print an openrc for the environment's cloud and write a clouds.yaml
@@ -155,6 +169,7 @@ impl Global {
             envs: self.envs.clone(),
             store: self.store.clone(),
             state: self.state.clone(),
+            history: self.history_file.clone(),
             quiet: self.quiet,
             heartbeat: self.heartbeat,
             libvirt_uri: self.libvirt_uri.clone(),
@@ -193,6 +208,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(args) => status::run(global, args),
         Command::Exec(args) => exec::run(global, args),
         Command::Test(args) => test::run(global, args),
+        Command::Runs(args) => runs::run(global, args),
+        Command::Report(args) => report::run(global, args),
         Command::Hash(args) => hash::run(global, args),
         Command::Creds(args) => creds::run(global, args),
         Command::Cache(command) => cache::run(global, command),

@@ -12,6 +12,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::harness::flow;
 use crate::harness::verdict::CheckKind;
+use crate::ops::history::RunHistory;
 use crate::report::{self, es};
 
 /// The exit code of a run that could not be carried out or reported (Jenkins: FAILURE).
@@ -131,7 +132,11 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         Err(e) => return infrastructure(e),
     };
     let summary = &outcome.summary;
-    if let Err(e) = report::write_all(&out, summary, &outcome.samples) {
+    let mut history = RunHistory::open(&ws, &progress);
+    let previous = history.previous(summary);
+    let written = report::write_all(&out, summary, &outcome.samples, previous.as_ref());
+    let recorded = history.record(summary, &out);
+    if let Err(e) = written {
         return infrastructure(e);
     }
 
@@ -156,6 +161,9 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
 
     print_summary(summary);
     println!("  results: {}", out.display());
+    if let Some(id) = recorded {
+        println!("  history: run {id} (`envbuild runs {}`)", env.name);
+    }
     Ok(summary.verdict.exit_code())
 }
 

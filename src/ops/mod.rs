@@ -4,6 +4,7 @@
 //! ```text
 //! build.rs   build (and push what was built), up, down
 //! cache.rs   ls, verify, gc, export, push, pull
+//! history.rs the recorded runs: `runs` and `report --history`
 //! status.rs  what is built and running, as each machine's backend sees it
 //! ssh.rs     the SSH target of a running machine, and an OpenSSH config for an environment
 //! doctor.rs  what every backend needs of this host
@@ -12,5 +13,6 @@
 pub mod build;
 pub mod cache;
 pub mod doctor;
+pub mod history;
 pub mod ssh;
 pub mod status;

@@ -1,7 +1,8 @@
 //! The results of an upgrade test run, in the formats their readers speak: summary.json and
 //! status.jsonl for machines, JUnit XML for Jenkins, bulk NDJSON for ElasticSearch, and an HTML
-//! page (with its stylesheet) for people. Each renders the harness's `RunSummary`, judged once
-//! by harness/verdict.rs.
+//! page (with its stylesheet) for people; and one page comparing the recorded runs of an
+//! environment (html/history.rs). Each renders the harness's `RunSummary`, judged once by
+//! harness/verdict.rs.
 
 pub mod es;
 pub mod html;
@@ -13,15 +14,22 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 use crate::harness::stats::Sample;
 use crate::harness::summary::RunSummary;
+use crate::history::RecordedRun;
 
-/// Writes every file report of the run into its folder `dir`.
-pub fn write_all(dir: &Path, summary: &RunSummary, samples: &[Sample]) -> Result<()> {
+/// Writes every file report of the run into its folder `dir`; report.html compares the run with
+/// `previous`, the previous run of its environment and flow in the results history.
+pub fn write_all(
+    dir: &Path,
+    summary: &RunSummary,
+    samples: &[Sample],
+    previous: Option<&RecordedRun>,
+) -> Result<()> {
     json::write_summary(dir, summary)?;
     json::write_status_jsonl(dir, samples)?;
     let junit = dir.join("junit.xml");
     std::fs::write(&junit, junit::junit_xml(summary))
         .ctx(|| format!("writing {}", junit.display()))?;
-    html::write(dir, summary, samples)
+    html::write(dir, summary, samples, previous)
 }
 
 /// Escapes text for XML 1.0 and HTML, in text and in quoted attributes alike.

@@ -2,6 +2,7 @@
 //! real envbuild binary.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod es;
 pub mod nginx;
 pub mod tls;
@@ -22,6 +23,7 @@ pub fn envbuild(dir: &Path) -> Command {
         "ENVBUILD_ENVS",
         "ENVBUILD_STORE",
         "ENVBUILD_STATE",
+        "ENVBUILD_HISTORY_FILE",
         "ENVBUILD_CONFIG",
         "ENVBUILD_SIGNING_KEY",
     ] {

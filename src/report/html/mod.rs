@@ -7,8 +7,12 @@
 //! phases on a wall-clock axis, a chart per probe, and the tables (timeline.rs, tables.rs).
 //! Every judgement on the page is the verdict policy's (harness/verdict.rs).
 
+mod compare;
+mod history;
 mod tables;
 mod timeline;
+
+pub use history::history_page;
 
 use std::fmt::Write;
 use std::path::Path;
@@ -17,6 +21,7 @@ use crate::error::{IoContext, Result};
 use crate::harness::stats::Sample;
 use crate::harness::summary::RunSummary;
 use crate::harness::verdict::{CheckKind, CheckStatus, Verdict};
+use crate::history::RecordedRun;
 use crate::report::escape_markup;
 
 pub const PAGE_FILE: &str = "report.html";
@@ -26,8 +31,14 @@ const STYLESHEET: &str = include_str!("report.css");
 /// Files of the run folder the page links to, when they are there.
 const RESULT_FILES: [&str; 3] = ["summary.json", "junit.xml", "status.jsonl"];
 
-/// Writes report.html and report.css into the run folder `dir`, linking the run's logs.
-pub fn write(dir: &Path, summary: &RunSummary, samples: &[Sample]) -> Result<()> {
+/// Writes report.html and report.css into the run folder `dir`, linking the run's logs;
+/// `previous` is the run it is compared with.
+pub fn write(
+    dir: &Path,
+    summary: &RunSummary,
+    samples: &[Sample],
+    previous: Option<&RecordedRun>,
+) -> Result<()> {
     let mut logs: Vec<String> = std::fs::read_dir(dir.join("logs"))
         .into_iter()
         .flatten()
@@ -37,7 +48,7 @@ pub fn write(dir: &Path, summary: &RunSummary, samples: &[Sample]) -> Result<()>
     logs.sort();
     for (name, bytes) in [
         (STYLESHEET_FILE, STYLESHEET.to_string()),
-        (PAGE_FILE, html_report(summary, samples, &logs)),
+        (PAGE_FILE, html_report(summary, samples, &logs, previous)),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).ctx(|| format!("writing {}", path.display()))?;
@@ -45,8 +56,14 @@ pub fn write(dir: &Path, summary: &RunSummary, samples: &[Sample]) -> Result<()>
     Ok(())
 }
 
-/// The page; `logs` are the run folder's log files, relative to it (`logs/deploy.log`).
-pub fn html_report(summary: &RunSummary, samples: &[Sample], logs: &[String]) -> String {
+/// The page; `logs` are the run folder's log files, relative to it (`logs/deploy.log`);
+/// `previous`, the previous run of the same environment and flow in the results history.
+pub fn html_report(
+    summary: &RunSummary,
+    samples: &[Sample],
+    logs: &[String],
+    previous: Option<&RecordedRun>,
+) -> String {
     let mut page = String::new();
     let title = format!(
         "{} {}: {} → {}",
@@ -68,6 +85,7 @@ pub fn html_report(summary: &RunSummary, samples: &[Sample], logs: &[String]) ->
     timeline::probe_charts(&mut page, summary, samples, &clock);
     tables::phases_table(&mut page, summary, logs);
     tables::probes_table(&mut page, summary);
+    compare::vs_previous(&mut page, summary, previous);
     tables::smoke_table(&mut page, summary);
     tables::resources_table(&mut page, summary);
     tables::rally_table(&mut page, summary);
@@ -176,7 +194,7 @@ mod tests {
     #[test]
     fn report_has_verdict_timelines_tables_and_links() {
         let (summary, samples) = run();
-        let html = html_report(&summary, &samples, &logs());
+        let html = html_report(&summary, &samples, &logs(), None);
         // To look at it: ENVBUILD_REPORT_SAMPLE=/tmp/report.html cargo test report::html
         if let Some(path) = std::env::var_os("ENVBUILD_REPORT_SAMPLE") {
             std::fs::write(&path, &html).unwrap();
@@ -243,7 +261,7 @@ mod tests {
         summary.resources.pop();
         rejudge(&mut summary, &declared(Budget::default()), Some(2));
         assert_eq!(summary.verdict, Verdict::Passed);
-        let html = html_report(&summary, &samples, &[]);
+        let html = html_report(&summary, &samples, &[], None);
         assert!(html.contains("<div class=\"verdict passed unjudged\">"));
         assert!(
             html.contains("no availability budget: downtime 4.0 s measured (keystone), not judged")
@@ -258,7 +276,7 @@ mod tests {
         summary
             .probes
             .push(crate::harness::stats::summarize("swift", &samples));
-        let html = html_report(&summary, &samples, &[]);
+        let html = html_report(&summary, &samples, &[], None);
         assert_eq!(html.matches("<svg").count(), 4);
         assert!(html.contains(">no sample</text>"));
     }
