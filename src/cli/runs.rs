@@ -51,7 +51,11 @@ pub fn run(global: &Global, args: RunsArgs) -> Result<i32> {
             l.started,
             l.duration_s,
             l.verdict.as_str(),
-            format!("{} -> {}", l.from_version, l.to_version),
+            if l.from_version.is_empty() && l.to_version.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} -> {}", l.from_version, l.to_version)
+            },
             worst,
             l.down_time_s,
             format!("{}/{}", l.cache_hits, l.stages)
