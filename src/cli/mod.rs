@@ -9,6 +9,7 @@ mod doctor;
 mod exec;
 mod hash;
 mod list;
+mod lock;
 mod plan;
 mod ssh;
 mod status;
@@ -119,6 +120,9 @@ pub enum Command {
     Test(test::TestArgs),
     /// Print the stage keys of an environment
     Hash(hash::HashArgs),
+    /// Pin the floating sources (branches, tags, URLs without a digest) into ENV.lock and
+    /// make the files of the environment's [[locks]]
+    Lock(lock::LockArgs),
     /// Print an openrc for the environment's cloud and write a clouds.yaml
     Creds(creds::CredsArgs),
     /// Open a shell (or run a command) in a running VM machine over its pinned SSH
@@ -194,6 +198,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Exec(args) => exec::run(global, args),
         Command::Test(args) => test::run(global, args),
         Command::Hash(args) => hash::run(global, args),
+        Command::Lock(args) => lock::run(global, args),
         Command::Creds(args) => creds::run(global, args),
         Command::Cache(command) => cache::run(global, command),
         Command::Ssh(args) => ssh::run(global, args),
