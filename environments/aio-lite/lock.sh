@@ -41,6 +41,7 @@ case $target in
     *)
         # keystone major -> OpenStack series; add a line and vendor the file for new ones.
         case $target in
+            27.*) series=2025.1 ;;
             28.*) series=2025.2 ;;
             29.*) series=2026.1 ;;
             *) echo "lock.sh: no constraints for keystone $target (see constraints/); or tempest|rally" >&2; exit 2 ;;
