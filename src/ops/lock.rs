@@ -74,7 +74,7 @@ pub fn lock(
                     env_dir.join(&recipe.file).display()
                 ),
                 format!(
-                    "make it with `{}` (src/ops/lock.rs runs its [[locks]] command)",
+                    "make it with `{}`",
                     lock_command(name, overrides)
                 ),
             ));
