@@ -73,6 +73,7 @@ pub fn download_into_store(
 ) -> Result<String> {
     let dir = sources_dir(store_root);
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    remove_dead_parts(&dir);
     let partial = dir.join(format!("download.{}.part", std::process::id()));
     let _guard = RemoveOnDrop(partial.clone());
     download(url, &partial)?;
@@ -81,6 +82,21 @@ pub fn download_into_store(
     let path = dir.join(&got);
     std::fs::rename(&partial, &path).ctx(|| format!("storing {}", path.display()))?;
     Ok(got)
+}
+
+/// Removes what runs that died (killed in a download or a clone) left half-written:
+/// `NAME.PID.part` whose PID is gone.
+fn remove_dead_parts(dir: &Path) {
+    for item in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".part") else {
+            continue;
+        };
+        let pid = stem.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| !crate::process::process_alive(pid)) {
+            let _ = crate::store::remove_tree(&item.path());
+        }
+    }
 }
 
 /// Copies a `file://` URL, or downloads an http(s) one with curl, to `to`.
@@ -154,6 +170,7 @@ fn fetch_commit(store_root: &Path, url: &str, commit: &str) -> Result<PathBuf> {
         return Ok(repo);
     }
     if !repo.is_dir() {
+        remove_dead_parts(repo.parent().expect("in the sources folder"));
         let partial = repo.with_extension(format!("git.{}.part", std::process::id()));
         let _guard = RemoveOnDrop(partial.clone());
         let mut init = git()?;
@@ -222,4 +239,27 @@ fn export_tree(repo: &Path, commit: &str, to: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_parts_of_dead_runs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("download.999999999.part");
+        let mine = dir
+            .path()
+            .join(format!("download.{}.part", std::process::id()));
+        let repo = dir.path().join("0a1b.git.999999999.part");
+        let stored = dir.path().join("a".repeat(64));
+        for file in [&dead, &mine, &stored] {
+            std::fs::write(file, "x").unwrap();
+        }
+        std::fs::create_dir(&repo).unwrap();
+        remove_dead_parts(dir.path());
+        assert!(!dead.exists() && !repo.exists());
+        assert!(mine.exists() && stored.exists());
+    }
 }

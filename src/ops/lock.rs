@@ -73,10 +73,7 @@ pub fn lock(
                     "{name}: {} does not exist",
                     env_dir.join(&recipe.file).display()
                 ),
-                format!(
-                    "make it with `{}`",
-                    lock_command(name, overrides)
-                ),
+                format!("make it with `{}`", lock_command(name, overrides)),
             ));
         }
         progress.note(&format!(
