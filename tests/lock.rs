@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::Project;
 
 /// A loopback HTTP server serving one file at any path; counts the requests it answered.
+/// `claimed`: the length it announces (more than it sends: a download cut short).
 struct FileServer {
     port: u16,
     requests: Arc<AtomicUsize>,
@@ -21,6 +22,10 @@ struct FileServer {
 
 impl FileServer {
     fn start(body: &'static str) -> FileServer {
+        Self::claiming(body, body.len())
+    }
+
+    fn claiming(body: &'static str, claimed: usize) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -36,9 +41,11 @@ impl FileServer {
                 let mut stream = stream;
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.1 200 OK\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n{body}"
                 );
+                // Close the sending side only: the client reads every byte sent, then the end.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::Read::read_to_end(&mut reader, &mut Vec::new());
             }
         });
         FileServer { port, requests }
@@ -239,6 +246,21 @@ fn a_rev_that_names_nothing_or_two_things_is_bad_input() {
         "{err}"
     );
     assert!(!project.envs().join("src.lock").exists());
+    // A download cut short is a failure of the work, and leaves no part in the store.
+    let short = FileServer::claiming("half", 1000);
+    write_spec(&project, &repo, &first, &short.url(), "true");
+    let (code, err) = stderr_of(&project, &["lock", "src"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("downloading {} failed", short.url())),
+        "{err}"
+    );
+    let sources = project.store().join("v1/sources");
+    let parts: Vec<String> = common::file_names(&sources)
+        .into_iter()
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert_eq!(parts, Vec::<String>::new());
     // A full commit id is a pin already: nothing to lock, and it builds.
     write_spec(
         &project,

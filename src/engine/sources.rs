@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::inputs::RemoveOnDrop;
+use super::inputs::{RemoveOnDrop, remove_any};
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::{sha256_bytes, sha256_file};
 use crate::spec::model::{Origin, Source};
@@ -94,7 +94,7 @@ fn remove_dead_parts(dir: &Path) {
         };
         let pid = stem.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|pid| !crate::process::process_alive(pid)) {
-            let _ = crate::store::remove_tree(&item.path());
+            remove_any(&item.path());
         }
     }
 }
