@@ -1,6 +1,9 @@
 #!/bin/sh
 # lock.sh VERSION|tempest|rally — regenerate one of aio-lite's lock files
 #
+# `envbuild lock aio-lite [--var keystone_version=V] [--var keystone_next=V]` runs it for each
+# missing lock file of those releases ([[locks]] in ../aio-lite.toml; --update: all of them).
+#
 #   ./lock.sh 28.1.0   requirements/keystone-28.1.0.txt: keystone==VERSION + gunicorn + pymemcache
 #   ./lock.sh tempest  validation/tempest.txt: tempest
 #   ./lock.sh rally    validation/rally.txt: rally + rally-openstack
