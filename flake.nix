@@ -1,7 +1,7 @@
 {
   description = "envbuild: reproducible, cached environments for testing OpenStack rolling upgrades";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
   outputs = { self, nixpkgs }:
     let

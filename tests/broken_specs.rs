@@ -64,6 +64,9 @@ const CASES: &[Case] = &[
     Case { name: "template-symlink-outside", args: &[], location: Some(":10:14"), phrases: &["template `app.conf` leads out of", "`app.conf` is a link to /etc/hostname"] },
     Case { name: "input-absolute", args: &[], location: Some(":7:11"), phrases: &["input `/etc/hostname` must be a relative path inside"] },
     Case { name: "source-bad-sha256", args: &[], location: Some(":8:81"), phrases: &["expected 64 hexadecimal digits, got 16 characters"] },
+    Case { name: "source-git-and-url", args: &[], location: Some(":8:27"), phrases: &["`url` (a file) or `git` (a repository), not both"] },
+    Case { name: "source-git-bad-rev", args: &[], location: Some(":8:68"), phrases: &["`--upload-pack=evil` is not a branch, tag or commit name"] },
+    Case { name: "source-lock-bad-commit", args: &[], location: Some("source-lock-bad-commit.lock:6:10"), phrases: &["`main` is not a full commit id", "rerun `envbuild lock`"] },
     // Placeholders in the spec.
     Case { name: "step-undeclared-var", args: &[], location: Some(":10:50"), phrases: &["`{{ verison }}` names nothing defined here", "allowed: version"] },
     Case { name: "step-undeclared-var-multiline", args: &[], location: Some(":14:18"), phrases: &["`{{ release }}` names nothing defined here", "allowed: version"] },

@@ -1,6 +1,9 @@
 #!/bin/sh
 # lock.sh VERSION|tempest|rally — regenerate one of aio-lite's lock files
 #
+# `envbuild lock aio-lite [--var keystone_version=V] [--var keystone_next=V]` runs it for each
+# missing lock file of those releases ([[locks]] in ../aio-lite.toml; --update: all of them).
+#
 #   ./lock.sh 28.1.0   requirements/keystone-28.1.0.txt: keystone==VERSION + gunicorn + pymemcache
 #   ./lock.sh tempest  validation/tempest.txt: tempest
 #   ./lock.sh rally    validation/rally.txt: rally + rally-openstack
@@ -41,6 +44,7 @@ case $target in
     *)
         # keystone major -> OpenStack series; add a line and vendor the file for new ones.
         case $target in
+            27.*) series=2025.1 ;;
             28.*) series=2025.2 ;;
             29.*) series=2026.1 ;;
             *) echo "lock.sh: no constraints for keystone $target (see constraints/); or tempest|rally" >&2; exit 2 ;;

@@ -22,16 +22,19 @@ pub struct BuildArgs {
     vars: VarArgs,
     #[command(flatten)]
     wait: WaitArgs,
+    #[command(flatten)]
+    unlocked: super::lock::UnlockedArgs,
 }
 
 impl BuildArgs {
-    /// The environment, or the part of it `--only` names.
+    /// The environment, or the part of it `--only` names; every floating source locked.
     fn environment(&self, ws: &crate::engine::Workspace) -> Result<Environment> {
-        let env = load(ws, &self.env, &self.vars)?;
-        if self.only.is_empty() {
-            return Ok(env);
+        let mut env = load(ws, &self.env, &self.vars)?;
+        if !self.only.is_empty() {
+            env = ops::build::only(&env, &self.only)?;
         }
-        ops::build::only(&env, &self.only)
+        self.unlocked.check(ws, &mut env)?;
+        Ok(env)
     }
 }
 

@@ -9,6 +9,7 @@ mod doctor;
 mod exec;
 mod hash;
 mod list;
+mod lock;
 mod plan;
 mod report;
 mod runs;
@@ -133,6 +134,9 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Print the stage keys of an environment
     Hash(hash::HashArgs),
+    /// Pin the floating sources (branches, tags, URLs without a digest) into ENV.lock and
+    /// make the files of the environment's [[locks]]
+    Lock(lock::LockArgs),
     /// Print an openrc for the environment's cloud and write a clouds.yaml
     Creds(creds::CredsArgs),
     /// Open a shell (or run a command) in a running VM machine over its pinned SSH
@@ -211,6 +215,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Runs(args) => runs::run(global, args),
         Command::Report(args) => report::run(global, args),
         Command::Hash(args) => hash::run(global, args),
+        Command::Lock(args) => lock::run(global, args),
         Command::Creds(args) => creds::run(global, args),
         Command::Cache(command) => cache::run(global, command),
         Command::Ssh(args) => ssh::run(global, args),

@@ -47,11 +47,14 @@ pub struct TestArgs {
     vars: VarArgs,
     #[command(flatten)]
     wait: WaitArgs,
+    #[command(flatten)]
+    unlocked: super::lock::UnlockedArgs,
 }
 
 pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
     let ws = global.workspace()?;
-    let env = load(&ws, &args.env, &args.vars)?;
+    let mut env = load(&ws, &args.env, &args.vars)?;
+    args.unlocked.check(&ws, &mut env)?;
     let flow = env.flow(args.flow.as_deref()).ok_or_else(|| {
         let known: Vec<&str> = env.flows.iter().map(|f| f.name.as_str()).collect();
         Error::Input(match &args.flow {

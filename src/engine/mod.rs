@@ -6,6 +6,7 @@
 //! plan.rs       what a build would do, and why a stage is not cached
 //! build.rs      replay, build and commit the stages of every machine
 //! inputs.rs     a stage's inputs folder (inputs, rendered templates, pinned sources)
+//! sources.rs    sources fetched once into the store (files by sha256, git commits)
 //! services.rs   up and down
 //! lock.rs       one lock per environment, held by every run that changes its machines
 //! ```
@@ -15,6 +16,7 @@ mod inputs;
 mod lock;
 mod plan;
 mod services;
+pub mod sources;
 mod workspace;
 
 pub use build::{Action, BuildReport, build};

@@ -75,7 +75,7 @@ impl std::fmt::Display for Reason {
             Reason::InputRemoved { path } => write!(f, "input {path} was removed"),
             Reason::TemplateChanged { path } => write!(f, "template {path} renders differently"),
             Reason::SourceChanged { name } => {
-                write!(f, "source {name} is pinned to another sha256")
+                write!(f, "source {name} is pinned to another sha256 or commit")
             }
         }
     }

@@ -37,7 +37,8 @@ pub struct KeyMaterial {
     pub inputs: BTreeMap<String, String>,
     /// Template path -> sha256 of the rendered text.
     pub templates: BTreeMap<String, String>,
-    /// Source name -> pinned sha256.
+    /// Source name -> its pin (src/spec/lock.rs): a file's sha256, `git COMMIT` for a git
+    /// tree, `unlocked` for a floating source not in the lock file (never built).
     pub sources: BTreeMap<String, String>,
 }
 
@@ -98,7 +99,7 @@ pub fn stage_keys(
                 sources: stage
                     .sources
                     .iter()
-                    .map(|s| (s.name.clone(), s.sha256.clone()))
+                    .map(|s| (s.name.clone(), source_pin(s)))
                     .collect(),
             };
             let key = material.key();
@@ -112,6 +113,16 @@ pub fn stage_keys(
         }
     }
     Ok(keys)
+}
+
+/// What a source adds to its stage's key: the locked value, never the branch or tag it follows.
+fn source_pin(source: &crate::spec::model::Source) -> String {
+    use crate::spec::model::Origin;
+    match (&source.origin, &source.pin) {
+        (_, None) => "unlocked".to_string(),
+        (Origin::Url { .. }, Some(sha256)) => sha256.clone(),
+        (Origin::Git { .. }, Some(commit)) => format!("git {commit}"),
+    }
 }
 
 /// The base digest: the backend kind, the pinned image, what the backend adds (its disk layout,

@@ -8,11 +8,13 @@
 //! status.rs  what is built and running, as each machine's backend sees it
 //! ssh.rs     the SSH target of a running machine, and an OpenSSH config for an environment
 //! doctor.rs  what every backend needs of this host
+//! lock.rs    pin floating sources into ENV.lock, make [[locks]] files, refuse unlocked runs
 //! ```
 
 pub mod build;
 pub mod cache;
 pub mod doctor;
 pub mod history;
+pub mod lock;
 pub mod ssh;
 pub mod status;

@@ -10,13 +10,15 @@
 //! inputs.rs     where an input path leads, and that it stays inside the environment's folder
 //! mod.rs        the loader: the top-level table, vars, secrets, placeholders, durations
 //! machines.rs   [machines.NAME]: backend, base, resources, VM keys, ports, requires, services
-//! stages.rs     [[machines.NAME.stages]]: steps, inputs, templates, sources
+//! stages.rs     [[machines.NAME.stages]]: steps, inputs, templates
+//! lock.rs       sources (files, git trees), the lock file that pins floating ones, [[locks]]
 //! flows.rs      [flows.NAME] and [cloud]
 //! shell.rs      placeholders in shell text, as quoted references to environment variables
 //! order.rs      `after` references, and machines sorted so each follows those it waits for
 //! ```
 
 pub mod literal;
+pub mod lock;
 pub mod model;
 pub mod names;
 pub mod raw;
@@ -52,6 +54,24 @@ pub const RUNTIME_NAMES: [&str; 2] = ["root", "run"];
 
 /// Loads and validates environment `name`, applying `--var` overrides.
 pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<Environment> {
+    load_with(dir, name, overrides, false)
+}
+
+/// Loads `name` for `envbuild lock`: an input that one of its `[[locks]]` makes may be missing.
+pub fn load_for_lock(
+    dir: &Path,
+    name: &str,
+    overrides: &[(String, String)],
+) -> Result<Environment> {
+    load_with(dir, name, overrides, true)
+}
+
+fn load_with(
+    dir: &Path,
+    name: &str,
+    overrides: &[(String, String)],
+    making: bool,
+) -> Result<Environment> {
     let file = dir.join(format!("{name}.toml"));
     if !names::is_valid(name) || !file.is_file() {
         let known = list_names(dir)?;
@@ -75,6 +95,7 @@ pub fn load(dir: &Path, name: &str, overrides: &[(String, String)]) -> Result<En
         file: &file,
         source: &source,
         dir: &dir.join(name),
+        lock: lock::LockContext::new(&file, name, overrides, making)?,
     }
     .load(name, overrides)
 }
@@ -111,6 +132,7 @@ struct Loader<'a> {
     file: &'a Path,
     source: &'a str,
     dir: &'a Path,
+    lock: lock::LockContext,
 }
 
 /// What a placeholder may name in a given place.
@@ -187,6 +209,8 @@ impl Loader<'_> {
             Error::spec(self.at(offset), e.message().trim().to_string())
         })?;
         let vars = self.vars(&raw, overrides)?;
+        let recipes = self.lock_recipes(&raw, &vars)?;
+        let _ = self.lock.recipes.set(recipes);
         let secrets = self.secrets(&raw)?;
         if raw.machines.is_empty() {
             return self.err(
@@ -226,6 +250,8 @@ impl Loader<'_> {
             machines,
             cloud,
             flows,
+            lock_recipes: self.lock.recipes.get().cloned().unwrap_or_default(),
+            lock_file: self.lock.file.clone(),
         })
     }
 

@@ -46,6 +46,10 @@ pub struct Environment {
     pub machines: Vec<Machine>,
     pub cloud: Option<Cloud>,
     pub flows: Vec<Flow>,
+    /// `[[locks]]`: the files `envbuild lock` makes.
+    pub lock_recipes: Vec<LockRecipe>,
+    /// Its lock file (`environments/NAME.lock`), whether or not it exists yet.
+    pub lock_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -188,11 +192,32 @@ pub struct InputPath {
     pub source: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+/// A download or a git tree, copied to `$ENVBUILD_INPUTS/sources/NAME` (src/spec/lock.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub name: String,
-    pub url: String,
-    pub sha256: String,
+    pub origin: Origin,
+    /// The file's sha256 or the tree's commit id, from the spec or from the lock file; `None`:
+    /// a floating reference that `envbuild lock` has not pinned (build refuses it).
+    pub pin: Option<String>,
+    /// True when the spec leaves the pin to the lock file.
+    pub floating: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    Url { url: String },
+    Git { url: String, rev: String },
+}
+
+/// A file `envbuild lock` makes (e.g. a Python lock file per release): its path in the
+/// environment's folder and the shell command that writes it, both rendered with the vars.
+#[derive(Debug, Clone)]
+pub struct LockRecipe {
+    pub file: String,
+    /// Shell text, placeholders as references to `ENVBUILD_VAR_*` (src/spec/shell.rs).
+    pub command: String,
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,8 @@ pub struct RawEnvironment {
     pub cloud: Option<Spanned<RawCloud>>,
     #[serde(default)]
     pub flows: BTreeMap<Name, RawFlow>,
+    #[serde(default)]
+    pub locks: Vec<Spanned<RawLockRecipe>>,
 }
 
 /// A test flow: ordered phases over the environment, probes during some of them.
@@ -220,8 +222,20 @@ pub struct RawStage {
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub name: Name,
-    pub url: Spanned<String>,
-    pub sha256: Spanned<String>,
+    /// A file: `url` with its `sha256`, or `url` alone (floating: `envbuild lock` pins it).
+    pub url: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+    /// A git tree: the repository and a branch, tag or full commit id.
+    pub git: Option<Spanned<String>>,
+    pub rev: Option<Spanned<String>>,
+}
+
+/// A file `envbuild lock` makes by running `command` in the environment's folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockRecipe {
+    pub file: Spanned<String>,
+    pub command: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,4 @@
-//! Stages: steps, inputs, templates, sources and the vars they use.
+//! Stages: steps, inputs, templates, sources (src/spec/lock.rs) and the vars they use.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,14 +52,26 @@ impl Loader<'_> {
         }
         let name = path.get_ref().trim_end_matches('/').to_string();
         let missing = || {
-            self.err(
-                path.span().start,
+            let error = Error::spec(
+                self.at(path.span().start),
                 format!(
                     "{what} `{}` does not exist: expected {}",
                     path.get_ref(),
                     self.dir.join(p).display()
                 ),
-            )
+            );
+            match self.lock.recipe_for(&name) {
+                // `envbuild lock` is about to make it.
+                Some(_) if self.lock.making => Ok(InputPath {
+                    name: name.clone(),
+                    source: self.dir.join(&name),
+                }),
+                Some(_) => Err(error.fix(format!(
+                    "it is a lock file of the environment's [[locks]]: make it with `{}`, then commit it",
+                    self.lock.command
+                ))),
+                None => Err(error),
+            }
         };
         let Ok(root) = self.dir.canonicalize() else {
             return missing();
@@ -158,26 +170,7 @@ impl Loader<'_> {
         }
         let mut sources = Vec::new();
         for source in &raw.sources {
-            let s = source.get_ref();
-            self.check_sha256(&s.sha256)?;
-            let url = s.url.get_ref();
-            if !(url.starts_with("https://")
-                || url.starts_with("http://")
-                || url.starts_with("file://"))
-            {
-                return self.err(
-                    s.url.span().start,
-                    "a source url starts with https://, http:// or file://",
-                );
-            }
-            if s.name.get_ref().contains('/') || s.name.get_ref().starts_with('.') {
-                return self.err(s.name.span().start, "a source name is a plain file name");
-            }
-            sources.push(Source {
-                name: s.name.get_ref().clone(),
-                url: url.clone(),
-                sha256: s.sha256.get_ref().to_lowercase(),
-            });
+            sources.push(self.source(source.get_ref())?);
         }
         let mut env = BTreeMap::new();
         for (key, value) in &raw.env {
