@@ -872,3 +872,37 @@ run = ["echo tempest-is-working; sleep 3"]
     assert!(beat.contains(" 1 lines; last ("), "{beat}");
     assert!(!run(&["-q"]).contains("running"));
 }
+
+#[test]
+fn a_relative_out_reaches_the_phases_as_an_absolute_path() {
+    let project = Project::new();
+    project.write(
+        "rel.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "s"
+steps = ["true"]
+
+[flows.check]
+default = true
+cleanup = ["down"]
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+
+[[flows.check.phases]]
+name = "write"
+action = "run"
+run = ["printf '%s' \"$ENVBUILD_OUT\" > \"$ENVBUILD_OUT/where.txt\""]
+"#,
+    );
+    // The command runs in the project folder; the phase runs in the machine root.
+    project.ok(&["test", "rel", "--out", "rel-run"]);
+    let written = std::fs::read_to_string(project.path().join("rel-run/where.txt")).unwrap();
+    assert_eq!(
+        std::path::Path::new(&written),
+        project.path().join("rel-run")
+    );
+}

@@ -106,13 +106,17 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
         engine::down(&ws, &lock, &env)?;
     }
     let stamp = crate::clock::now_rfc3339().replace(':', "");
-    let out = args.out.clone().unwrap_or_else(|| {
-        ws.state
+    // Absolute: phases run from the machine root, and they get $ENVBUILD_OUT.
+    let out = match &args.out {
+        Some(out) => std::path::absolute(out)
+            .map_err(|e| Error::input(format!("--out {}: {e}", out.display()), "pass a path"))?,
+        None => ws
+            .state
             .root
             .join("runs")
             .join(&env.name)
-            .join(format!("{stamp}-{}", flow.name))
-    });
+            .join(format!("{stamp}-{}", flow.name)),
+    };
     progress.note(&format!(
         "{} {}: {}",
         env.name,
