@@ -51,6 +51,14 @@ fn infra_and_aio_osa_plan_with_no_network_every_machine_and_stage_named() {
             "{machine}/{stage} not in {plan}"
         );
     }
+    let out = offline(&project, &["plan", "aio-osa"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("setup-openstack"), "{text}");
     // The namespace really had no way out: the same binary cannot reach a registry there.
     let probe = Command::new("unshare")
         .args(["--net", "sh", "-c", "ip -o link | grep -v ' lo:' | wc -l"])
