@@ -10,6 +10,32 @@
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
+/// Where an input's bytes come from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// `PATH`: the environment's own folder.
+    Own(&'a Path),
+    /// `../ENV/PATH`: the folder of the sibling environment ENV (a folder beside this one in
+    /// environments/, e.g. infra taking jumpbox's scripts), copied to `$ENVBUILD_INPUTS/ENV/PATH`.
+    Sibling { env: &'a str, path: &'a Path },
+}
+
+/// Splits an input path by origin; `None` when it is not clean: empty, absolute, or with `.`
+/// or `..` anywhere but a leading `../ENV/`.
+pub fn origin(path: &str) -> Option<Origin<'_>> {
+    let clean = |p: &Path| {
+        !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+    };
+    match path.strip_prefix("../") {
+        None => clean(Path::new(path)).then_some(Origin::Own(Path::new(path))),
+        Some(rest) => {
+            let (env, path) = rest.split_once('/')?;
+            let path = Path::new(path);
+            (clean(Path::new(env)) && clean(path)).then_some(Origin::Sibling { env, path })
+        }
+    }
+}
+
 /// How many links one path may pass through (Linux's own limit).
 const MAX_LINKS: usize = 40;
 
@@ -142,6 +168,35 @@ fn follow(
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn an_input_is_the_own_folder_s_or_a_sibling_environment_s_and_nothing_else() {
+        assert_eq!(
+            origin("scripts/install.sh"),
+            Some(Origin::Own(Path::new("scripts/install.sh")))
+        );
+        assert_eq!(
+            origin("../jumpbox/scripts/"),
+            Some(Origin::Sibling {
+                env: "jumpbox",
+                path: Path::new("scripts/")
+            })
+        );
+        for refused in [
+            "",
+            "/etc/passwd",
+            "scripts/../../x",
+            "../jumpbox",
+            "../jumpbox/",
+            "../../x/y",
+            "../jumpbox/../elk/x",
+            "../jumpbox/./x",
+            "./x",
+            "..//x/y",
+        ] {
+            assert_eq!(origin(refused), None, "{refused}");
+        }
+    }
 
     #[test]
     fn links_are_followed_inside_and_refused_when_they_lead_out() {

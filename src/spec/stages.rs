@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::inputs::{self, Refusal};
+use super::inputs::{self, Origin, Refusal};
 use super::model::*;
 use super::raw::*;
 use super::*;
@@ -32,32 +32,56 @@ impl Loader<'_> {
         Ok(Spanned::new(path.span(), rendered))
     }
 
-    /// An input or template path: relative, inside the environment's folder however its links
-    /// lead, and existing (src/spec/inputs.rs).
+    /// An input or template path: relative, inside the environment's folder (or, as
+    /// `../ENV/PATH`, a sibling environment's) however its links lead, and existing
+    /// (src/spec/inputs.rs).
     pub(super) fn relative_input(&self, path: &Spanned<String>, what: &str) -> Result<InputPath> {
-        let p = Path::new(path.get_ref());
-        let clean = !path.get_ref().is_empty()
-            && p.is_relative()
-            && p.components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !clean {
-            return self.err(
-                path.span().start,
-                format!(
-                    "{what} `{}` must be a relative path inside {} without `..`",
-                    path.get_ref(),
-                    self.dir.display()
-                ),
-            );
-        }
-        let name = path.get_ref().trim_end_matches('/').to_string();
+        let (folder, p, name) = match inputs::origin(path.get_ref()) {
+            None => {
+                return self.err(
+                    path.span().start,
+                    format!(
+                        "{what} `{}` must be a relative path inside {} without `..` (or `../ENV/PATH`: a file of the environment folder ENV beside it)",
+                        path.get_ref(),
+                        self.dir.display()
+                    ),
+                );
+            }
+            Some(Origin::Own(p)) => (self.dir.to_path_buf(), p, path.get_ref().clone()),
+            Some(Origin::Sibling { env, path: p }) => {
+                let own = self.dir.file_name().and_then(|n| n.to_str());
+                let placed = format!("{env}/{}", p.display());
+                if own == Some(env) {
+                    return self.err(
+                        path.span().start,
+                        format!(
+                            "{what} `{}` names this environment's own folder: write it as `{}`",
+                            path.get_ref(),
+                            p.display()
+                        ),
+                    );
+                }
+                if self.dir.join(env).exists() {
+                    return self.err(
+                        path.span().start,
+                        format!(
+                            "{what} `{}` would be copied to $ENVBUILD_INPUTS/{placed}, where this environment's own `{env}` goes: name it `{placed}`, or rename one of them",
+                            path.get_ref()
+                        ),
+                    );
+                }
+                let envs = self.dir.parent().unwrap_or(self.dir);
+                (envs.join(env), p, placed)
+            }
+        };
+        let name = name.trim_end_matches('/').to_string();
         let missing = || {
             let error = Error::spec(
                 self.at(path.span().start),
                 format!(
                     "{what} `{}` does not exist: expected {}",
                     path.get_ref(),
-                    self.dir.join(p).display()
+                    folder.join(p).display()
                 ),
             );
             match self.lock.recipe_for(&name) {
@@ -73,7 +97,7 @@ impl Loader<'_> {
                 None => Err(error),
             }
         };
-        let Ok(root) = self.dir.canonicalize() else {
+        let Ok(root) = folder.canonicalize() else {
             return missing();
         };
         // `inside`: the refusal is about a link inside the input folder, not on the way to it.
