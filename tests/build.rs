@@ -546,3 +546,29 @@ steps = ["echo collecting-wheels; echo downloading-wheel-7; sleep 3"]
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+#[test]
+fn json_output_to_a_reader_that_stops_early_ends_quietly() {
+    let project = Project::new();
+    project.write(
+        "small.toml",
+        "[machines.box]\n[[machines.box.stages]]\nname = \"s\"\nsteps = [\"true\"]\n",
+    );
+    // `| head -c0`: the reading end is closed before envbuild starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = common::envbuild(project.path())
+        .args([
+            "--envs",
+            project.envs().to_str().unwrap(),
+            "plan",
+            "small",
+            "--json",
+        ])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

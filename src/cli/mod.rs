@@ -17,6 +17,7 @@ mod ssh;
 mod status;
 mod test;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -194,10 +195,17 @@ fn load(ws: &Workspace, name: &str, vars: &VarArgs) -> Result<Environment> {
 }
 
 pub fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("output serializes")
-    );
+    let text = serde_json::to_string_pretty(value).expect("output serializes");
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        // A reader that stopped early (`| head`, `| jq -e ... | head`) is no failure of ours:
+        // end as quietly as a program killed by SIGPIPE would, with its status.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Runs the command; returns the process exit code.
