@@ -50,8 +50,19 @@ pub struct RunningService {
     /// Also the process group: services are started in a session of their own.
     pub pid: i32,
     pub stop_signal: i32,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u64,
+    /// The services it started after (`None`, in a state written before `after` existed: the
+    /// one recorded before it); `down` stops it before them.
+    #[serde(default)]
+    pub after: Option<Vec<String>>,
     pub log: PathBuf,
     pub url: Option<String>,
+}
+
+fn default_stop_timeout() -> u64 {
+    15
 }
 
 /// Paths of one machine's state.

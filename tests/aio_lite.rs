@@ -17,16 +17,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn project() -> (Project, std::sync::MutexGuard<'static, ()>) {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let project = Project::new();
-    std::fs::remove_dir(project.envs()).unwrap();
-    std::os::unix::fs::symlink(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/environments"),
-        project.envs(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(shared_store()).unwrap();
-    std::os::unix::fs::symlink(shared_store(), project.store()).unwrap();
-    (project, guard)
+    (Project::on_repository_envs("aio-lite-store"), guard)
 }
 
 /// A project whose aio-lite is a copy of the repository's with every probe at `rate` Hz (the

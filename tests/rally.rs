@@ -9,17 +9,7 @@ mod common;
 use common::{Project, processes_mentioning};
 
 fn project() -> Project {
-    let project = Project::new();
-    std::fs::remove_dir(project.envs()).unwrap();
-    std::os::unix::fs::symlink(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/environments"),
-        project.envs(),
-    )
-    .unwrap();
-    let store = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("aio-lite-store");
-    std::fs::create_dir_all(&store).unwrap();
-    std::os::unix::fs::symlink(&store, project.store()).unwrap();
-    project
+    Project::on_repository_envs("aio-lite-store")
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

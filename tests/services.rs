@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Background, Project, processes_mentioning};
+use common::{Background, Project, processes_mentioning, processes_with};
 
 fn web_env(project: &Project, marker: &str) {
     project.write(
@@ -428,4 +428,154 @@ ready = {{ command = "test -f go", timeout = "300s" }}
     assert_eq!(status[0]["services"][0]["pid"], pids[0]);
     project.ok(&["down", "gate"]);
     assert!(processes_mentioning(&project.state().display().to_string()).is_empty());
+}
+
+/// Services `left` and `right` are each ready only once the other has started: listed one
+/// after the other they could never both get ready, so `up` passing shows that services with
+/// `after = []` start at once. `app` starts after `db` and `left` are ready; `down` stops it
+/// before them.
+#[test]
+fn after_starts_independent_services_at_once_and_dependents_once_ready() {
+    let project = Project::new();
+    project.write(
+        "graph.toml",
+        r#"
+[machines.m]
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "db"
+command = "trap 'echo db >> stopped; exit 0' TERM; sleep 1; touch db-ready; sleep 600 & wait"
+ready = { command = "test -f db-ready", timeout = "30s" }
+
+[[machines.m.services]]
+name = "left"
+after = []
+command = "trap 'echo left >> stopped; exit 0' TERM; touch left-started; sleep 600 & wait"
+ready = { command = "test -f right-started", timeout = "30s" }
+
+[[machines.m.services]]
+name = "right"
+after = []
+command = "trap 'echo right >> stopped; exit 0' TERM; touch right-started; sleep 600 & wait"
+ready = { command = "test -f left-started", timeout = "30s" }
+
+[[machines.m.services]]
+name = "app"
+after = ["db", "left"]
+command = "trap 'echo app >> stopped; exit 0' TERM; test -f db-ready && test -f right-started && touch app-saw-them; sleep 600 & wait"
+"#,
+    );
+    project.ok(&["up", "graph"]);
+    let root = project.state().join("envs/graph/m/root");
+    assert!(
+        root.join("app-saw-them").exists(),
+        "app started after db was ready"
+    );
+    let status = project.json(&["status", "graph", "--json"]);
+    let names: Vec<&str> = status[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "left", "right", "app"], "the spec's order");
+
+    project.ok(&["down", "graph"]);
+    let stopped = std::fs::read_to_string(root.join("stopped")).unwrap();
+    let at = |name: &str| stopped.lines().position(|l| l == name).unwrap();
+    assert_eq!(stopped.lines().count(), 4, "{stopped}");
+    assert!(at("app") < at("db") && at("app") < at("left"), "{stopped}");
+    let state = project.state().display().to_string();
+    assert!(processes_mentioning(&state).is_empty());
+}
+
+/// `stop_timeout`: a service that takes 3 s to exit after SIGTERM is killed after its 1 s,
+/// while one with the default (15 s) exits on its own.
+#[test]
+fn stop_timeout_is_how_long_a_service_gets_before_sigkill() {
+    let project = Project::new();
+    project.write(
+        "slow.toml",
+        r#"
+[machines.m]
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "patient"
+command = "trap 'sleep 3; touch patient-exited; exit 0' TERM; touch patient-up; sleep 600 & wait"
+ready = { command = "test -f patient-up" }
+
+[[machines.m.services]]
+name = "hurried"
+stop_timeout = "1s"
+command = "trap 'sleep 3; touch hurried-exited; exit 0' TERM; touch hurried-up; sleep 600 & wait"
+ready = { command = "test -f hurried-up" }
+"#,
+    );
+    project.ok(&["up", "slow"]);
+    let out = project.run(&["down", "slow"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("slow/m/hurried did not stop in time and was killed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("patient did not stop"), "{stderr}");
+    let root = project.state().join("envs/slow/m/root");
+    assert!(root.join("patient-exited").exists(), "patient ended itself");
+    assert!(!root.join("hurried-exited").exists(), "hurried was killed");
+    let state = project.state().display().to_string();
+    assert!(processes_mentioning(&state).is_empty());
+}
+
+/// A service that exits while others start beside it (`after = []`) fails `up` with its own
+/// exit, at once: the others' readiness waits are cut short and nothing is left running.
+#[test]
+fn a_failure_among_services_starting_at_once_stops_them_all() {
+    let project = Project::new();
+    let marker = format!("envbuild-parallel-fail-{}", std::process::id());
+    project.write(
+        "par.toml",
+        &format!(
+            r#"
+[machines.m]
+ports = {{ p = "auto" }}
+[[machines.m.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.m.services]]
+name = "runs"
+command = "sleep 600 # {marker}"
+
+[[machines.m.services]]
+name = "waits"
+after = []
+command = "sleep 600 # {marker}"
+ready = {{ tcp = "127.0.0.1:{{{{ ports.p }}}}", timeout = "90s" }}
+
+[[machines.m.services]]
+name = "dies"
+after = []
+command = "sleep 1; echo boom-beside-the-others >&2; exit 4 # {marker}"
+ready = {{ tcp = "127.0.0.1:{{{{ ports.p }}}}", timeout = "90s" }}
+"#
+        ),
+    );
+    let out = project.run(&["up", "par"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("service `dies` of machine `m` exited with status 4"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("boom-beside-the-others"), "{stderr}");
+    assert!(!stderr.contains("did not become ready"), "{stderr}");
+    assert!(processes_with(&marker).is_empty(), "{stderr}");
+    assert!(!project.state().join("envs/par/m/services.json").exists());
 }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Backend, Check, MachineContext, Runtime, ServiceControl, StepContext};
@@ -21,8 +23,6 @@ use crate::spec::template::RuntimeValues;
 use crate::spec::{port_env_name, secret_env_name, var_env_name};
 use crate::state::{RunningService, RunningServices};
 use crate::store::{self, Entry, Pending, TreeEntry, remove_tree};
-
-const STOP_GRACE: Duration = Duration::from_secs(15);
 
 pub struct LocalBackend;
 
@@ -136,7 +136,7 @@ impl Backend for LocalBackend {
             dirs: Some((&root_dir, &run_dir)),
         };
         let render = |text: &str| values.render(text).map_err(|e| Error::Failed(e.message));
-        let mut running = RunningServices {
+        let running = RunningServices {
             ports: ports.clone(),
             services: Vec::new(),
             started: crate::clock::now_rfc3339(),
@@ -170,18 +170,27 @@ impl Backend for LocalBackend {
             }
         }
 
-        for service in &machine.services {
-            let started = if process::aborting() {
-                Err(interrupted(service, machine))
-            } else {
-                start_service(m, runtime, service, &env, &ports, &mut running)
-            };
-            if let Err(e) = started {
-                self.stop(m, &running);
-                m.state.set_services(None)?;
-                return Err(e);
+        let running = Mutex::new(running);
+        let cancel = AtomicBool::new(false);
+        let after: Vec<Vec<usize>> = machine.services.iter().map(|s| s.after.clone()).collect();
+        let started = in_dependency_order(&after, &cancel, |at| {
+            let service = &machine.services[at];
+            if process::aborting() {
+                return Err(interrupted(service, machine));
             }
+            start_service(m, runtime, service, &env, &ports, &running, &cancel)
+        });
+        let mut running = running.into_inner().expect("a service start panicked");
+        if let Err(e) = started {
+            self.stop(m, &running);
+            m.state.set_services(None)?;
+            return Err(e);
         }
+        // The spec's order, whatever order they got ready in.
+        running
+            .services
+            .sort_by_key(|r| machine.services.iter().position(|s| s.name == r.name));
+        m.state.set_services(Some(&running))?;
         Ok(running)
     }
 
@@ -204,7 +213,7 @@ impl Backend for LocalBackend {
                 && let Some(at) = running.services.iter().position(|s| s.name == *name)
             {
                 let old = running.services.remove(at);
-                process::stop_group(old.pid, old.stop_signal, STOP_GRACE);
+                stop_service(&old);
                 m.state.set_services(Some(&running))?;
             }
             if control != ServiceControl::Stop {
@@ -215,23 +224,114 @@ impl Backend for LocalBackend {
                     .find(|s| s.name == *name)
                     .expect("spec checked service names");
                 let ports = running.ports.clone();
-                start_service(m, runtime, service, &env, &ports, &mut running)?;
+                let shared = Mutex::new(running);
+                let started = start_service(
+                    m,
+                    runtime,
+                    service,
+                    &env,
+                    &ports,
+                    &shared,
+                    &AtomicBool::new(false),
+                );
+                running = shared.into_inner().expect("a service start panicked");
+                started?;
             }
         }
         Ok(())
     }
 
     fn stop(&self, m: &MachineContext, running: &RunningServices) -> Vec<String> {
-        let killed = running
-            .services
-            .iter()
-            .rev()
-            .filter(|s| process::stop_group(s.pid, s.stop_signal, STOP_GRACE))
-            .map(|s| s.name.clone())
+        // A service stops once every service started after it has stopped; the others at once.
+        let services = &running.services;
+        let started_after: Vec<Vec<usize>> = (0..services.len())
+            .map(|at| {
+                (0..services.len())
+                    .filter(|&later| depends_on(services, later).contains(&at))
+                    .collect()
+            })
             .collect();
+        let killed = Mutex::new(Vec::new());
+        let _ = in_dependency_order(&started_after, &AtomicBool::new(false), |at| {
+            if stop_service(&services[at]) {
+                killed
+                    .lock()
+                    .expect("a stop panicked")
+                    .push(services[at].name.clone());
+            }
+            Ok(())
+        });
         let _ = remove_tree(&m.state.run_dir());
-        killed
+        killed.into_inner().expect("a stop panicked")
     }
+}
+
+/// Indices (into `services`) of the services `services[at]` started after.
+fn depends_on(services: &[RunningService], at: usize) -> Vec<usize> {
+    match &services[at].after {
+        None => at.checked_sub(1).into_iter().collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|name| services.iter().position(|s| s.name == *name))
+            .collect(),
+    }
+}
+
+/// Stops a service's process group: its stop signal, SIGKILL after its stop timeout; true if
+/// it had to be killed.
+fn stop_service(service: &RunningService) -> bool {
+    process::stop_group(
+        service.pid,
+        service.stop_signal,
+        Duration::from_secs(service.stop_timeout),
+    )
+}
+
+/// Runs `job` for every node of a dependency graph (`waits_for[i]`: the nodes `i` runs after),
+/// each on a thread of its own as soon as the nodes it waits for have succeeded. After the
+/// first failure `cancel` is set, nothing more starts, and the running jobs are waited for;
+/// the first failure is returned.
+fn in_dependency_order(
+    waits_for: &[Vec<usize>],
+    cancel: &AtomicBool,
+    job: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Waiting,
+        Running,
+        Done,
+    }
+    let mut state = vec![State::Waiting; waits_for.len()];
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let mut failure = None;
+        let mut running = 0;
+        loop {
+            for at in 0..waits_for.len() {
+                let ready = waits_for[at].iter().all(|&d| state[d] == State::Done);
+                if failure.is_none() && state[at] == State::Waiting && ready {
+                    state[at] = State::Running;
+                    running += 1;
+                    let (done, job) = (done.clone(), &job);
+                    scope.spawn(move || done.send((at, job(at))));
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (at, result) = finished.recv().expect("a job thread panicked");
+            running -= 1;
+            match result {
+                Ok(()) => state[at] = State::Done,
+                Err(e) => {
+                    cancel.store(true, Ordering::SeqCst);
+                    failure = failure.or(Some(e));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    })
 }
 
 /// Starts one service, records it in `running` (and services.json), and waits until it is
@@ -243,7 +343,8 @@ fn start_service(
     service: &Service,
     env: &BTreeMap<String, String>,
     ports: &BTreeMap<String, u16>,
-    running: &mut RunningServices,
+    running: &Mutex<RunningServices>,
+    cancel: &AtomicBool,
 ) -> Result<()> {
     let root = m.state.root();
     let run_dir = m.state.run_dir();
@@ -273,25 +374,43 @@ fn start_service(
         })
         .transpose()?;
     let url = service.url.as_deref().map(render).transpose()?;
-    let pid = process::spawn_service(&command, &root, env, &log)?;
-    let started = Instant::now();
-    running.services.push(RunningService {
+    let record = RunningService {
         name: service.name.clone(),
-        pid,
+        pid: 0,
         stop_signal: service.stop_signal,
+        stop_timeout: service.stop_timeout.as_secs(),
+        after: Some(
+            service
+                .after
+                .iter()
+                .map(|&at| m.machine.services[at].name.clone())
+                .collect(),
+        ),
         log: log.clone(),
         url,
-    });
-    m.state.set_services(Some(running))?;
+    };
+    let record = {
+        // Spawned and recorded under the lock: a failure elsewhere stops what is recorded.
+        let mut running = running.lock().expect("a service start panicked");
+        let pid = process::spawn_service(&command, &root, env, &log)?;
+        let record = RunningService { pid, ..record };
+        running.services.push(record.clone());
+        m.state.set_services(Some(&running))?;
+        record
+    };
+    let started = Instant::now();
     let Some((check, timeout)) = check else {
         return Ok(());
     };
-    let Err(why) = wait_ready(&check, timeout, pid, &root, env) else {
+    let Err(why) = wait_ready(&check, timeout, record.pid, &root, env, cancel) else {
         return Ok(());
     };
-    process::stop_group(pid, service.stop_signal, STOP_GRACE);
-    running.services.retain(|s| s.pid != pid);
-    m.state.set_services(Some(running))?;
+    stop_service(&record);
+    {
+        let mut running = running.lock().expect("a service start panicked");
+        running.services.retain(|s| s.pid != record.pid);
+        m.state.set_services(Some(&running))?;
+    }
     let machine = &m.machine.name;
     let name = &service.name;
     let log_tail = format!(
@@ -301,6 +420,9 @@ fn start_service(
     );
     Err(match why {
         NotReady::Aborted => interrupted(service, m.machine),
+        NotReady::Cancelled => Error::Failed(format!(
+            "service `{name}` of machine `{machine}` was stopped before it was ready: another service failed"
+        )),
         NotReady::Exited(exit) => Error::Failed(format!(
             "service `{name}` of machine `{machine}` {exit} {:.1}s after it started, before it was ready.{log_tail}",
             started.elapsed().as_secs_f64()
@@ -385,6 +507,8 @@ enum NotReady {
     TimedOut(String),
     /// SIGINT/SIGTERM.
     Aborted,
+    /// Another service of the same start failed.
+    Cancelled,
 }
 
 /// Checks readiness every 200 ms until `timeout`; a service that exits or a signal ends the
@@ -395,6 +519,7 @@ fn wait_ready(
     pid: i32,
     root: &Path,
     env: &BTreeMap<String, String>,
+    cancel: &AtomicBool,
 ) -> Result<(), NotReady> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not checked yet");
@@ -404,6 +529,9 @@ fn wait_ready(
         }
         if process::aborting() {
             return Err(NotReady::Aborted);
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(NotReady::Cancelled);
         }
         if Instant::now() >= deadline {
             return Err(NotReady::TimedOut(last));

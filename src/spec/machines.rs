@@ -103,7 +103,9 @@ impl Loader<'_> {
                     ),
                 );
             }
-            services.push(self.service(service, &runtime)?);
+            let mut parsed = self.service(service, &runtime)?;
+            parsed.after = self.service_after(service, &services, name.get_ref())?;
+            services.push(parsed);
         }
         Ok(Machine {
             name: name.get_ref().clone(),
@@ -547,7 +549,51 @@ impl Loader<'_> {
             url: raw.url.as_ref().map(|u| u.get_ref().clone()),
             ready,
             stop_signal,
+            stop_timeout: self.duration(raw.stop_timeout.as_ref(), DEFAULT_STOP_TIMEOUT)?,
+            after: Vec::new(),
         })
+    }
+
+    /// The services `raw` starts after, as indices into `before` (the services listed before
+    /// it): its `after` names, or else the one listed just before it.
+    fn service_after(
+        &self,
+        raw: &RawService,
+        before: &[Service],
+        machine: &str,
+    ) -> Result<Vec<usize>> {
+        let Some(names) = &raw.after else {
+            return Ok(before.len().checked_sub(1).into_iter().collect());
+        };
+        let mut after = Vec::new();
+        for name in names {
+            let Some(at) = before.iter().position(|s| s.name == *name.get_ref()) else {
+                let known: Vec<&str> = before.iter().map(|s| s.name.as_str()).collect();
+                let message = if name.get_ref() == raw.name.get_ref() {
+                    format!("service `{}` cannot start after itself", name.get_ref())
+                } else {
+                    format!(
+                        "`after` names `{}`, which is not a service listed before `{}` in machine `{machine}`: a service starts after services listed above it (listed above: {})",
+                        name.get_ref(),
+                        raw.name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )
+                };
+                return self.err(name.span().start, message);
+            };
+            if after.contains(&at) {
+                return self.err(
+                    name.span().start,
+                    format!("`after` names `{}` twice", name.get_ref()),
+                );
+            }
+            after.push(at);
+        }
+        Ok(after)
     }
 }
 

@@ -47,6 +47,8 @@ use raw::*;
 
 const DEFAULT_STAGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping service gets after its stop signal before SIGKILL.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_SECRET_LENGTH: usize = 32;
 
 /// Placeholders a service command, readiness check or prestart hook may use besides vars.

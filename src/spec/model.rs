@@ -228,6 +228,10 @@ pub struct Service {
     pub url: Option<String>,
     pub ready: Option<Ready>,
     pub stop_signal: i32,
+    /// SIGKILL this long after `stop_signal` if the service is still running.
+    pub stop_timeout: Duration,
+    /// Indices (in `Machine::services`, all before this one) of the services it starts after.
+    pub after: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]

@@ -247,6 +247,11 @@ pub struct RawService {
     pub url: Option<Spanned<String>>,
     pub ready: Option<Spanned<RawReady>>,
     pub stop_signal: Option<Spanned<String>>,
+    /// How long a stop waits after `stop_signal` before SIGKILL.
+    pub stop_timeout: Option<Spanned<toml::Value>>,
+    /// Services of the same machine this one starts after (each ready); absent: the one listed
+    /// before it.
+    pub after: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

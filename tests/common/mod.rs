@@ -66,6 +66,22 @@ impl Project {
         Project { dir }
     }
 
+    /// A project on the repository's environments/ whose store is `CARGO_TARGET_TMPDIR/store`,
+    /// shared by the tests of one binary: whichever builds a stage first, the others replay it.
+    pub fn on_repository_envs(store: &str) -> Self {
+        let project = Project::new();
+        std::fs::remove_dir(project.envs()).unwrap();
+        std::os::unix::fs::symlink(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/environments"),
+            project.envs(),
+        )
+        .unwrap();
+        let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join(store);
+        std::fs::create_dir_all(&shared).unwrap();
+        std::os::unix::fs::symlink(&shared, project.store()).unwrap();
+        project
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

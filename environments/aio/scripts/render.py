@@ -169,10 +169,16 @@ def swift():
 def haproxy():
     blocks = []
     for api, (check, servers) in APIS.items():
+        # A gunicorn API process has 4 threads: at most 3 requests at once, the rest wait in
+        # HAProxy's queue, so a saturated process still answers its health checks on the
+        # fourth instead of being marked down together with its twin (20 Hz of nova servers
+        # lists on a loaded host left nova-api down for good). swift's eventlet proxies have
+        # no such bound.
+        limit = "" if api == "swift" else " maxconn 3"
         blocks.append(f"frontend {api}\n    bind 127.0.0.1:{port(api)}\n    default_backend {api}\n"
                       f"backend {api}\n    balance roundrobin\n"
                       f"    option httpchk GET {check}\n    http-check expect rstatus ^[23]\n"
-                      + "".join(f"    server {s} 127.0.0.1:{port(s)} check\n" for s in servers))
+                      + "".join(f"    server {s} 127.0.0.1:{port(s)} check{limit}\n" for s in servers))
     render("haproxy.cfg", os.path.join(RUN, "haproxy.cfg"), values(BACKENDS="\n".join(blocks)))
 
 
