@@ -127,18 +127,7 @@ fn write_results_flow(project: &Project) {
 [vars]
 release = "1"
 
-[machines.web]
-ports = {{ http = "auto" }}
-
-[[machines.web.stages]]
-name = "site"
-steps = ["mkdir -p site && echo ok > site/index.html"]
-
-[[machines.web.services]]
-name = "http"
-command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}}"
-ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/", status = 200 }}
-
+{web}
 [flows.check]
 default = true
 from_version = "1"
@@ -199,6 +188,7 @@ name = "resources-verify"
 action = "run"
 run = [{resources}]
 "#,
+            web = common::WEB_MACHINE,
             smoke_before = result(r#"{"smoke": {"passed": 3, "failed": 1, "skipped": 0}, "when": "before"}"#),
             rally_before = result(
                 r#"{"rally": {"KeystoneBasic.create_user": {"iterations": 4, "failures": 0, "duration_avg": 0.5, "duration_p95": 0.9}, "sla_passed": true}, "when": "before"}"#

@@ -25,18 +25,7 @@ validation = "smoke"
 [secrets.admin_password]
 generate = "password"
 
-[machines.web]
-ports = {{ http = "auto" }}
-
-[[machines.web.stages]]
-name = "site"
-steps = ["mkdir -p site && echo ok > site/index.html"]
-
-[[machines.web.services]]
-name = "http"
-command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}}"
-ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/", status = 200 }}
-
+{web}
 [flows.check]
 default = true
 description = "a flow over a web server"
@@ -80,6 +69,7 @@ action = "run"
 run = ["[ {{{{ validation }}}} = none ] || echo '{{\"smoke\": {{\"passed\": 3, \"failed\": 0, \"skipped\": 1}}, \"when\": \"after\"}}' > $ENVBUILD_RESULT"]
 {extra_phase}
 "#,
+            web = common::WEB_MACHINE,
             c = counter.display()
         ),
     );

@@ -17,18 +17,7 @@ fn site(project: &Project, name: &str, hold: &str) {
         &format!("{name}.toml"),
         &format!(
             r#"
-[machines.web]
-ports = {{ http = "auto" }}
-
-[[machines.web.stages]]
-name = "site"
-steps = ["mkdir -p site && echo ok > site/index.html"]
-
-[[machines.web.services]]
-name = "http"
-command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}}"
-ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/", status = 200 }}
-
+{web}
 [flows.check]
 default = true
 from_version = "1"
@@ -49,7 +38,8 @@ name = "hold"
 action = "run"
 run = [{hold:?}]
 probes = true
-"#
+"#,
+            web = common::WEB_MACHINE
         ),
     );
 }

@@ -232,18 +232,7 @@ fn probed_flow(project: &Project, probe_url: &str) {
         "web.toml",
         &format!(
             r#"
-[machines.web]
-ports = {{ http = "auto" }}
-
-[[machines.web.stages]]
-name = "site"
-steps = ["mkdir -p site && echo ok > site/index.html"]
-
-[[machines.web.services]]
-name = "http"
-command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{{{ ports.http }}}}"
-ready = {{ http = "http://127.0.0.1:{{{{ ports.http }}}}/", status = 200 }}
-
+{web}
 [flows.check]
 default = true
 from_version = "1"
@@ -264,7 +253,8 @@ name = "probed"
 action = "run"
 run = ["sleep 1"]
 probes = true
-"#
+"#,
+            web = common::WEB_MACHINE
         ),
     );
 }

@@ -281,3 +281,19 @@ impl Drop for Background {
         }
     }
 }
+
+/// A machine `web` serving `site/index.html` with Python's http.server on an auto port, ready
+/// when it answers 200: the small real service most behaviour tests probe. TOML, for a spec
+/// built with `format!` (`{web}`, `web = WEB_MACHINE`).
+pub const WEB_MACHINE: &str = r#"[machines.web]
+ports = { http = "auto" }
+
+[[machines.web.stages]]
+name = "site"
+steps = ["mkdir -p site && echo ok > site/index.html"]
+
+[[machines.web.services]]
+name = "http"
+command = "exec python3 -m http.server --bind 127.0.0.1 --directory site {{ ports.http }}"
+ready = { http = "http://127.0.0.1:{{ ports.http }}/", status = 200 }
+"#;
