@@ -142,6 +142,12 @@ fn lock_pins_a_branch_and_a_url_and_builds_use_only_the_pins() {
     assert!(err.contains("run `envbuild lock src`"), "{err}");
     assert_eq!(server.count(), 0);
     assert!(!project.state().join("envs/src/box/root").exists());
+    // `plan` works (offline: it fetches nothing) and warns about what build would refuse.
+    let (code, err) = stderr_of(&project, &["plan", "src"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("unlocked sources (box/copy: tree"), "{err}");
+    assert!(err.contains("`envbuild lock src` pins them"), "{err}");
+    assert_eq!(server.count(), 0);
 
     let out = project.ok(&["lock", "src"]);
     assert!(

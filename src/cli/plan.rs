@@ -5,6 +5,7 @@ use clap::Args;
 use super::{Global, VarArgs, load, print_json};
 use crate::engine;
 use crate::error::Result;
+use crate::ops::lock;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -26,6 +27,15 @@ pub fn run(global: &Global, args: PlanArgs) -> Result<i32> {
     let env = load(&ws, &args.env, &args.vars)?;
     let keys = ws.keys(&env)?;
     let plan = engine::plan(&ws, &env, &keys, args.explain || args.json)?;
+    let unlocked = lock::unlocked_sources(&env);
+    if !unlocked.is_empty() {
+        // The plan still shows the keys (with `unlocked` in them); build, up and test refuse.
+        ws.progress().warn(&format!(
+            "unlocked sources ({}): `envbuild build` refuses them; `envbuild lock {}` pins them",
+            unlocked.join(", "),
+            env.name
+        ));
+    }
     if args.json {
         print_json(&plan);
         return Ok(0);

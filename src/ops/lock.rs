@@ -252,6 +252,20 @@ fn unlocked_error(env: &Environment, lock: &LockFile) -> Error {
     )
 }
 
+/// The floating sources the lock file does not pin, as `machine/stage: source`.
+pub fn unlocked_sources(env: &Environment) -> Vec<String> {
+    env.machines
+        .iter()
+        .flat_map(|m| m.stages.iter().map(move |s| (m, s)))
+        .flat_map(|(m, s)| {
+            s.sources
+                .iter()
+                .filter(|source| source.pin.is_none())
+                .map(move |source| format!("{}/{}: {}", m.name, s.name, source.name))
+        })
+        .collect()
+}
+
 /// Before `build`, `up` and `test`: every floating source must be locked. With
 /// `allow_unlocked`, the unlocked ones are resolved now, for this run only, with a warning.
 pub fn require_locked(
@@ -260,13 +274,7 @@ pub fn require_locked(
     allow_unlocked: bool,
     progress: &Progress,
 ) -> Result<()> {
-    let unlocked = env
-        .machines
-        .iter()
-        .flat_map(|m| &m.stages)
-        .flat_map(|s| &s.sources)
-        .any(|s| s.pin.is_none());
-    if !unlocked {
+    if unlocked_sources(env).is_empty() {
         return Ok(());
     }
     if !allow_unlocked {
