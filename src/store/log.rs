@@ -120,6 +120,8 @@ impl Write for StageLog {
                 }
             };
             self.file.write_all(&rest[..take])?;
+            // On disk at once: a stage's log is read while it runs (`tail -f`, a hung step).
+            self.file.flush()?;
             self.head_left -= take;
             if take > 0 {
                 self.head_at_line_end = rest[take - 1] == b'\n';
@@ -155,6 +157,15 @@ mod tests {
         }
         log.finish().unwrap();
         std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn what_a_running_step_printed_is_on_disk_before_the_stage_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.txt");
+        let mut log = StageLog::create(&path).unwrap();
+        writeln!(log, "$ sleep 3600").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "$ sleep 3600\n");
     }
 
     #[test]
