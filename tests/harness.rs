@@ -351,6 +351,43 @@ fn unknown_flow_is_bad_input() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("has no flow `nope`; flows: check"));
 }
 
+/// A probed phase long enough for a slow probe to gather samples.
+const LONGER: &str = r#"
+[[flows.check.phases]]
+name = "longer"
+action = "run"
+run = ["sleep 3"]
+probes = true
+"#;
+
+#[test]
+fn probe_rate_runs_a_probe_at_another_rate_and_the_summary_says_so() {
+    let project = Project::new();
+    web_flow(&project, LONGER);
+    // A name the flow does not have, or a rate that is none, is bad input before anything runs.
+    let result = project.run(&["test", "web", "--probe-rate", "ghost=5"]);
+    assert_eq!(result.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("flow `check` has no probe `ghost`") && stderr.contains("index"),
+        "{stderr}"
+    );
+    for bad in ["index=0", "index=fast", "index"] {
+        let result = project.run(&["test", "web", "--probe-rate", bad]);
+        assert_eq!(result.status.code(), Some(2), "{bad}");
+    }
+    assert!(!project.state().join("runs").exists());
+
+    // The spec asks 20 Hz; at 5 Hz over the same phases the probe sends a quarter of that.
+    let (code, stdout, s, _, _) = test_web(&project, &["--probe-rate", "index=5"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let probe = &s["probes"][0];
+    assert_eq!(probe["rate_hz"], 5.0, "{probe}");
+    let achieved = probe["achieved_rate_hz"].as_f64().unwrap();
+    assert!(achieved > 3.0 && achieved < 7.0, "{probe}");
+    assert!(stdout.contains("5 Hz"), "{stdout}");
+}
+
 /// A flow whose probed phases take the web server down for a second: the probes see it.
 const OUTAGE: &str = r#"
 [[flows.check.phases]]

@@ -14,9 +14,50 @@ use crate::harness::flow;
 use crate::harness::verdict::CheckKind;
 use crate::ops::history::RunHistory;
 use crate::report::{self, es};
+use crate::spec::model::Flow;
 
 /// The exit code of a run that could not be carried out or reported (Jenkins: FAILURE).
 const INFRASTRUCTURE_FAILURE: i32 = 3;
+
+/// `NAME=HZ` as given to `--probe-rate`: a rate above 0 and at most 1000, as the spec's `rate`.
+fn parse_probe_rate(text: &str) -> std::result::Result<(String, f64), String> {
+    let (name, hz) = crate::spec::parse_var_override(text)
+        .map_err(|_| format!("`{text}` is not NAME=HZ (e.g. nova-servers-list=5)"))?;
+    match hz.trim().parse::<f64>() {
+        Ok(hz) if hz > 0.0 && hz <= 1000.0 => Ok((name, hz)),
+        _ => Err(format!(
+            "`{hz}` is not a rate: requests (or iterations) per second, above 0 and at most 1000"
+        )),
+    }
+}
+
+/// `flow` with the rates `--probe-rate` gives; a name that is not one of its probes is bad
+/// input.
+fn with_probe_rates(flow: &Flow, rates: &[(String, f64)]) -> Result<Flow> {
+    let mut flow = flow.clone();
+    for (name, hz) in rates {
+        let probe = flow.probes.iter_mut().find(|p| &p.name == name);
+        let Some(probe) = probe else {
+            let known: Vec<&str> = flow.probes.iter().map(|p| p.name.as_str()).collect();
+            return Err(Error::input(
+                format!(
+                    "--probe-rate {name}={hz}: flow `{}` has no probe `{name}`",
+                    flow.name
+                ),
+                format!(
+                    "name one of its probes: {}",
+                    if known.is_empty() {
+                        "(it has none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        probe.rate_hz = *hz;
+    }
+    Ok(flow)
+}
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -43,6 +84,11 @@ pub struct TestArgs {
     /// ElasticSearch index for probe samples [default: ENV_upgrade_status_log]
     #[arg(long, value_name = "NAME")]
     es_status_index: Option<String>,
+    /// Run probe NAME at HZ requests (or iterations) per second instead of its spec's `rate`,
+    /// e.g. on a machine too small for the spec's rate; the summary records the rate each probe
+    /// ran at (repeatable)
+    #[arg(long, value_name = "NAME=HZ", value_parser = parse_probe_rate)]
+    probe_rate: Vec<(String, f64)>,
     #[command(flatten)]
     vars: VarArgs,
     #[command(flatten)]
@@ -78,6 +124,7 @@ pub fn run(global: &Global, args: TestArgs) -> Result<i32> {
             ),
         })
     })?;
+    let flow = &with_probe_rates(flow, &args.probe_rate)?;
     let keys = ws.keys(&env)?;
     let progress = ws.progress();
     crate::process::catch_interrupts();
@@ -203,9 +250,10 @@ fn print_summary(summary: &crate::harness::summary::RunSummary) {
             .find(|c| c.kind == CheckKind::Probe && c.name == probe.probe)
             .map_or("", |c| c.status.as_str());
         println!(
-            "  probe {:<22} {:<10} uptime {:>6.2}%  {} of {} failed  down {:.1}s  p95 {:.0} ms",
+            "  probe {:<22} {:<10} {:>7} uptime {:>6.2}%  {} of {} failed  down {:.1}s  p95 {:.0} ms",
             probe.probe,
             verdict,
+            probe.rate_hz.map_or(String::new(), |hz| format!("{hz} Hz")),
             probe.uptime_pct,
             probe.failed,
             probe.total,

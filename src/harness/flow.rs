@@ -25,7 +25,7 @@ use super::program::Program;
 use super::record::{
     PhaseResult, PhaseStatus, Rally, ResourceCheck, Smoke, Span, StageUse, TestCounts,
 };
-use super::stats::{Sample, summarize};
+use super::stats::{ProbeSummary, Sample, summarize};
 use super::summary::{RunSummary, ci_metadata};
 use super::verdict::{Evidence, judge};
 
@@ -272,7 +272,10 @@ pub fn run(
     let declared = declared_probes(flow);
     let probes: Vec<_> = declared
         .iter()
-        .map(|d| summarize(&d.name, &probing.samples))
+        .map(|d| ProbeSummary {
+            rate_hz: Some(d.rate_hz),
+            ..summarize(&d.name, &probing.samples)
+        })
         .collect();
     let judgement = judge(&Evidence {
         phases: &results,

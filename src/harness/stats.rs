@@ -87,6 +87,10 @@ pub struct ProbeSummary {
     /// Time of the first and the last sample (0 when there is none).
     pub start_ms: u64,
     pub end_ms: u64,
+    /// The rate the probe was asked for (the spec's `rate`, or `--probe-rate`); `None` in a
+    /// summary made from samples alone.
+    #[serde(default)]
+    pub rate_hz: Option<f64>,
     #[serde(default)]
     pub achieved_rate_hz: Option<f64>,
     /// Samples whose request was not sent (the probe's in-flight bound was reached).
@@ -150,6 +154,7 @@ pub fn summarize(probe: &str, samples: &[Sample]) -> ProbeSummary {
         latency_p99_ms: nearest_rank(&latencies, 99),
         start_ms,
         end_ms,
+        rate_hz: None,
         achieved_rate_hz,
         not_sent,
         phases: phase_figures(&mine),

@@ -124,6 +124,7 @@ mod tests {
                 "latency_p99_ms",
                 "start_ms",
                 "end_ms",
+                "rate_hz",
                 "achieved_rate_hz",
                 "not_sent",
             ])

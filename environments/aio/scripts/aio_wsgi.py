@@ -6,6 +6,12 @@ keystone, nova and neutron parse sys.argv with oslo.config when they build the a
 gunicorn argv holds gunicorn's options, and the worker dies at boot with "unrecognized
 arguments" (and gunicorn respawns it forever). neutron's ORM mappers are configured here, at
 start-up: otherwise the first GET /v2.0/ports of a worker fails with HTTP 500.
+
+keystone's policy enforcer is built here too. keystone builds it on the first request that
+needs it and publishes it before registering its rules, so a second thread enforcing in that
+window finds no rule and refuses the request: one token validation in 28516 answered 403
+("not authorized to perform identity:validate_token") right after an API process restarted,
+in every 20 Hz run (docs/aio.md, "Lessons").
 """
 import importlib
 import os
@@ -19,3 +25,12 @@ if _name.startswith("neutron."):
     from sqlalchemy import orm
 
     orm.configure_mappers()
+
+if _name.startswith("keystone."):
+    import flask
+    from keystone.common.rbac_enforcer import enforcer
+
+    # Inside a request context, as keystone's first request would (it then logs one line
+    # about deprecated rules instead of one per rule).
+    with flask.Flask(__name__).test_request_context():
+        enforcer.RBACEnforcer()._enforcer
