@@ -379,13 +379,15 @@ fn probe_rate_runs_a_probe_at_another_rate_and_the_summary_says_so() {
     assert!(!project.state().join("runs").exists());
 
     // The spec asks 20 Hz; at 5 Hz over the same phases the probe sends a quarter of that.
-    let (code, stdout, s, _, _) = test_web(&project, &["--probe-rate", "index=5"]);
+    let (code, stdout, s, junit, html) = test_web(&project, &["--probe-rate", "index=5"]);
     assert_eq!(code, Some(0), "{stdout}");
     let probe = &s["probes"][0];
     assert_eq!(probe["rate_hz"], 5.0, "{probe}");
     let achieved = probe["achieved_rate_hz"].as_f64().unwrap();
     assert!(achieved > 3.0 && achieved < 7.0, "{probe}");
     assert!(stdout.contains("5 Hz"), "{stdout}");
+    assert!(junit.contains("rate: 5 Hz asked, "), "{junit}");
+    assert!(html.contains("5 Hz asked, "), "the HTML report");
 }
 
 /// A flow whose probed phases take the web server down for a second: the probes see it.

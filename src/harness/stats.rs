@@ -101,6 +101,19 @@ pub struct ProbeSummary {
     pub phases: BTreeMap<String, PhaseFigures>,
 }
 
+impl ProbeSummary {
+    /// "5 Hz asked, 4.98 Hz sent", the line every report gives a probe's rate in.
+    pub fn rate_line(&self) -> String {
+        let asked = self.rate_hz.map_or("rate not recorded".to_string(), |hz| {
+            format!("{hz} Hz asked")
+        });
+        match self.achieved_rate_hz {
+            Some(sent) => format!("{asked}, {sent:.2} Hz sent"),
+            None => asked,
+        }
+    }
+}
+
 /// Summarizes the samples of `probe` in `samples` (samples of other probes are ignored, so the
 /// whole of status.jsonl can be passed).
 pub fn summarize(probe: &str, samples: &[Sample]) -> ProbeSummary {

@@ -118,11 +118,12 @@ fn probe_figures(probe: &ProbeSummary, check: &Check) -> String {
         _ => "none (not judged)".to_string(),
     };
     format!(
-        "requests: {} ok, {} failed\nuptime: {:.2} %\navailability: {:.2} %\n\
+        "requests: {} ok, {} failed\nrate: {}\nuptime: {:.2} %\navailability: {:.2} %\n\
          down time: {:.1} s (longest outage {:.1} s)\nlatency p50/p95/p99: {} / {} / {}\n\
          budget: {budget}",
         probe.successful,
         probe.failed,
+        probe.rate_line(),
         probe.uptime_pct,
         probe.availability_pct,
         secs(probe.down_time_ms),

@@ -62,8 +62,9 @@ pub fn phases_table(page: &mut String, summary: &RunSummary, logs: &[String]) {
 pub fn probe_line(probe: &ProbeSummary) -> String {
     let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
     format!(
-        "uptime <b>{:.2} %</b> ({} of {} requests ok) · availability {:.2} % · down {} in {} \
+        "{} · uptime <b>{:.2} %</b> ({} of {} requests ok) · availability {:.2} % · down {} in {} \
          outage{} · latency p50 / p95 / p99: {} / {} / {} ms",
+        text(&probe.rate_line()),
         probe.uptime_pct,
         probe.successful,
         probe.total,
