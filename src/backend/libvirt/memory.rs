@@ -77,9 +77,7 @@ pub(super) fn save(virsh: &Virsh, domain: &str, trust: &Trust, file: &Path) -> R
     let xml = virsh.run(&["save-image-dumpxml", &path])?;
     let saved = |what: &str, found: Option<&str>| {
         found.map(str::to_string).ok_or_else(|| {
-            Error::Failed(format!(
-                "the saved domain XML of {domain} names no {what}"
-            ))
+            Error::Failed(format!("the saved domain XML of {domain} names no {what}"))
         })
     };
     Ok(MemoryState {
@@ -189,11 +187,19 @@ pub(super) fn resume(plan: ResumePlan) -> Result<Booted> {
         .zip(ports[1..].iter().copied())
         .collect();
     let mut forwards = vec![(ports[0], 22)];
-    forwards.extend(plan.forwards.iter().map(|(n, guest)| (forwarded[n], *guest)));
+    forwards.extend(
+        plan.forwards
+            .iter()
+            .map(|(n, guest)| (forwarded[n], *guest)),
+    );
     let xml = rewrite(&saved, plan.disk, &seed, &console, &mgmt_netdev(&forwards))?;
     let xml_file = root.join("resume.xml");
     std::fs::write(&xml_file, xml).ctx(|| format!("writing {}", xml_file.display()))?;
-    let guard = Guard::spawn(plan.uri, plan.domain, &[plan.disk.to_path_buf(), seed.clone()])?;
+    let guard = Guard::spawn(
+        plan.uri,
+        plan.domain,
+        &[plan.disk.to_path_buf(), seed.clone()],
+    )?;
     virsh.run(&[
         "restore",
         &file,
@@ -276,7 +282,10 @@ fn rewrite(saved: &str, disk: &Path, seed: &Path, console: &Path, netdev: &str) 
         .find("<qemu:arg value='user,id=mgmt")
         .ok_or_else(|| missing("management netdev"))?
         + "<qemu:arg value='".len();
-    let end = start + xml[start..].find('\'').ok_or_else(|| missing("netdev end"))?;
+    let end = start
+        + xml[start..]
+            .find('\'')
+            .ok_or_else(|| missing("netdev end"))?;
     xml.replace_range(start..end, &escape(netdev));
     Ok(xml)
 }
@@ -296,7 +305,12 @@ fn hypervisor(virsh: &Virsh) -> Result<String> {
     out.lines()
         .find_map(|l| l.strip_prefix("Running hypervisor:"))
         .map(|v| v.trim().to_string())
-        .ok_or_else(|| Error::Failed(format!("`virsh -c {} version` names no hypervisor", virsh.uri)))
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "`virsh -c {} version` names no hypervisor",
+                virsh.uri
+            ))
+        })
 }
 
 /// What the `pc` machine type of domain.rs resolves to on this hypervisor now.
@@ -312,7 +326,11 @@ fn current_machine_type(virsh: &Virsh, virt_type: &str) -> Result<String> {
     ])?;
     let start = caps.find("<machine>").map(|i| i + "<machine>".len());
     start
-        .and_then(|s| caps[s..].find("</machine>").map(|e| caps[s..s + e].to_string()))
+        .and_then(|s| {
+            caps[s..]
+                .find("</machine>")
+                .map(|e| caps[s..s + e].to_string())
+        })
         .ok_or_else(|| Error::Failed("libvirt's domain capabilities name no machine type".into()))
 }
 
@@ -321,7 +339,12 @@ fn current_machine_type(virsh: &Virsh, virt_type: &str) -> Result<String> {
 fn keys_sha256(trust: &Trust) -> Result<String> {
     let public = trust.host_key.with_extension("pub");
     let host = std::fs::read_to_string(&public).ctx(|| format!("reading {}", public.display()))?;
-    let key = |line: &str| line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let key = |line: &str| {
+        line.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     Ok(sha256_bytes(
         format!("{}\n{}\n", key(&host), key(&trust.authorized_key()?)).as_bytes(),
     ))
@@ -440,6 +463,15 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("vdb"), "{err}");
         let no_netdev = SAVED.replace("user,id=mgmt", "socket,id=x");
-        assert!(rewrite(&no_netdev, Path::new("/d"), Path::new("/s"), Path::new("/c"), "n").is_err());
+        assert!(
+            rewrite(
+                &no_netdev,
+                Path::new("/d"),
+                Path::new("/s"),
+                Path::new("/c"),
+                "n"
+            )
+            .is_err()
+        );
     }
 }
