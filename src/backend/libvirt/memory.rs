@@ -200,6 +200,7 @@ pub(super) fn resume(plan: ResumePlan) -> Result<Booted> {
         plan.domain,
         &[plan.disk.to_path_buf(), seed.clone()],
     )?;
+    let restoring = Instant::now();
     virsh.run(&[
         "restore",
         &file,
@@ -207,6 +208,7 @@ pub(super) fn resume(plan: ResumePlan) -> Result<Booted> {
         &xml_file.display().to_string(),
         "--running",
     ])?;
+    let restored = restoring.elapsed().as_secs_f64();
     let deadline = Instant::now() + RESUME_TIMEOUT;
     let trust = plan.trust;
     while !trust
@@ -233,13 +235,24 @@ pub(super) fn resume(plan: ResumePlan) -> Result<Booted> {
     }
     let offset = set_clock(&trust, ports[0])?;
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(domain = plan.domain, seconds, offset, "resumed to SSH");
+    tracing::info!(
+        domain = plan.domain,
+        seconds,
+        restored,
+        offset,
+        "resumed to SSH"
+    );
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(state.logs().join("boot-times.log"))
     {
-        let _ = writeln!(f, "resume {} {seconds:.1}", crate::clock::now_rfc3339());
+        // After the seconds: `virsh restore`'s share of them, the guest clock's offset left.
+        let _ = writeln!(
+            f,
+            "resume {} {seconds:.1} restore={restored:.1} clock_offset={offset:.3}",
+            crate::clock::now_rfc3339()
+        );
     }
     Ok(Booted {
         ssh_port: ports[0],

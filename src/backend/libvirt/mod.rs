@@ -215,14 +215,13 @@ impl LibvirtBackend {
                 )
             })?;
         match entry_of(&current) {
-            Some(entry) => {
-                if check_chain(&entry)?.is_none() {
-                    return Err(Error::input(
-                        format!("{label}: cached stage {} is missing or damaged", entry.name),
-                        "run `envbuild cache verify`, then build again",
-                    ));
-                }
+            Some(entry) if check_chain(&entry)?.is_none() => {
+                return Err(Error::input(
+                    format!("{label}: cached stage {} is missing or damaged", entry.name),
+                    "run `envbuild cache verify`, then build again",
+                ));
             }
+            Some(_) => {}
             None if !current.disk.is_file() => {
                 return Err(Error::input(
                     format!(
