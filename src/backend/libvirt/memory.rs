@@ -363,39 +363,52 @@ fn keys_sha256(trust: &Trust) -> Result<String> {
     ))
 }
 
-/// Sets the guest's clock from the host's (a resumed guest's clock stands where it was saved):
-/// once the SSH session is set up, the guest asks for the time and `date -s` sets it, so the
-/// connection's set-up (seconds under TCG) does not count. Returns guest minus host afterwards.
+/// Sets the guest's clock from the host's (a resumed guest's clock stands where it was saved).
+/// Once the SSH session is set up (seconds under TCG, which must not count), one round trip
+/// through it is timed, and the guest is sent the host's time plus half of it, which `date -s`
+/// sets. Returns the guest's clock minus the host's afterwards, as well as a round trip tells.
 fn set_clock(trust: &Trust, port: u16) -> Result<f64> {
     let mut child = trust
         .ssh(
             port,
-            "echo ready && read t && date -u -s \"@$t\" >/dev/null && date +%s.%N",
+            "echo ready && read a && echo pong && read t && date -u -s \"@$t\" >/dev/null && date +%s.%N",
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .ctx(|| "running ssh".into())?;
-    let failed = |why: &str| Error::Failed(format!("setting the resumed guest's clock: {why}"));
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let mut line = String::new();
-    out.read_line(&mut line).ctx(|| "reading from ssh".into())?;
-    if line.trim() != "ready" {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(failed("the guest did not answer"));
-    }
     let mut stdin = child.stdin.take().expect("piped");
-    writeln!(stdin, "{:.6}", unix_now()).ctx(|| "writing to ssh".into())?;
-    drop(stdin);
-    line.clear();
-    out.read_line(&mut line).ctx(|| "reading from ssh".into())?;
-    let host = unix_now();
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut exchange = |send: Option<String>| -> std::io::Result<String> {
+        if let Some(text) = send {
+            writeln!(stdin, "{text}")?;
+            stdin.flush()?;
+        }
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    };
+    let mut offset = || -> std::io::Result<Option<f64>> {
+        if exchange(None)? != "ready" {
+            return Ok(None);
+        }
+        let sent = unix_now();
+        if exchange(Some("ping".into()))? != "pong" {
+            return Ok(None);
+        }
+        let half = (unix_now() - sent) / 2.0;
+        let guest = exchange(Some(format!("{:.6}", unix_now() + half)))?;
+        Ok(guest.parse::<f64>().ok().map(|g| g - (unix_now() - half)))
+    };
+    let offset = offset();
+    let _ = child.kill();
     let status = child.wait().ctx(|| "running ssh".into())?;
-    match line.trim().parse::<f64>() {
-        Ok(guest) if status.success() => Ok(guest - host),
-        _ => Err(failed("`date -s` failed in the guest")),
+    match offset {
+        Ok(Some(offset)) => Ok(offset),
+        _ => Err(Error::Failed(format!(
+            "setting the resumed guest's clock over SSH failed ({status})"
+        ))),
     }
 }
 
