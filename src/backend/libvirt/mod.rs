@@ -286,37 +286,6 @@ impl LibvirtBackend {
         Ok(result)
     }
 
-    /// The machine's base image (built or fetched first if need be), as the store sees it:
-    /// `STORE/v1/images/<id>`, a link to the images folder's copy when `--images` is elsewhere.
-    fn base_in_store(&self, machine: &Machine) -> Result<BaseImage> {
-        let base = image::ensure(&self.images, machine, &|text| eprintln!("{text}"))?;
-        let id = image_id(&base);
-        let images = &self.store_images;
-        let linked = images.join(&id);
-        if std::fs::symlink_metadata(&linked).is_err() {
-            std::fs::create_dir_all(images).ctx(|| format!("creating {}", images.display()))?;
-            let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
-                .ctx(|| format!("resolving {}", base.disk.display()))?;
-            // Machines of one environment are prepared on parallel threads: a name of its own each.
-            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let tmp = images.join(format!(
-                "{id}.link.{}.{}",
-                std::process::id(),
-                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&target, &tmp)
-                .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
-            std::fs::rename(&tmp, &linked).ctx(|| format!("linking {}", linked.display()))?;
-        }
-        image::load(&linked)?.ok_or_else(|| {
-            Error::Failed(format!("{} holds no image.json", linked.display()))
-                .fix("remove it and build again")
-        })
-    }
-}
-
-impl LibvirtBackend {
     /// Resumes the machine from its newest stage's memory state, if it keeps one that fits; a
     /// state refused or a resume that fails is a warning, and `None` lets the caller boot.
     fn resume(
@@ -370,6 +339,35 @@ impl LibvirtBackend {
                 None
             }
         }
+    }
+
+    /// The machine's base image (built or fetched first if need be), as the store sees it:
+    /// `STORE/v1/images/<id>`, a link to the images folder's copy when `--images` is elsewhere.
+    fn base_in_store(&self, machine: &Machine) -> Result<BaseImage> {
+        let base = image::ensure(&self.images, machine, &|text| eprintln!("{text}"))?;
+        let id = image_id(&base);
+        let images = &self.store_images;
+        let linked = images.join(&id);
+        if std::fs::symlink_metadata(&linked).is_err() {
+            std::fs::create_dir_all(images).ctx(|| format!("creating {}", images.display()))?;
+            let target = std::fs::canonicalize(base.disk.parent().unwrap_or(Path::new("/")))
+                .ctx(|| format!("resolving {}", base.disk.display()))?;
+            // Machines of one environment are prepared on parallel threads: a name of its own each.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let tmp = images.join(format!(
+                "{id}.link.{}.{}",
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp)
+                .ctx(|| format!("linking {} to {}", tmp.display(), target.display()))?;
+            std::fs::rename(&tmp, &linked).ctx(|| format!("linking {}", linked.display()))?;
+        }
+        image::load(&linked)?.ok_or_else(|| {
+            Error::Failed(format!("{} holds no image.json", linked.display()))
+                .fix("remove it and build again")
+        })
     }
 }
 
