@@ -51,6 +51,9 @@ const CASES: &[Case] = &[
     Case { name: "service-after-later", args: &[], location: Some(":8:10"), phrases: &["`after` names `db`, which is not a service listed before `web`", "starts after services listed above it", "listed above: none"] },
     Case { name: "service-after-self", args: &[], location: Some(":8:10"), phrases: &["service `web` cannot start after itself"] },
     Case { name: "bad-duration", args: &[], location: Some(":8:11"), phrases: &["a positive number of seconds or a string like \"90s\""] },
+    Case { name: "snapshot-unknown", args: &[], location: Some(":6:12"), phrases: &["unknown snapshot `frozen`", "allowed: \"disk\" (the default), \"running\""] },
+    Case { name: "snapshot-on-local", args: &[], location: Some(":4:12"), phrases: &["keeps a VM's memory", "add backend = \"libvirt\""] },
+    Case { name: "snapshot-running-with-networks", args: &[], location: Some(":7:12"), phrases: &["not possible on a machine with `networks`", "remove one or the other"] },
     Case { name: "bastion-on-local", args: &[], location: Some(":2:11"), phrases: &["`bastion` are for VM machines", "add backend = \"libvirt\""] },
     Case { name: "two-bastions", args: &[], location: Some(":8:11"), phrases: &["machine `a` is the bastion already", "at most one `bastion = true`"] },
     // `after` references and ordering.

@@ -104,6 +104,8 @@ pub struct StepContext<'a> {
     pub inputs: &'a Path,
     pub env: BTreeMap<String, String>,
     pub deadline: Instant,
+    /// What the stage's snapshot keeps (a VM's memory too, for `snapshot = "running"`).
+    pub snapshot: crate::spec::model::Snapshot,
 }
 
 /// What services are started with: the environment's vars and its generated secrets.
@@ -225,6 +227,11 @@ pub trait Backend: Sync {
     }
     /// A stage failed: release what `run_step` set up for it (a build VM).
     fn abandon(&self, _m: &MachineContext) {}
+    /// What the last `start` of the machine has to tell a person (a memory state refused, the
+    /// machine booted instead), printed as warnings; each is said once.
+    fn warnings(&self, _m: &MachineContext) -> Vec<String> {
+        Vec::new()
+    }
     /// Runs prestart hooks and starts services, waiting for each to be ready.
     fn start(&self, m: &MachineContext, runtime: &Runtime) -> Result<RunningServices>;
     /// Stops, starts or restarts some services of a running machine, one at a time, with extra

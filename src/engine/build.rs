@@ -312,6 +312,7 @@ fn build_stage(
         inputs: &inputs,
         env: step_env,
         deadline: started + stage.timeout,
+        snapshot: stage.snapshot,
     };
 
     let mut log = crate::store::log::StageLog::create(&pending.log())?;

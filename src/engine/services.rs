@@ -148,7 +148,11 @@ fn start_machine<'a>(
     marker.pristine = false;
     state.set_marker(&marker)?;
     let bar = progress.stage(handle.context().label(), "starting services");
-    match handle.backend.start(&handle.context(), runtime) {
+    let started = handle.backend.start(&handle.context(), runtime);
+    for warning in handle.backend.warnings(&handle.context()) {
+        progress.warn(&warning);
+    }
+    match started {
         Ok(running) => {
             state.set_services(Some(&running))?;
             bar.finish("up");

@@ -48,6 +48,7 @@ pub enum Reason {
     SourceChanged {
         name: String,
     },
+    SnapshotChanged,
 }
 
 impl std::fmt::Display for Reason {
@@ -77,6 +78,7 @@ impl std::fmt::Display for Reason {
             Reason::SourceChanged { name } => {
                 write!(f, "source {name} is pinned to another sha256 or commit")
             }
+            Reason::SnapshotChanged => write!(f, "its `snapshot` changed (disk or running)"),
         }
     }
 }
@@ -142,6 +144,9 @@ pub fn explain(before: Option<&KeyMaterial>, now: &KeyMaterial) -> Vec<Reason> {
     for name in changed_keys(&before.sources, &now.sources) {
         reasons.push(Reason::SourceChanged { name });
     }
+    if before.snapshot != now.snapshot {
+        reasons.push(Reason::SnapshotChanged);
+    }
     reasons
 }
 
@@ -175,6 +180,7 @@ mod tests {
             inputs: BTreeMap::from([("a.sh".into(), "644:aa".into())]),
             templates: BTreeMap::new(),
             sources: BTreeMap::new(),
+            snapshot: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::spec::model::{Environment, Machine, Stage};
+use crate::spec::model::{Environment, Machine, Snapshot, Stage};
 use crate::spec::template;
 use digest::sha256_bytes;
 use fingerprint::FingerprintCache;
@@ -40,6 +40,10 @@ pub struct KeyMaterial {
     /// Source name -> its pin (src/spec/lock.rs): a file's sha256, `git COMMIT` for a git
     /// tree, `unlocked` for a floating source not in the lock file (never built).
     pub sources: BTreeMap<String, String>,
+    /// `running` for a stage that keeps its VM's memory; absent otherwise, so that the keys of
+    /// every other stage are those they had before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl KeyMaterial {
@@ -101,6 +105,7 @@ pub fn stage_keys(
                     .iter()
                     .map(|s| (s.name.clone(), source_pin(s)))
                     .collect(),
+                snapshot: (stage.snapshot == Snapshot::Running).then(|| "running".to_string()),
             };
             let key = material.key();
             parent = Some(key.clone());

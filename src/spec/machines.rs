@@ -80,7 +80,11 @@ impl Loader<'_> {
                     ),
                 );
             }
-            stages.push(self.stage(stage.get_ref(), vars)?);
+            let parsed = self.stage(stage.get_ref(), vars)?;
+            if parsed.snapshot == Snapshot::Running {
+                self.check_running_snapshot(stage.get_ref(), backend, &vm)?;
+            }
+            stages.push(parsed);
         }
         // A VM with no stages is its base image, booted by `up`.
         if stages.is_empty() && raw.services.is_empty() && backend != BackendKind::Libvirt {
@@ -146,6 +150,31 @@ impl Loader<'_> {
 
     /// The VM keys of a machine: only libvirt machines take them, and they take no host
     /// services (their services are units inside the guest, reached through `forward`).
+    /// `snapshot = "running"` keeps a VM's memory: a libvirt machine's, and one without private
+    /// links (the build VM that saves it has no link NICs, so its device state would not fit the
+    /// machine `up` starts).
+    fn check_running_snapshot(
+        &self,
+        stage: &RawStage,
+        backend: BackendKind,
+        vm: &VmSpec,
+    ) -> Result<()> {
+        let at = stage.snapshot.as_ref().map_or(0, |s| s.span().start);
+        if backend != BackendKind::Libvirt {
+            return self.err(
+                at,
+                "snapshot = \"running\" keeps a VM's memory: add backend = \"libvirt\", or remove it",
+            );
+        }
+        if !vm.links.is_empty() {
+            return self.err(
+                at,
+                "snapshot = \"running\" is not possible on a machine with `networks` (the build VM that saves its memory has no link NICs); remove one or the other",
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn vm(&self, name: &Name, raw: &RawMachine, backend: BackendKind) -> Result<VmSpec> {
         let mut vm = VmSpec::default();
         if backend != BackendKind::Libvirt {

@@ -181,6 +181,18 @@ pub struct Stage {
     pub env: BTreeMap<String, String>,
     pub steps: Vec<String>,
     pub timeout: Duration,
+    pub snapshot: Snapshot,
+}
+
+/// What a committed stage keeps of its machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Its files (a VM: its disk, the guest powered off cleanly).
+    #[default]
+    Disk,
+    /// A VM's disk and its memory and device state: `up` resumes the machine instead of
+    /// booting it (src/backend/libvirt/memory.rs).
+    Running,
 }
 
 /// An input or template: its path as the spec writes it (its name in the key and under

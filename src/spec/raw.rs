@@ -216,6 +216,8 @@ pub struct RawStage {
     #[serde(default)]
     pub steps: Vec<Spanned<String>>,
     pub timeout: Option<Spanned<toml::Value>>,
+    /// What the committed stage keeps: "disk" (default) or "running" (a VM's memory too).
+    pub snapshot: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

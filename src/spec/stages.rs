@@ -250,6 +250,20 @@ impl Loader<'_> {
             env_template: env,
             steps_template: raw.steps.iter().map(|s| s.get_ref().clone()).collect(),
             timeout: self.duration(raw.timeout.as_ref(), DEFAULT_STAGE_TIMEOUT)?,
+            snapshot: match raw.snapshot.as_ref() {
+                None => Snapshot::Disk,
+                Some(s) if s.get_ref() == "disk" => Snapshot::Disk,
+                Some(s) if s.get_ref() == "running" => Snapshot::Running,
+                Some(s) => {
+                    return self.err(
+                        s.span().start,
+                        format!(
+                            "unknown snapshot `{}`; allowed: \"disk\" (the default), \"running\" (a VM's memory too)",
+                            s.get_ref()
+                        ),
+                    );
+                }
+            },
         })
     }
 

@@ -235,6 +235,7 @@ mod tests {
             inputs: Default::default(),
             templates: Default::default(),
             sources: Default::default(),
+            snapshot: None,
         }
     }
 

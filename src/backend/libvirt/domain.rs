@@ -52,7 +52,16 @@ pub struct LinkNic {
     pub peer_port: u16,
 }
 
-fn escape(text: &str) -> String {
+/// The management NIC's QEMU netdev: user networking, host forwards on 127.0.0.1 only.
+pub(super) fn mgmt_netdev(forwards: &[(u16, u16)]) -> String {
+    let mut netdev = String::from("user,id=mgmt,net=10.0.2.0/24,restrict=off");
+    for (host, guest) in forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    netdev
+}
+
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -77,10 +86,7 @@ impl DomainSpec {
             ),
             Boot::Disk => (String::new(), "      <boot order='1'/>\n"),
         };
-        let mut netdev = String::from("user,id=mgmt,net=10.0.2.0/24,restrict=off");
-        for (host, guest) in &self.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-        }
+        let netdev = mgmt_netdev(&self.forwards);
         let links: String = self
             .links
             .iter()

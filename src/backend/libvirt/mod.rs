@@ -21,6 +21,7 @@
 //! links.rs      private links between VMs (UDP socket pairs on loopback)
 //! host.rs       doctor's checks of this host
 //! image.rs      base images (debootstrap recipes, pinned images) and qemu-img
+//! memory.rs     memory snapshots (`snapshot = "running"`): save at commit, resume at `up`
 //! domain.rs     domain XML; cloud_init.rs, ssh.rs, virsh.rs: what their names say
 //! ```
 //!
@@ -30,6 +31,7 @@
 //! root/build.qcow2    the overlay a build VM writes (moved into the entry at commit)
 //! root/live.qcow2     the overlay of the running machine (`up`), removed by `down`
 //! root/running.json   the running domain: URI, name, ports
+//! root/resume.xml     the saved domain's XML as the last resume rewrote it (memory.rs)
 //! root/seed-*.tar|iso seed disks (private keys, 0600), only while a VM boots
 //! root/*.xml          domain XML of the last boots
 //! logs/console*.log   serial consoles
@@ -43,6 +45,7 @@ pub mod domain;
 mod host;
 pub mod image;
 mod links;
+mod memory;
 pub mod ssh;
 pub mod virsh;
 
@@ -60,7 +63,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::digest::sha256_file;
 use crate::process::{self, StepEnd};
 use crate::settings::Settings;
-use crate::spec::model::Machine;
+use crate::spec::model::{Machine, Snapshot};
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending, TreeEntry};
 use image::BaseImage;
@@ -93,6 +96,8 @@ pub struct LibvirtBackend {
     store_images: PathBuf,
     /// Running build VMs by machine state folder.
     builds: Mutex<BTreeMap<PathBuf, BuildVm>>,
+    /// What the last `start` of a machine (by state folder) has to tell a person.
+    warnings: Mutex<BTreeMap<PathBuf, Vec<String>>>,
 }
 
 struct BuildVm {
@@ -100,6 +105,8 @@ struct BuildVm {
     uri: String,
     port: u16,
     trust: Trust,
+    /// The stage keeps the VM's memory (`snapshot = "running"`): it is saved, not powered off.
+    keep_memory: bool,
     _guard: Guard,
 }
 
@@ -133,6 +140,25 @@ fn running(state: &MachineState) -> Option<Running> {
     read_json(&state.root().join("running.json"))
 }
 
+/// The domain of a machine that is up. A build VM whose memory is kept has this name too:
+/// libvirt restores a saved domain under its own name only.
+fn up_domain(env: &str, machine: &Machine) -> String {
+    format!("envbuild-{env}-{}", machine.name)
+}
+
+/// The entry holding the machine's disk (None for the base image).
+fn entry_of(current: &Current) -> Option<Entry> {
+    Some(Entry {
+        name: current.entry.clone()?,
+        dir: current
+            .disk
+            .parent()
+            .and_then(Path::parent)
+            .expect("an entry disk lives in ENTRY/artifact/")
+            .to_path_buf(),
+    })
+}
+
 impl LibvirtBackend {
     pub fn new(settings: &Settings) -> LibvirtBackend {
         LibvirtBackend {
@@ -140,6 +166,7 @@ impl LibvirtBackend {
             images: settings.libvirt.images.clone(),
             store_images: settings.store.join(crate::store::LAYOUT).join("images"),
             builds: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -187,24 +214,14 @@ impl LibvirtBackend {
                     format!("run `envbuild build {}`", m.env),
                 )
             })?;
-        match &current.entry {
-            Some(name) => {
-                let entry = Entry {
-                    name: name.clone(),
-                    dir: current
-                        .disk
-                        .parent()
-                        .and_then(Path::parent)
-                        .expect("an entry disk lives in ENTRY/artifact/")
-                        .to_path_buf(),
-                };
-                if check_chain(&entry)?.is_none() {
-                    return Err(Error::input(
-                        format!("{label}: cached stage {name} is missing or damaged"),
-                        "run `envbuild cache verify`, then build again",
-                    ));
-                }
+        match entry_of(&current) {
+            Some(entry) if check_chain(&entry)?.is_none() => {
+                return Err(Error::input(
+                    format!("{label}: cached stage {} is missing or damaged", entry.name),
+                    "run `envbuild cache verify`, then build again",
+                ));
             }
+            Some(_) => {}
             None if !current.disk.is_file() => {
                 return Err(Error::input(
                     format!(
@@ -229,12 +246,17 @@ impl LibvirtBackend {
         let overlay = state.root().join("build.qcow2");
         image::create_overlay(&current.disk, &overlay)?;
         let uri = self.uri_for(m.machine);
-        let domain = format!(
-            "envbuild-{}-{}-build-{}",
-            m.env,
-            m.machine.name,
-            std::process::id()
-        );
+        let keep_memory = ctx.snapshot == Snapshot::Running;
+        let domain = if keep_memory {
+            up_domain(m.env, m.machine)
+        } else {
+            format!(
+                "envbuild-{}-{}-build-{}",
+                m.env,
+                m.machine.name,
+                std::process::id()
+            )
+        };
         let booted = boot(&BootPlan {
             uri: &uri,
             domain: &domain,
@@ -257,10 +279,66 @@ impl LibvirtBackend {
                 uri,
                 port: booted.ssh_port,
                 trust: booted.trust,
+                keep_memory,
                 _guard: booted.guard,
             },
         );
         Ok(result)
+    }
+
+    /// Resumes the machine from its newest stage's memory state, if it keeps one that fits; a
+    /// state refused or a resume that fails is a warning, and `None` lets the caller boot.
+    fn resume(
+        &self,
+        m: &MachineContext,
+        current: &Current,
+        uri: &str,
+        domain: &str,
+        live: &Path,
+    ) -> Option<boot::Booted> {
+        let entry = entry_of(current)?;
+        let virsh = Virsh {
+            uri: uri.to_string(),
+        };
+        let attempt = || -> Result<Option<boot::Booted>> {
+            let trust = Trust::ensure(&env_dir(m.state), &m.state.dir, m.env, &m.machine.name)?;
+            let file = match memory::check(&entry, &virsh, &trust)? {
+                memory::Resume::Nothing => return Ok(None),
+                memory::Resume::Refused(why) => {
+                    return Err(Error::Failed(format!("its memory state is refused: {why}")));
+                }
+                memory::Resume::Ready(file) => file,
+            };
+            image::create_overlay(&current.disk, live)?;
+            memory::resume(memory::ResumePlan {
+                uri,
+                domain,
+                state: m.state,
+                file: &file,
+                disk: live,
+                forwards: &m.machine.vm.forward,
+                trust,
+            })
+            .map(Some)
+        };
+        match attempt() {
+            Ok(resumed) => resumed,
+            Err(e) => {
+                // The guard of a failed resume has destroyed its domain and removed the overlay.
+                let _ = std::fs::remove_file(live);
+                self.warnings
+                    .lock()
+                    .unwrap()
+                    .entry(m.state.dir.clone())
+                    .or_default()
+                    .push(format!(
+                        "{}: not resumed from cached stage {} ({e}); booting it from its disk",
+                        m.label(),
+                        entry.name
+                    ));
+                None
+            }
+        }
     }
 
     /// The machine's base image (built or fetched first if need be), as the store sees it:
@@ -468,7 +546,20 @@ impl Backend for LibvirtBackend {
         let virsh = Virsh {
             uri: vm.uri.clone(),
         };
-        power_off(&virsh, &vm.domain, &vm.trust, vm.port)?;
+        let artifact = pending.artifact();
+        // A kept memory is saved with the disk it expects: the guest's writes are synced, and QEMU
+        // flushes the overlay as the domain ends. A boot from that disk recovers its journal.
+        let memory = if vm.keep_memory {
+            Some(memory::save(
+                &virsh,
+                &vm.domain,
+                &vm.trust,
+                &artifact.join(memory::STATE_FILE),
+            )?)
+        } else {
+            power_off(&virsh, &vm.domain, &vm.trust, vm.port)?;
+            None
+        };
         // The overlay names its parent by the store-relative path it will have once committed
         // (a header rewrite: no data moves).
         let base = BaseRef::of(&current.base);
@@ -476,7 +567,7 @@ impl Backend for LibvirtBackend {
         let overlay = state.root().join("build.qcow2");
         image::set_backing(&overlay, &backing)?;
         // Moved before the guard goes: it deletes the build overlay if it is still there.
-        let disk = pending.artifact().join("disk.qcow2");
+        let disk = artifact.join("disk.qcow2");
         if std::fs::rename(&overlay, &disk).is_err() {
             std::fs::copy(&overlay, &disk).ctx(|| format!("copying {}", overlay.display()))?;
         }
@@ -490,7 +581,7 @@ impl Backend for LibvirtBackend {
             parent_entry: current.entry.clone(),
             base,
         };
-        let chain_file = pending.artifact().join("chain.json");
+        let chain_file = artifact.join("chain.json");
         std::fs::write(
             &chain_file,
             serde_json::to_vec_pretty(&chain).expect("chain serializes"),
@@ -498,19 +589,38 @@ impl Backend for LibvirtBackend {
         .ctx(|| format!("writing {}", chain_file.display()))?;
         let mut tree = Vec::new();
         let mut size = 0;
-        for (name, path) in [("chain.json", &chain_file), ("disk.qcow2", &disk)] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        let mut add = |name: &str| -> Result<String> {
+            let path = artifact.join(name);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
                 .ctx(|| format!("making {} read-only", path.display()))?;
-            let bytes = std::fs::metadata(path)
+            let bytes = std::fs::metadata(&path)
                 .ctx(|| format!("reading {}", path.display()))?
                 .len();
             size += bytes;
+            let sha256 = sha256_file(&path)?;
             tree.push(TreeEntry::File {
                 path: name.to_string(),
                 mode: 0o444,
                 size: bytes,
-                sha256: sha256_file(path)?,
+                sha256: sha256.clone(),
             });
+            Ok(sha256)
+        };
+        add("chain.json")?;
+        let disk_sha256 = add("disk.qcow2")?;
+        if let Some(memory) = memory {
+            let meta = artifact.join(memory::META_FILE);
+            let recorded = memory::MemoryState {
+                disk_sha256,
+                ..memory
+            };
+            std::fs::write(
+                &meta,
+                serde_json::to_vec_pretty(&recorded).expect("memory state serializes"),
+            )
+            .ctx(|| format!("writing {}", meta.display()))?;
+            add(memory::META_FILE)?;
+            add(memory::STATE_FILE)?;
         }
         Ok((tree, size))
     }
@@ -540,23 +650,28 @@ impl Backend for LibvirtBackend {
         self.refuse_if_running(m)?;
         let current = self.current(m)?;
         let live = state.root().join("live.qcow2");
-        image::create_overlay(&current.disk, &live)?;
         let uri = self.uri_for(machine);
-        let domain = format!("envbuild-{}-{}", m.env, machine.name);
-        let links = link_nics(&env_dir(state), m.env, machine)?;
-        let booted = boot(&BootPlan {
-            uri: &uri,
-            domain: &domain,
-            env: m.env,
-            machine,
-            state,
-            disk: &live,
-            base: &current.base,
-            kind: "up",
-            forwards: &machine.vm.forward,
-            links: &links,
-            guard_removes: vec![live.clone()],
-        })?;
+        let domain = up_domain(m.env, machine);
+        let booted = match self.resume(m, &current, &uri, &domain, &live) {
+            Some(resumed) => resumed,
+            None => {
+                image::create_overlay(&current.disk, &live)?;
+                let links = link_nics(&env_dir(state), m.env, machine)?;
+                boot(&BootPlan {
+                    uri: &uri,
+                    domain: &domain,
+                    env: m.env,
+                    machine,
+                    state,
+                    disk: &live,
+                    base: &current.base,
+                    kind: "up",
+                    forwards: &machine.vm.forward,
+                    links: &links,
+                    guard_removes: vec![live.clone()],
+                })?
+            }
+        };
         write_json(
             &state.root().join("running.json"),
             &Running {
@@ -573,6 +688,14 @@ impl Backend for LibvirtBackend {
             services: Vec::new(),
             started: crate::clock::now_rfc3339(),
         })
+    }
+
+    fn warnings(&self, m: &MachineContext) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap()
+            .remove(&m.state.dir)
+            .unwrap_or_default()
     }
 
     fn is_up(&self, m: &MachineContext, _running: &RunningServices) -> bool {
