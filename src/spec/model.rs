@@ -104,6 +104,8 @@ pub struct VmSpec {
     /// `ssh-config` reaches the machines that share a link with this one through it
     /// (`ProxyJump`); at most one machine of an environment is the bastion.
     pub bastion: bool,
+    /// Build VMs trust the host's extra CAs (`trust_host_ca`, default true; host_ca.rs).
+    pub trust_host_ca: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -157,6 +157,8 @@ pub struct RawMachine {
     pub networks: BTreeMap<Name, Spanned<String>>,
     /// libvirt: `ssh-config` reaches the other machines through this one.
     pub bastion: Option<Spanned<bool>>,
+    /// libvirt: build VMs trust the host's extra CA certificates (default true).
+    pub trust_host_ca: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

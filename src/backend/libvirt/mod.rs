@@ -41,6 +41,7 @@ mod chain;
 pub mod cloud_init;
 pub mod domain;
 mod host;
+mod host_ca;
 pub mod image;
 mod links;
 pub mod ssh;
@@ -63,6 +64,7 @@ use crate::settings::Settings;
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending, TreeEntry};
+use host_ca::HostCas;
 use image::BaseImage;
 use ssh::{Trust, quote};
 use virsh::{Guard, Virsh};
@@ -93,6 +95,8 @@ pub struct LibvirtBackend {
     store_images: PathBuf,
     /// Running build VMs by machine state folder.
     builds: Mutex<BTreeMap<PathBuf, BuildVm>>,
+    /// The host's CAs build VMs trust (host_ca.rs).
+    host_cas: HostCas,
 }
 
 struct BuildVm {
@@ -100,7 +104,19 @@ struct BuildVm {
     uri: String,
     port: u16,
     trust: Trust,
+    /// The host's CAs are in the guest's store (taken out again before commit).
+    host_cas: bool,
+    /// Their record for the stage log, written with the first step's output.
+    provenance: Option<String>,
     _guard: Guard,
+}
+
+/// What a step in a build VM needs to know of it.
+struct StepTarget {
+    port: u16,
+    trust: Trust,
+    host_cas: bool,
+    provenance: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +156,10 @@ impl LibvirtBackend {
             images: settings.libvirt.images.clone(),
             store_images: settings.store.join(crate::store::LAYOUT).join("images"),
             builds: Mutex::new(BTreeMap::new()),
+            host_cas: HostCas::collect(
+                Path::new(host_ca::HOST_DIR),
+                settings.remotes.http.ca_file(),
+            ),
         }
     }
 
@@ -220,9 +240,16 @@ impl LibvirtBackend {
     }
 
     /// Boots the build VM for the stage being built, on a fresh overlay of the current disk.
-    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<(u16, Trust)> {
-        if let Some(vm) = self.builds.lock().unwrap().get(&m.state.dir) {
-            return Ok((vm.port, vm.trust.clone()));
+    /// Returns the VM's SSH port and trust, whether the host's CAs are in its store, and (on the
+    /// first call only) their record for the stage log.
+    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<StepTarget> {
+        if let Some(vm) = self.builds.lock().unwrap().get_mut(&m.state.dir) {
+            return Ok(StepTarget {
+                port: vm.port,
+                trust: vm.trust.clone(),
+                host_cas: vm.host_cas,
+                provenance: vm.provenance.take(),
+            });
         }
         let state = m.state;
         let current = self.current(m)?;
@@ -249,7 +276,16 @@ impl LibvirtBackend {
             guard_removes: vec![overlay.clone()],
         })?;
         copy_inputs(&booted.trust, booted.ssh_port, ctx.inputs)?;
-        let result = (booted.ssh_port, booted.trust.clone());
+        let host_cas = m.machine.vm.trust_host_ca && !self.host_cas.is_empty();
+        if host_cas {
+            self.host_cas.install(&booted.trust, booted.ssh_port)?;
+        }
+        let result = StepTarget {
+            port: booted.ssh_port,
+            trust: booted.trust.clone(),
+            host_cas,
+            provenance: host_cas.then(|| self.host_cas.provenance()),
+        };
         self.builds.lock().unwrap().insert(
             state.dir.clone(),
             BuildVm {
@@ -257,6 +293,8 @@ impl LibvirtBackend {
                 uri,
                 port: booted.ssh_port,
                 trust: booted.trust,
+                host_cas,
+                provenance: None,
                 _guard: booted.guard,
             },
         );
@@ -415,7 +453,10 @@ impl Backend for LibvirtBackend {
         step: &str,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<StepEnd> {
-        let (port, trust) = self.build_vm(m, ctx)?;
+        let vm = self.build_vm(m, ctx)?;
+        if let Some(record) = &vm.provenance {
+            record.lines().for_each(&mut *on_line);
+        }
         let mut exports = vec![
             format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
             "ENVBUILD_ROOT=/".to_string(),
@@ -423,14 +464,22 @@ impl Backend for LibvirtBackend {
             "HOME=/root".to_string(),
             "LANG=C.UTF-8".to_string(),
         ];
+        if vm.host_cas {
+            exports.extend(
+                host_ca::STEP_VARIABLES
+                    .iter()
+                    .map(|name| format!("{name}={}", host_ca::GUEST_BUNDLE)),
+            );
+        }
         exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
         let remote = format!(
             "cd / && export {} && exec sh -ec {}",
             exports.join(" "),
             quote(step)
         );
-        let local: Vec<String> = trust
-            .ssh_argv(port, Some(&remote))
+        let local: Vec<String> = vm
+            .trust
+            .ssh_argv(vm.port, Some(&remote))
             .iter()
             .map(|a| quote(a))
             .collect();
@@ -455,7 +504,17 @@ impl Backend for LibvirtBackend {
         // A committed disk must be consistent: drop the inputs, sync, and power off cleanly.
         let cleaned = vm
             .trust
-            .ssh(vm.port, &format!("rm -rf {GUEST_INPUTS} && sync"))
+            .ssh(
+                vm.port,
+                &format!(
+                    "{}rm -rf {GUEST_INPUTS} && sync",
+                    if vm.host_cas {
+                        format!("{}; ", host_ca::REMOVE)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
             .stdin(std::process::Stdio::null())
             .output()
             .ctx(|| "running ssh".into())?;
