@@ -208,8 +208,18 @@ pub struct Source {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
-    Url { url: String },
-    Git { url: String, rev: String },
+    Url {
+        url: String,
+    },
+    Git {
+        url: String,
+        rev: String,
+    },
+    /// `repo` as the spec writes it ("URL SUITE [COMPONENT...]"), `key` its signing key's URL.
+    Apt {
+        repo: String,
+        key: String,
+    },
 }
 
 /// A file `envbuild lock` makes (e.g. a Python lock file per release): its path in the

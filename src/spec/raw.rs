@@ -230,6 +230,10 @@ pub struct RawSource {
     /// A git tree: the repository and a branch, tag or full commit id.
     pub git: Option<Spanned<String>>,
     pub rev: Option<Spanned<String>>,
+    /// An apt repository, "URL SUITE [COMPONENT...]", with its signing `key` URL (pinned by
+    /// `envbuild lock`).
+    pub apt: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// A file `envbuild lock` makes by running `command` in the environment's folder.

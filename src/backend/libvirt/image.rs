@@ -105,7 +105,9 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
             .image
             .as_ref()
             .expect("a libvirt machine has a debootstrap recipe or a pinned image");
-        return ensure_pinned(images, machine, pinned, note);
+        let image = ensure_pinned(images, machine, pinned, note)?;
+        check_fits(machine, pinned, &image)?;
+        return Ok(image);
     };
     let digest = recipe_digest(machine);
     let dir = images.join(&digest);
@@ -462,11 +464,13 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `qemu-img create -f qcow2 -b BACKING -F qcow2 PATH`: a thin overlay, whatever the size of
-/// the chain below it.
-pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
+/// `qemu-img create -f qcow2 -b BACKING -F qcow2 PATH [SIZE]`: a thin overlay, whatever the size
+/// of the chain below it; with `size_mib`, its virtual disk is that large (a pinned image grown
+/// to `resources.disk`: the guest's cloud-init grows its root partition into the space).
+pub fn create_overlay(backing: &Path, path: &Path, size_mib: Option<u64>) -> Result<()> {
     let _ = std::fs::remove_file(path);
-    qemu_img(&[
+    let size = size_mib.map(|mib| format!("{mib}M"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "create".as_ref(),
         "-q".as_ref(),
         "-f".as_ref(),
@@ -476,7 +480,39 @@ pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
         "-F".as_ref(),
         "qcow2".as_ref(),
         path.as_os_str(),
-    ])
+    ];
+    args.extend(size.as_deref().map(std::ffi::OsStr::new));
+    qemu_img(&args)
+}
+
+/// The virtual size of a disk image, in MiB (rounded up).
+pub fn virtual_mib(path: &Path) -> Result<u64> {
+    let info = qemu_img_info(path, false)?;
+    let bytes = info[0]["virtual-size"].as_u64().ok_or_else(|| {
+        Error::Failed(format!(
+            "qemu-img info {} names no virtual size",
+            path.display()
+        ))
+    })?;
+    Ok(bytes.div_ceil(1 << 20))
+}
+
+/// A pinned image is grown to `resources.disk`, never shrunk: a smaller size is bad input.
+fn check_fits(machine: &Machine, pinned: &PinnedImage, image: &BaseImage) -> Result<()> {
+    let base = virtual_mib(&image.disk)?;
+    if machine.resources.disk_mib < base {
+        return Err(Error::input(
+            format!(
+                "machine `{}`: resources.disk ({} MiB) is smaller than its pinned image {} ({base} MiB, {}); a disk is grown, never shrunk",
+                machine.name, machine.resources.disk_mib, pinned.url, pinned.pinned_at
+            ),
+            format!(
+                "set `disk` in the machine's `resources` to at least \"{}GiB\"",
+                base.div_ceil(1024)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `qemu-img ARGS`; its stderr becomes the error.
@@ -724,8 +760,8 @@ mod tests {
         let base = base_disk(dir.path());
         let one = dir.path().join("one.qcow2");
         let two = dir.path().join("two.qcow2");
-        create_overlay(&base, &one).unwrap();
-        create_overlay(&one, &two).unwrap();
+        create_overlay(&base, &one, None).unwrap();
+        create_overlay(&one, &two, None).unwrap();
         assert_eq!(
             backing_chain(&two).unwrap(),
             vec![two.clone(), one.clone(), base]

@@ -135,6 +135,13 @@ fn env_dir(state: &MachineState) -> PathBuf {
         .to_path_buf()
 }
 
+/// The virtual size of an overlay straight on a pinned image: `resources.disk` (image.rs checks
+/// it is no smaller). Overlays on a stage keep their parent's size; a debootstrap image is built
+/// at `resources.disk` already.
+fn first_overlay_mib(machine: &Machine, current: &Current) -> Option<u64> {
+    (current.entry.is_none() && machine.base.image.is_some()).then_some(machine.resources.disk_mib)
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     std::fs::read(path)
         .ok()
@@ -254,7 +261,11 @@ impl LibvirtBackend {
         let state = m.state;
         let current = self.current(m)?;
         let overlay = state.root().join("build.qcow2");
-        image::create_overlay(&current.disk, &overlay)?;
+        image::create_overlay(
+            &current.disk,
+            &overlay,
+            first_overlay_mib(m.machine, &current),
+        )?;
         let uri = self.uri_for(m.machine);
         let domain = format!(
             "envbuild-{}-{}-build-{}",
@@ -337,6 +348,8 @@ impl Backend for LibvirtBackend {
         if machine.base.image.is_some() {
             // What envbuild's cloud-init seed configures ends up on the stage disks too.
             lines.push(format!("cloud-init={}", cloud_init::recipe_digest()));
+            // The first overlay is grown to this size, and the guest's root file system with it.
+            lines.push(format!("disk_mib={}", machine.resources.disk_mib));
         }
         lines.push(format!("layout={ENTRY_LAYOUT}"));
         if machine.base.debootstrap.is_some() {
@@ -599,7 +612,7 @@ impl Backend for LibvirtBackend {
         self.refuse_if_running(m)?;
         let current = self.current(m)?;
         let live = state.root().join("live.qcow2");
-        image::create_overlay(&current.disk, &live)?;
+        image::create_overlay(&current.disk, &live, first_overlay_mib(m.machine, &current))?;
         let uri = self.uri_for(machine);
         let domain = format!("envbuild-{}-{}", m.env, machine.name);
         let links = link_nics(&env_dir(state), m.env, machine)?;
