@@ -625,3 +625,31 @@ steps = [
     project.ok(&["build", "apt"]);
     assert_eq!(root("vendor.InRelease"), second);
 }
+
+/// The aio environment's per-release Python locks are `[[locks]]` recipes, as aio-lite's: the
+/// committed files satisfy `lock --check`, and a release without one is refused with the
+/// `envbuild lock` command that makes it (not run here: it downloads ~70 MB from PyPI).
+#[test]
+fn aio_release_locks_are_recipes_of_envbuild_lock() {
+    let project = Project::on_repository_envs("lock-aio-store");
+    project.ok(&["lock", "aio", "--check"]);
+    let (code, err) = stderr_of(&project, &["build", "aio", "--var", "release_next=2099.1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("input `requirements/aio-2099.1.txt` does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("make it with `envbuild lock aio --var release_next=2099.1`"),
+        "{err}"
+    );
+    let (code, err) = stderr_of(
+        &project,
+        &["lock", "aio", "--check", "--var", "release_next=2099.1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    // The recipe is lock.sh, which names the series it knows when asked for another.
+    let (code, err) = stderr_of(&project, &["lock", "aio", "--var", "release_next=2099.1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("lock.sh: no release 2099.1"), "{err}");
+}
