@@ -641,7 +641,10 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            resources: Default::default(),
+            resources: crate::spec::model::Resources {
+                disk_mib: 1,
+                ..Default::default()
+            },
             requires: vec![],
             ports: vec![],
             prestart: vec![],
@@ -685,6 +688,15 @@ mod tests {
         let mut names = listing(images.path());
         names.retain(|n| !n.ends_with(".lock"));
         assert_eq!(names, vec![format!("pinned-{}", sha256_bytes(&body))]);
+        // Grown, never shrunk: a disk smaller than the image is bad input naming the key.
+        let mut small = machine.clone();
+        small.resources.disk_mib = 0;
+        let refused = ensure(images.path(), &small, &|_| {}).unwrap_err();
+        assert_eq!(refused.exit_code(), 2);
+        assert!(
+            refused.to_string().contains("resources.disk (0 MiB)"),
+            "{refused}"
+        );
     }
 
     #[test]
