@@ -20,7 +20,7 @@
 //! boot.rs       seed, domain, boot to SSH, inputs in, power off
 //! links.rs      private links between VMs (UDP socket pairs on loopback)
 //! host.rs       doctor's checks of this host
-//! image.rs      base images (debootstrap recipes, pinned images) and qemu-img
+//! image.rs      base images (debootstrap recipes, pinned images); qemu_img.rs: overlays, info
 //! domain.rs     domain XML; cloud_init.rs, ssh.rs, virsh.rs: what their names say
 //! ```
 //!
@@ -44,6 +44,7 @@ mod host;
 mod host_ca;
 pub mod image;
 mod links;
+mod qemu_img;
 pub mod ssh;
 pub mod virsh;
 
