@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::Project;
 
-const IMAGE: &str = "debian-12-cloud-test.qcow2";
+/// Version 2 has cloud-guest-utils (growpart), as Debian's genericcloud image has.
+const IMAGE: &str = "debian-12-cloud-test-2.qcow2";
 
 fn cache_dir() -> PathBuf {
     common::vm::test_cache().join("cloud-image")
@@ -113,14 +114,14 @@ fn serve(file: PathBuf) -> (String, Arc<AtomicU64>) {
     (url, gets)
 }
 
-fn write_spec(project: &Project, url: &str, sha256: &str) {
+fn write_spec(project: &Project, url: &str, sha256: &str, disk: &str) {
     project.write(
         "cloud.toml",
         &format!(
             r#"
 [machines.box]
 backend = "libvirt"
-resources = {{ cpus = 1, memory = "1GiB", disk = "3GiB" }}
+resources = {{ cpus = 1, memory = "1GiB", disk = "{disk}" }}
 base = {{ image = "{url}", sha256 = "{sha256}" }}
 
 [[machines.box.stages]]
@@ -170,7 +171,7 @@ fn a_pinned_cloud_image_is_fetched_once_verified_booted_with_cloud_init_and_refu
 
     // A wrong pin: refused before anything boots (exit 2), both digests named, nothing kept.
     let wrong = "0123456789abcdef".repeat(4);
-    write_spec(&project, &url, &wrong);
+    write_spec(&project, &url, &wrong, "3GiB");
     let refused = project.run(&["build", "cloud"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
@@ -193,8 +194,21 @@ fn a_pinned_cloud_image_is_fetched_once_verified_booted_with_cloud_init_and_refu
     assert!(project.entries().is_empty());
     assert_eq!(gets.load(Ordering::SeqCst), 1);
 
-    // The right pin: fetched once, stored as qcow2, one stage built in a cloud-init guest.
-    write_spec(&project, &url, &digest);
+    // A disk smaller than the image (2 GiB): bad input naming the key, nothing built.
+    write_spec(&project, &url, &digest, "1GiB");
+    let small = project.run(&["build", "cloud"]);
+    let stderr = String::from_utf8_lossy(&small.stderr);
+    assert_eq!(small.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("resources.disk (1024 MiB) is smaller than"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at least \"2GiB\""), "{stderr}");
+    assert!(project.entries().is_empty());
+
+    // The right pin: fetched once, stored as qcow2, one stage built in a cloud-init guest whose
+    // disk is grown from the image's 2 GiB to resources.disk.
+    write_spec(&project, &url, &digest, "3GiB");
     let started = std::time::Instant::now();
     let build = project
         .cmd()
@@ -255,10 +269,25 @@ fn a_pinned_cloud_image_is_fetched_once_verified_booted_with_cloud_init_and_refu
         "cloud",
         "box",
         "--",
-        "cat /etc/envbuild-hello.txt; hostname; ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l",
+        "cat /etc/envbuild-hello.txt; hostname; ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l; \
+         lsblk -bdno SIZE /dev/vda; df -B1 --output=size / | tail -1",
     ]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, vec!["hello from a cloud image", "box", "0"], "{out}");
+    assert_eq!(
+        lines[..3],
+        ["hello from a cloud image", "box", "0"],
+        "{out}"
+    );
+    let bytes = |line: &str| line.trim().parse::<u64>().unwrap();
+    assert_eq!(
+        bytes(lines[3]),
+        3 << 30,
+        "the disk is resources.disk: {out}"
+    );
+    assert!(
+        bytes(lines[4]) > 2 << 30,
+        "growpart grew / past the image's 2 GiB: {out}"
+    );
     let seeds: Vec<String> = listing(&machine_dir.join("root"))
         .into_iter()
         .filter(|n| n.starts_with("seed"))

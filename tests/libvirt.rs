@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::Project;
-use common::nginx::Nginx;
+use common::nginx::{Nginx, ServerCert};
+use common::tls::Ca;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -30,7 +31,7 @@ fn require_host() {
 
 /// The libvirt domains of this file's environments.
 fn domains() -> Vec<String> {
-    common::vm::domains_of(&["demo", "kill", "pair"])
+    common::vm::domains_of(&["demo", "kill", "pair", "cas"])
 }
 
 fn write_demo(project: &Project, stage_two_extra: &str) {
@@ -797,4 +798,147 @@ base = { debootstrap = { suite = "bookworm" } }
     let (ok, _, stderr) = as_nobody(&["down", "solo"]);
     assert!(ok, "{stderr}");
     assert!(session_domains().is_empty(), "{:?}", session_domains());
+}
+
+/// A build VM trusts the host's extra CAs (here the test's own, given with --ca-file): a step
+/// reaches an HTTPS server on this host's loopback whose certificate only that CA signed, the
+/// stage log records the CA's fingerprint, and the committed disk trusts nothing of the host.
+/// With `trust_host_ca = false` the same step fails on the certificate.
+#[test]
+fn build_vms_trust_the_hosts_cas_while_building_and_commit_none() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let project = Project::new();
+    let dir = project.path();
+    let ca = Ca::new(dir, "host-only");
+    let (cert, key) = ca.issue_server(dir, "server");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "reached through the host's CA\n").unwrap();
+    let server = Nginx::start_tls(
+        &www,
+        "",
+        "",
+        ServerCert {
+            cert: &cert,
+            key: &key,
+        },
+    );
+    let ca_file = ca.cert.to_str().unwrap();
+    // The base of the infra environment's rally machine (its image is cached by then).
+    let write = |trust: &str| {
+        project.write(
+            "cas.toml",
+            &format!(
+                r#"
+[machines.box]
+backend = "libvirt"
+resources = {{ cpus = 1, memory = "512MiB", disk = "6GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm", packages = ["python3-venv", "ca-certificates"] }} }}
+{trust}
+
+[[machines.box.stages]]
+name = "fetch"
+inputs = ["fetch.py"]
+steps = ["python3 $ENVBUILD_INPUTS/fetch.py https://10.0.2.2:{port}/ > /etc/fetched"]
+"#,
+                port = server.port
+            ),
+        )
+    };
+    project.write(
+        "cas/fetch.py",
+        "import os, sys, urllib.request\n\
+         print('PIP_CERT=' + os.environ.get('PIP_CERT', ''), file=sys.stderr)\n\
+         sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=60).read().decode())\n",
+    );
+
+    write("trust_host_ca = false");
+    let refused = project.run(&["build", "cas", "--ca-file", ca_file]);
+    let failed_log =
+        std::fs::read_to_string(project.state().join("envs/cas/box/logs/fetch.failed.log"))
+            .unwrap_or_default();
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        failed_log.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{failed_log}\n{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(project.entries().is_empty(), "{:?}", project.entries());
+
+    write("");
+    project.ok(&["build", "cas", "--ca-file", ca_file]);
+    assert!(domains().is_empty(), "build left domains: {:?}", domains());
+    let entry = project
+        .entries()
+        .into_iter()
+        .find(|e| e.ends_with("-cas-box-fetch"))
+        .unwrap();
+    let log = std::fs::read_to_string(
+        project
+            .store()
+            .join("v1/entries")
+            .join(entry)
+            .join("log.txt"),
+    )
+    .unwrap();
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in", ca_file])
+        .output()
+        .unwrap()
+        .stdout;
+    let fingerprint = sha256_hex(&der);
+    assert!(
+        log.contains("trusted") && log.contains(&format!("sha256:{fingerprint} from {ca_file}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("PIP_CERT=/etc/ssl/certs/ca-certificates.crt"),
+        "{log}"
+    );
+
+    // The committed disk: the page was fetched, and no certificate of this host is trusted.
+    project.ok(&["up", "cas"]);
+    let guest = project.ok(&[
+        "ssh",
+        "cas",
+        "box",
+        "--",
+        "cat /etc/fetched; ls -A /usr/local/share/ca-certificates; cat /etc/ssl/certs/ca-certificates.crt",
+    ]);
+    let head: String = guest.chars().take(400).collect();
+    project.ok(&["down", "cas"]);
+    assert!(
+        guest.starts_with("reached through the host's CA\n"),
+        "{head}"
+    );
+    assert!(!guest.contains("envbuild-host"), "{head}");
+    let body: String = std::fs::read_to_string(&ca.cert)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        !guest.contains(&body),
+        "the committed bundle holds the test CA"
+    );
+    assert!(
+        guest.contains("BEGIN CERTIFICATE"),
+        "Debian's own roots are still there"
+    );
+    assert!(domains().is_empty(), "down left domains: {:?}", domains());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

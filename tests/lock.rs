@@ -1,6 +1,7 @@
-//! `envbuild lock`: floating sources (a git branch or tag, a URL without a digest) pinned into
-//! ENV.lock against real local git repositories (file://) and a loopback HTTP server; builds
-//! refusing unlocked sources; a replay with the network cut; the files of `[[locks]]`.
+//! `envbuild lock`: floating sources (a git branch or tag, a URL without a digest, an apt
+//! repository) pinned into ENV.lock against real local git repositories (file://) and loopback
+//! HTTP servers; builds refusing unlocked sources or a repository that moved on; a replay with
+//! the network cut; the files of `[[locks]]`.
 
 mod common;
 
@@ -431,4 +432,224 @@ steps = ["cp $ENVBUILD_INPUTS/requirements/app-*.txt installed.txt"]
     let (code, err) = stderr_of(&project, &["lock", "py", "--var", "release=3.0"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("did not write it"), "{err}");
+}
+
+/// A loopback HTTP server of the files under `root` (404 for anything else), read at each
+/// request so that a test can change what it serves.
+struct DirServer {
+    port: u16,
+}
+
+impl DirServer {
+    fn start(root: PathBuf) -> DirServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let file = root.join(path.trim_start_matches('/'));
+                let mut stream = stream;
+                match std::fs::read(&file).ok().filter(|_| !path.contains("..")) {
+                    Some(body) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(&body);
+                    }
+                    None => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                }
+            }
+        });
+        DirServer { port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+fn release(date: &str, packages_sha256: &str) -> String {
+    format!(
+        "Origin: envbuild test\nSuite: stable\nDate: {date}\nSHA256:\n {packages_sha256} 0 main/binary-amd64/Packages\n"
+    )
+}
+
+/// Two vendor repositories (no snapshots): one with dists/SUITE/InRelease, one flat ("URL DIR/")
+/// with only a Release; `lock` pins each key and index, a build gets them, a repository that
+/// published a new index is refused (exit 2, the command that relocks it), and `lock --update`
+/// takes the new one.
+#[test]
+fn lock_pins_apt_repositories_by_key_and_release_and_builds_refuse_a_changed_one() {
+    let project = Project::new();
+    let www = project.path().join("www");
+    std::fs::create_dir_all(www.join("vendor/dists/stable")).unwrap();
+    std::fs::create_dir_all(www.join("flat/binary")).unwrap();
+    std::fs::write(
+        www.join("vendor.key"),
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nvendor\n",
+    )
+    .unwrap();
+    std::fs::write(www.join("flat.key"), "flat key\n").unwrap();
+    let first = release("Tue, 01 Dec 2026 10:00:00 UTC", &"1".repeat(64));
+    std::fs::write(www.join("vendor/dists/stable/InRelease"), &first).unwrap();
+    std::fs::write(
+        www.join("flat/binary/Release"),
+        release("Mon, 30 Nov 2026 08:00:00 UTC", &"2".repeat(64)),
+    )
+    .unwrap();
+    let server = DirServer::start(www.clone());
+    let write = |step: &str| {
+        project.write(
+            "apt.toml",
+            &format!(
+                r#"
+[machines.box]
+
+[[machines.box.stages]]
+name = "repos"
+sources = [
+  {{ name = "vendor", apt = "{vendor} stable main", key = "{vendor_key}" }},
+  {{ name = "flat", apt = "{flat} binary/", key = "{flat_key}" }},
+]
+steps = [
+  "cp $ENVBUILD_INPUTS/sources/vendor/key vendor.key",
+  "cp $ENVBUILD_INPUTS/sources/vendor/InRelease vendor.InRelease",
+  "cp $ENVBUILD_INPUTS/sources/vendor/repo vendor.repo",
+  "cp $ENVBUILD_INPUTS/sources/flat/Release flat.Release",
+  "{step}",
+]
+"#,
+                vendor = server.url("vendor"),
+                vendor_key = server.url("vendor.key"),
+                flat = server.url("flat"),
+                flat_key = server.url("flat.key"),
+            ),
+        )
+    };
+    write("true");
+
+    let (code, stderr) = stderr_of(&project, &["build", "apt"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("envbuild lock apt"), "{stderr}");
+
+    project.ok(&["lock", "apt"]);
+    let text = std::fs::read_to_string(project.envs().join("apt.lock")).unwrap();
+    let lock: toml::Value = toml::from_str(&text).unwrap();
+    let apt = lock["apt"].as_array().unwrap();
+    assert_eq!(apt.len(), 2, "{text}");
+    let entry = |repo: &str| {
+        apt.iter()
+            .find(|e| e["repo"].as_str().unwrap().starts_with(&server.url(repo)))
+            .unwrap_or_else(|| panic!("no entry for {repo}: {text}"))
+    };
+    let sha = |path: &str| {
+        let out = Command::new("sha256sum")
+            .arg(www.join(path))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let vendor = entry("vendor");
+    assert_eq!(
+        vendor["key_sha256"].as_str(),
+        Some(sha("vendor.key").as_str())
+    );
+    assert_eq!(vendor["release"].as_str(), Some("InRelease"));
+    assert_eq!(
+        vendor["release_sha256"].as_str(),
+        Some(sha("vendor/dists/stable/InRelease").as_str())
+    );
+    assert_eq!(
+        vendor["date"].as_str(),
+        Some("Tue, 01 Dec 2026 10:00:00 UTC")
+    );
+    assert!(
+        vendor.get("snapshot").is_none(),
+        "a vendor repository has no snapshot: {text}"
+    );
+    let flat = entry("flat");
+    assert_eq!(flat["release"].as_str(), Some("Release"));
+    assert_eq!(flat["date"].as_str(), Some("Mon, 30 Nov 2026 08:00:00 UTC"));
+
+    project.ok(&["build", "apt"]);
+    let root = |name: &str| {
+        std::fs::read_to_string(project.state().join("envs/apt/box/root").join(name)).unwrap()
+    };
+    assert_eq!(root("vendor.InRelease"), first);
+    assert!(root("vendor.key").contains("vendor"));
+    assert_eq!(
+        root("vendor.repo").trim(),
+        format!("{} stable main", server.url("vendor"))
+    );
+
+    // The vendor publishes a new index: a build of a stage that uses it is refused, nothing
+    // cached; the replay of the stage already built needs no check.
+    let second = release("Wed, 02 Dec 2026 10:00:00 UTC", &"3".repeat(64));
+    std::fs::write(www.join("vendor/dists/stable/InRelease"), &second).unwrap();
+    let entries = project.entries();
+    write("echo rebuilt");
+    let (code, stderr) = stderr_of(&project, &["build", "apt"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("changed since it was locked"), "{stderr}");
+    assert!(
+        stderr.contains(&sha("vendor/dists/stable/InRelease")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("envbuild lock ENV --update"), "{stderr}");
+    assert_eq!(project.entries(), entries);
+
+    project.ok(&["lock", "apt", "--update"]);
+    let relocked = std::fs::read_to_string(project.envs().join("apt.lock")).unwrap();
+    assert!(
+        relocked.contains("Wed, 02 Dec 2026 10:00:00 UTC"),
+        "{relocked}"
+    );
+    project.ok(&["build", "apt"]);
+    assert_eq!(root("vendor.InRelease"), second);
+}
+
+/// The aio environment's per-release Python locks are `[[locks]]` recipes, as aio-lite's: the
+/// committed files satisfy `lock --check`, and a release without one is refused with the
+/// `envbuild lock` command that makes it (not run here: it downloads ~70 MB from PyPI).
+#[test]
+fn aio_release_locks_are_recipes_of_envbuild_lock() {
+    let project = Project::on_repository_envs("lock-aio-store");
+    project.ok(&["lock", "aio", "--check"]);
+    let (code, err) = stderr_of(&project, &["build", "aio", "--var", "release_next=2099.1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("input `requirements/aio-2099.1.txt` does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("make it with `envbuild lock aio --var release_next=2099.1`"),
+        "{err}"
+    );
+    let (code, err) = stderr_of(
+        &project,
+        &["lock", "aio", "--check", "--var", "release_next=2099.1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    // The recipe is lock.sh, which names the series it knows when asked for another.
+    let (code, err) = stderr_of(&project, &["lock", "aio", "--var", "release_next=2099.1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("lock.sh: no release 2099.1"), "{err}");
 }

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! A file source is copied to `$ENVBUILD_INPUTS/sources/NAME`; a git source is the tree of its
-//! commit (`git archive`, no .git folder) in the folder `$ENVBUILD_INPUTS/sources/NAME/`.
+//! commit (`git archive`, no .git folder) in the folder `$ENVBUILD_INPUTS/sources/NAME/`; an apt
+//! source is the folder `$ENVBUILD_INPUTS/sources/NAME/` with `key` (the pinned signing key),
+//! `InRelease` or `Release` (the pinned index, checked against the repository now) and `repo`
+//! (the line to put after `deb [signed-by=...]`: the snapshot's URL where there is one).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,7 +46,71 @@ pub fn materialize(store_root: &Path, source: &Source, to: &Path) -> Result<()> 
             let repo = fetch_commit(store_root, url, pin)?;
             export_tree(&repo, pin, to)
         }
+        Origin::Apt { repo, key } => materialize_apt(store_root, &source.name, repo, key, pin, to),
     }
+}
+
+/// The folder holding an apt repository's InRelease and Release: `URL/dists/SUITE/`, or for a
+/// flat repository ("URL DIR/") `URL/DIR/`.
+pub fn apt_release_dir(repo: &str) -> String {
+    let mut words = repo.split_whitespace();
+    let url = words.next().unwrap_or_default().trim_end_matches('/');
+    match words.next().unwrap_or_default() {
+        flat if flat.ends_with('/') => format!("{url}/{flat}"),
+        suite => format!("{url}/dists/{suite}/"),
+    }
+}
+
+/// `repo` with its URL replaced by `url` (a snapshot of the same repository).
+pub fn apt_repo_at(repo: &str, url: &str) -> String {
+    let rest: Vec<&str> = repo.split_whitespace().skip(1).collect();
+    format!("{} {}", url.trim_end_matches('/'), rest.join(" "))
+}
+
+/// The key and the pinned index of an apt source, its index checked against what the repository
+/// (or its snapshot) serves now: a repository that moved on since the lock is bad input, with
+/// the command that pins its new state. A snapshot never changes: its index is read from the
+/// store when it is there, so a build from a snapshot needs no network but the guest's.
+fn materialize_apt(
+    store_root: &Path,
+    name: &str,
+    repo: &str,
+    key: &str,
+    pin: &str,
+    to: &Path,
+) -> Result<()> {
+    let (key_sha256, release, release_sha256, snapshot) = crate::spec::lock::AptPin::parse_pin(pin)
+        .ok_or_else(|| {
+            Error::input(
+                format!("apt source {name}: `{pin}` is not an apt pin"),
+                "rerun `envbuild lock` to rewrite the lock file (do not edit it by hand)",
+            )
+        })?;
+    let key_file = fetch_file(store_root, name, key, key_sha256)?;
+    let served = snapshot.map_or_else(|| repo.to_string(), |url| apt_repo_at(repo, url));
+    let url = format!("{}{release}", apt_release_dir(&served));
+    let index = if snapshot.is_some() {
+        fetch_file(store_root, name, &url, release_sha256)?
+    } else {
+        let got = download_into_store(store_root, &url, |got| {
+            if got == release_sha256 {
+                return Ok(());
+            }
+            Err(Error::input(
+                format!(
+                    "apt source {name}: the repository changed since it was locked: {url} has sha256 {got}, the lock file pins {release_sha256}. The repository has no dated snapshots, so its old state cannot be fetched again."
+                ),
+                "review what the repository published, then pin its new state with `envbuild lock ENV --update` and commit ENV.lock",
+            ))
+        })?;
+        sources_dir(store_root).join(got)
+    };
+    std::fs::create_dir_all(to).ctx(|| format!("creating {}", to.display()))?;
+    for (from, file) in [(&key_file, "key"), (&index, release)] {
+        std::fs::copy(from, to.join(file)).ctx(|| format!("copying {}", from.display()))?;
+    }
+    std::fs::write(to.join("repo"), format!("{served}\n"))
+        .ctx(|| format!("writing {}", to.join("repo").display()))
 }
 
 /// The file pinned to `sha256`, downloaded into the store if it is not there yet.

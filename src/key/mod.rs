@@ -127,6 +127,7 @@ fn source_pin(source: &crate::spec::model::Source) -> String {
         (_, None) => "unlocked".to_string(),
         (Origin::Url { .. }, Some(sha256)) => sha256.clone(),
         (Origin::Git { .. }, Some(commit)) => format!("git {commit}"),
+        (Origin::Apt { .. }, Some(pins)) => format!("apt {pins}"),
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::engine::Workspace;
 use crate::engine::sources::{self, git, run_git};
 use crate::error::{Error, IoContext, Result};
-use crate::spec::lock::{LockFile, lock_command, write};
+use crate::spec::lock::{AptPin, LockFile, lock_command, write};
 use crate::spec::model::{Environment, LockRecipe, Origin};
 use crate::spec::{self, var_env_name};
 use crate::ui::Progress;
@@ -89,13 +89,22 @@ pub fn lock(
     let origins = floating_origins(&env);
     let mut report = Vec::new();
     for origin in &origins {
-        let known = before.pin_of(origin).map(str::to_string);
+        let known = before.pin_of(origin);
         let (pin, resolved) = match known {
             Some(pin) if !options.update => (pin, false),
             _ if options.check => return Err(unlocked_error(&env, &before)),
             _ => {
                 progress.note(&format!("{name}: resolving {}", origin.describe()));
-                (resolve(ws, origin)?, true)
+                let pin = match origin {
+                    Origin::Apt { repo, key } => {
+                        let apt = resolve_apt(&ws.store()?.root, repo, key)?;
+                        let pin = apt.pin();
+                        pins.insert_apt(apt);
+                        pin
+                    }
+                    _ => resolve(ws, origin)?,
+                };
+                (pin, true)
             }
         };
         pins.insert(origin, &pin);
@@ -177,7 +186,72 @@ pub fn resolve(ws: &Workspace, origin: &Origin) -> Result<String> {
     match origin {
         Origin::Url { url } => sources::download_into_store(&ws.store()?.root, url, |_| Ok(())),
         Origin::Git { url, rev } => resolve_rev(url, rev),
+        Origin::Apt { repo, key } => Ok(resolve_apt(&ws.store()?.root, repo, key)?.pin()),
     }
+}
+
+/// An apt repository now: its signing key and its InRelease (else Release) downloaded into the
+/// store, the index's `Date`, and the dated snapshot of this moment where the repository has
+/// them (Debian's archives on snapshot.debian.org).
+fn resolve_apt(store_root: &Path, repo: &str, key: &str) -> Result<AptPin> {
+    let key_sha256 = sources::download_into_store(store_root, key, |_| Ok(()))?;
+    let dir = sources::apt_release_dir(repo);
+    let (release, release_sha256) = ["InRelease", "Release"]
+        .iter()
+        .find_map(|file| {
+            sources::download_into_store(store_root, &format!("{dir}{file}"), |_| Ok(()))
+                .ok()
+                .map(|sha| (file.to_string(), sha))
+        })
+        .ok_or_else(|| {
+            Error::input(
+                format!("apt repository `{repo}`: neither {dir}InRelease nor {dir}Release could be downloaded"),
+                "check the repository line (\"URL SUITE COMPONENT...\", or \"URL DIR/\" for a flat repository) and that this host reaches it",
+            )
+        })?;
+    let index = sources::sources_dir(store_root).join(&release_sha256);
+    let text = std::fs::read_to_string(&index).unwrap_or_default();
+    let date = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Date:"))
+        .map(|d| d.trim().to_string())
+        .ok_or_else(|| {
+            Error::input(
+                format!("apt repository `{repo}`: {dir}{release} has no `Date:` field; it is not an apt Release file"),
+                "check the repository line",
+            )
+        })?;
+    Ok(AptPin {
+        repo: repo.to_string(),
+        key: key.to_string(),
+        key_sha256,
+        release,
+        release_sha256,
+        date,
+        snapshot: debian_snapshot(repo, &crate::clock::now_rfc3339()),
+    })
+}
+
+/// snapshot.debian.org keeps every state of Debian's own archives: a repository on
+/// deb.debian.org or security.debian.org has a snapshot at `now` (RFC 3339). A vendor's
+/// repository has none (its Release digest is checked at build time instead), nor does one
+/// already on snapshot.debian.org (its URL is dated already).
+fn debian_snapshot(repo: &str, now: &str) -> Option<String> {
+    let url = repo.split_whitespace().next()?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let (host, path) = rest.split_once('/')?;
+    let archive = path.trim_end_matches('/');
+    let official = ["deb.debian.org", "ftp.debian.org", "security.debian.org"];
+    let archives = ["debian", "debian-security", "debian-debug", "debian-ports"];
+    if !official.contains(&host) || !archives.contains(&archive) {
+        return None;
+    }
+    let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    Some(format!(
+        "https://snapshot.debian.org/archive/{archive}/{stamp}/"
+    ))
 }
 
 /// The commit `rev` (a branch or tag; `refs/...` spelled out) names in the repository `url`.
@@ -296,4 +370,64 @@ pub fn require_locked(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_archives_have_a_snapshot_of_the_lock_time_and_vendors_none() {
+        let now = "2026-12-02T06:40:00Z";
+        assert_eq!(
+            debian_snapshot("http://deb.debian.org/debian bookworm main", now).as_deref(),
+            Some("https://snapshot.debian.org/archive/debian/20261202T064000Z/")
+        );
+        assert_eq!(
+            debian_snapshot(
+                "https://security.debian.org/debian-security/ bookworm-security main",
+                now
+            )
+            .as_deref(),
+            Some("https://snapshot.debian.org/archive/debian-security/20261202T064000Z/")
+        );
+        for vendor in [
+            "https://pkg.jenkins.io/debian-stable binary/",
+            "https://artifacts.elastic.co/packages/8.x/apt stable main",
+            "https://snapshot.debian.org/archive/debian/20261201T000000Z bookworm main",
+        ] {
+            assert_eq!(debian_snapshot(vendor, now), None, "{vendor}");
+        }
+    }
+
+    #[test]
+    fn release_files_live_under_dists_or_in_a_flat_repositorys_folder() {
+        assert_eq!(
+            sources::apt_release_dir("https://artifacts.elastic.co/packages/8.x/apt stable main"),
+            "https://artifacts.elastic.co/packages/8.x/apt/dists/stable/"
+        );
+        assert_eq!(
+            sources::apt_release_dir("https://pkg.jenkins.io/debian-stable binary/"),
+            "https://pkg.jenkins.io/debian-stable/binary/"
+        );
+        let pin = AptPin {
+            repo: "http://deb.debian.org/debian bookworm main".into(),
+            key: "https://example.org/key".into(),
+            key_sha256: "a".repeat(64),
+            release: "InRelease".into(),
+            release_sha256: "b".repeat(64),
+            date: "Wed, 02 Dec 2026 06:00:00 UTC".into(),
+            snapshot: Some("https://snapshot.debian.org/archive/debian/20261202T064000Z/".into()),
+        };
+        let text = pin.pin();
+        let (key, release, sha, snapshot) = AptPin::parse_pin(&text).unwrap();
+        assert_eq!(
+            (key, release, sha),
+            (&*"a".repeat(64), "InRelease", &*"b".repeat(64))
+        );
+        assert_eq!(
+            sources::apt_repo_at(&pin.repo, snapshot.unwrap()),
+            "https://snapshot.debian.org/archive/debian/20261202T064000Z bookworm main"
+        );
+    }
 }

@@ -110,6 +110,51 @@ pub struct LockFile {
     pub git: Vec<GitPin>,
     #[serde(default, rename = "url", skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<UrlPin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apt: Vec<AptPin>,
+}
+
+/// An apt repository as `envbuild lock` saw it (src/ops/lock.rs): its key's and its Release
+/// file's digests (both kept in the store), the Release's `Date`, and where the repository has
+/// dated snapshots, the snapshot of the lock's time, which builds use instead of `repo`'s URL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptPin {
+    pub repo: String,
+    pub key: String,
+    pub key_sha256: String,
+    /// `InRelease` or `Release`: the file read.
+    pub release: String,
+    pub release_sha256: String,
+    pub date: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+impl AptPin {
+    /// What the stage key hashes and the build checks: "key=SHA release=SHA [snapshot=URL]".
+    pub fn pin(&self) -> String {
+        let mut text = format!(
+            "key={} {}={}",
+            self.key_sha256, self.release, self.release_sha256
+        );
+        if let Some(snapshot) = &self.snapshot {
+            text.push_str(&format!(" snapshot={snapshot}"));
+        }
+        text
+    }
+
+    /// The inverse of `pin`: (key sha256, release file, its sha256, snapshot URL).
+    pub fn parse_pin(pin: &str) -> Option<(&str, &str, &str, Option<&str>)> {
+        let mut words = pin.split(' ');
+        let key = words.next()?.strip_prefix("key=")?;
+        let (release, sha) = words.next()?.split_once('=')?;
+        let snapshot = match words.next() {
+            Some(word) => Some(word.strip_prefix("snapshot=")?),
+            None => None,
+        };
+        Some((key, release, sha, snapshot))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,6 +181,8 @@ struct SpannedLock {
     git: Vec<BTreeMap<String, Spanned<String>>>,
     #[serde(default)]
     url: Vec<BTreeMap<String, Spanned<String>>>,
+    #[serde(default)]
+    apt: Vec<BTreeMap<String, Spanned<String>>>,
 }
 
 /// A full git commit id (what `rev` may pin directly, and what a lock records).
@@ -202,6 +249,9 @@ impl LockFile {
             is_sha256,
             "a sha256 (64 hex digits)",
         )?;
+        for field in ["key_sha256", "release_sha256"] {
+            check(&spanned.apt, field, is_sha256, "a sha256 (64 hex digits)")?;
+        }
         let lock: LockFile = toml::from_str(&text).map_err(|e| {
             bad(
                 e.span().map_or(0, |s| s.start),
@@ -219,6 +269,8 @@ impl LockFile {
         sorted.git.dedup();
         sorted.urls.sort();
         sorted.urls.dedup();
+        sorted.apt.sort();
+        sorted.apt.dedup();
         format!(
             "# Written by `envbuild lock {env}`: the floating sources of environments/{env}.toml,\n\
              # pinned. Review and commit it beside the spec; rerun the command to update it.\n{}",
@@ -227,18 +279,23 @@ impl LockFile {
     }
 
     /// The pin this file records for `origin`.
-    pub fn pin_of(&self, origin: &Origin) -> Option<&str> {
+    pub fn pin_of(&self, origin: &Origin) -> Option<String> {
         match origin {
             Origin::Url { url } => self
                 .urls
                 .iter()
                 .find(|p| p.url == *url)
-                .map(|p| p.sha256.as_str()),
+                .map(|p| p.sha256.clone()),
             Origin::Git { url, rev } => self
                 .git
                 .iter()
                 .find(|p| p.url == *url && p.rev == *rev)
-                .map(|p| p.commit.as_str()),
+                .map(|p| p.commit.clone()),
+            Origin::Apt { repo, key } => self
+                .apt
+                .iter()
+                .find(|p| p.repo == *repo && p.key == *key)
+                .map(AptPin::pin),
         }
     }
 
@@ -280,7 +337,16 @@ impl LockFile {
                     commit: pin.to_string(),
                 });
             }
+            // Its entry is written whole by `insert_apt`; a pin kept from the file is there.
+            Origin::Apt { .. } => {}
         }
+    }
+
+    /// Records a freshly resolved apt repository (replacing an older entry of it).
+    pub fn insert_apt(&mut self, pin: AptPin) {
+        self.apt
+            .retain(|p| !(p.repo == pin.repo && p.key == pin.key));
+        self.apt.push(pin);
     }
 
     /// Keeps only the entries of `origins` (what the spec still uses).
@@ -293,10 +359,16 @@ impl LockFile {
                 rev: p.rev.clone(),
             })
         });
+        self.apt.retain(|p| {
+            origins.contains(&Origin::Apt {
+                repo: p.repo.clone(),
+                key: p.key.clone(),
+            })
+        });
     }
 
     pub fn is_empty(&self) -> bool {
-        self.git.is_empty() && self.urls.is_empty()
+        self.git.is_empty() && self.urls.is_empty() && self.apt.is_empty()
     }
 }
 
@@ -306,6 +378,7 @@ impl Origin {
         match self {
             Origin::Url { url } => format!("{url} (no sha256)"),
             Origin::Git { url, rev } => format!("rev `{rev}` of {url}"),
+            Origin::Apt { repo, .. } => format!("apt repository `{repo}`"),
         }
     }
 }
@@ -316,6 +389,15 @@ impl Loader<'_> {
         let name = raw.name.get_ref();
         if name.contains('/') || name.starts_with('.') || name.is_empty() {
             return self.err(raw.name.span().start, "a source name is a plain file name");
+        }
+        if let Some(apt) = &raw.apt {
+            return self.apt_source(raw, apt);
+        }
+        if let Some(key) = &raw.key {
+            return self.err(
+                key.span().start,
+                "`key` belongs to an apt source: add `apt = \"URL SUITE [COMPONENT...]\"`",
+            );
         }
         let (origin, pin) = match (&raw.url, &raw.git) {
             (Some(url), None) => {
@@ -397,12 +479,53 @@ impl Loader<'_> {
             }
         };
         let floating = pin.is_none();
-        let pin = pin.or_else(|| self.lock.pins.pin_of(&origin).map(str::to_string));
+        let pin = pin.or_else(|| self.lock.pins.pin_of(&origin));
         Ok(Source {
             name: name.clone(),
             origin,
             pin,
             floating,
+        })
+    }
+
+    /// An apt repository: always floating, pinned by the lock file alone (its Release changes
+    /// with every upload, so no digest could be written in the spec).
+    fn apt_source(&self, raw: &RawSource, apt: &Spanned<String>) -> Result<Source> {
+        if let Some(other) = [&raw.url, &raw.git, &raw.rev, &raw.sha256]
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return self.err(
+                other.span().start,
+                "an apt source has `apt` and `key` only (`envbuild lock` pins both)",
+            );
+        }
+        let words: Vec<&str> = apt.get_ref().split_whitespace().collect();
+        let web = |url: &str| url.starts_with("https://") || url.starts_with("http://");
+        if words.len() < 2 || !web(words[0]) || (words[1].ends_with('/') != (words.len() == 2)) {
+            return self.err(
+                apt.span().start,
+                "`apt` is \"URL SUITE COMPONENT...\" (e.g. \"https://deb.debian.org/debian bookworm main\") or a flat repository \"URL DIR/\", with an http(s) URL",
+            );
+        }
+        let Some(key) = raw.key.as_ref().filter(|k| web(k.get_ref())) else {
+            return self.err(
+                raw.key
+                    .as_ref()
+                    .map_or(apt.span().start, |k| k.span().start),
+                "an apt source needs `key`: the http(s) URL of the repository's signing key",
+            );
+        };
+        let origin = Origin::Apt {
+            repo: words.join(" "),
+            key: key.get_ref().clone(),
+        };
+        Ok(Source {
+            name: raw.name.get_ref().clone(),
+            pin: self.lock.pins.pin_of(&origin),
+            origin,
+            floating: true,
         })
     }
 
@@ -516,7 +639,7 @@ mod tests {
         assert!(text.find("http://a").unwrap() < text.find("http://b").unwrap());
         assert!(text.find("\"main\"").unwrap() < text.find("\"v2\"").unwrap());
         let back = LockFile::read(&path).unwrap().unwrap();
-        assert_eq!(back.pin_of(&origin("main")), Some("1".repeat(40).as_str()));
+        assert_eq!(back.pin_of(&origin("main")), Some("1".repeat(40)));
         assert_eq!(back.render("e"), text);
         assert!(
             back.stale_note(&origin("v3"))

@@ -184,11 +184,12 @@ impl Loader<'_> {
                 .map(|u| u.span().start)
                 .or(raw.forward.keys().next().map(|k| k.span().start))
                 .or(raw.networks.keys().next().map(|k| k.span().start))
-                .or(raw.bastion.as_ref().map(|b| b.span().start));
+                .or(raw.bastion.as_ref().map(|b| b.span().start))
+                .or(raw.trust_host_ca.as_ref().map(|b| b.span().start));
             if let Some(offset) = first {
                 return self.err(
                     offset,
-                    "`uri`, `forward`, `networks` and `bastion` are for VM machines: add backend = \"libvirt\"",
+                    "`uri`, `forward`, `networks`, `trust_host_ca` and `bastion` are for VM machines: add backend = \"libvirt\"",
                 );
             }
             return Ok(vm);
@@ -271,6 +272,7 @@ impl Loader<'_> {
                 .insert(link.get_ref().clone(), address.get_ref().clone());
         }
         vm.bastion = raw.bastion.as_ref().is_some_and(|b| *b.get_ref());
+        vm.trust_host_ca = raw.trust_host_ca.as_ref().is_none_or(|t| *t.get_ref());
         Ok(vm)
     }
 

@@ -104,6 +104,8 @@ pub struct VmSpec {
     /// `ssh-config` reaches the machines that share a link with this one through it
     /// (`ProxyJump`); at most one machine of an environment is the bastion.
     pub bastion: bool,
+    /// Build VMs trust the host's extra CAs (`trust_host_ca`, default true; host_ca.rs).
+    pub trust_host_ca: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -218,8 +220,18 @@ pub struct Source {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
-    Url { url: String },
-    Git { url: String, rev: String },
+    Url {
+        url: String,
+    },
+    Git {
+        url: String,
+        rev: String,
+    },
+    /// `repo` as the spec writes it ("URL SUITE [COMPONENT...]"), `key` its signing key's URL.
+    Apt {
+        repo: String,
+        key: String,
+    },
 }
 
 /// A file `envbuild lock` makes (e.g. a Python lock file per release): its path in the

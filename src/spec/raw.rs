@@ -157,6 +157,8 @@ pub struct RawMachine {
     pub networks: BTreeMap<Name, Spanned<String>>,
     /// libvirt: `ssh-config` reaches the other machines through this one.
     pub bastion: Option<Spanned<bool>>,
+    /// libvirt: build VMs trust the host's extra CA certificates (default true).
+    pub trust_host_ca: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +232,10 @@ pub struct RawSource {
     /// A git tree: the repository and a branch, tag or full commit id.
     pub git: Option<Spanned<String>>,
     pub rev: Option<Spanned<String>>,
+    /// An apt repository, "URL SUITE [COMPONENT...]", with its signing `key` URL (pinned by
+    /// `envbuild lock`).
+    pub apt: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// A file `envbuild lock` makes by running `command` in the environment's folder.

@@ -56,7 +56,8 @@ impl Ca {
         }
     }
 
-    /// A server certificate for 127.0.0.1 (and localhost) signed by this CA: (cert, key).
+    /// A server certificate for 127.0.0.1 (and localhost, and 10.0.2.2: this host's loopback as
+    /// a QEMU user-networking guest sees it) signed by this CA: (cert, key).
     pub fn issue_server(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let (cert, key, csr, ext) = (
             format!("{name}.pem"),
@@ -66,7 +67,7 @@ impl Ca {
         );
         std::fs::write(
             dir.join(&ext),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,IP:10.0.2.2,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
         openssl(

@@ -271,7 +271,7 @@ mod tests {
                 None => (self.base.disk.clone(), self.base.sha256.clone()),
             };
             let disk = entry.artifact().join("disk.qcow2");
-            image::create_overlay(&parent_disk, &disk).unwrap();
+            image::create_overlay(&parent_disk, &disk, None).unwrap();
             let base = BaseRef::of(&self.base);
             let backing = backing_path(parent.map(|p| p.name.as_str()), &base);
             image::set_backing(&disk, &backing).unwrap();

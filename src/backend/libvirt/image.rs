@@ -36,6 +36,8 @@ use crate::spec::model::{Debootstrap, Machine, PinnedImage};
 use crate::store::lock::FileLock;
 use crate::store::remove_tree;
 
+pub(super) use super::qemu_img::*;
+
 const CONFIGURE: &str = include_str!("configure-base.sh");
 
 /// What every envbuild guest needs besides the recipe's own packages.
@@ -105,7 +107,9 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
             .image
             .as_ref()
             .expect("a libvirt machine has a debootstrap recipe or a pinned image");
-        return ensure_pinned(images, machine, pinned, note);
+        let image = ensure_pinned(images, machine, pinned, note)?;
+        check_fits(machine, pinned, &image)?;
+        return Ok(image);
     };
     let digest = recipe_digest(machine);
     let dir = images.join(&digest);
@@ -462,91 +466,22 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `qemu-img create -f qcow2 -b BACKING -F qcow2 PATH`: a thin overlay, whatever the size of
-/// the chain below it.
-pub fn create_overlay(backing: &Path, path: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    qemu_img(&[
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-b".as_ref(),
-        backing.as_os_str(),
-        "-F".as_ref(),
-        "qcow2".as_ref(),
-        path.as_os_str(),
-    ])
-}
-
-/// Runs `qemu-img ARGS`; its stderr becomes the error.
-fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
-    if !out.status.success() {
-        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
-        return Err(Error::Failed(format!(
-            "qemu-img {} failed: {}",
-            shown.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+/// A pinned image is grown to `resources.disk`, never shrunk: a smaller size is bad input.
+fn check_fits(machine: &Machine, pinned: &PinnedImage, image: &BaseImage) -> Result<()> {
+    let base = virtual_mib(&image.disk)?;
+    if machine.resources.disk_mib < base {
+        return Err(Error::input(
+            format!(
+                "machine `{}`: resources.disk ({} MiB) is smaller than its pinned image {} ({base} MiB, {}); a disk is grown, never shrunk",
+                machine.name, machine.resources.disk_mib, pinned.url, pinned.pinned_at
+            ),
+            format!(
+                "set `disk` in the machine's `resources` to at least \"{}GiB\"",
+                base.div_ceil(1024)
+            ),
+        ));
     }
     Ok(())
-}
-
-/// The backing file a qcow2 file names, exactly as written in it (relative paths are relative
-/// to the file's folder), without opening the backing file.
-pub fn backing_file(path: &Path) -> Result<Option<PathBuf>> {
-    let info = qemu_img_info(path, false)?;
-    Ok(info[0]["backing-filename"].as_str().map(PathBuf::from))
-}
-
-/// Rewrites the backing file an overlay names (`qemu-img rebase -u`: the header only, no data
-/// is read or moved). The new backing file need not exist where the overlay is now.
-pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
-    qemu_img(&[
-        "rebase".as_ref(),
-        "-u".as_ref(),
-        "-F".as_ref(),
-        "qcow2".as_ref(),
-        "-b".as_ref(),
-        backing.as_os_str(),
-        path.as_os_str(),
-    ])
-}
-
-/// The backing chain of a qcow2 file, top first, as `qemu-img info --backing-chain` reports it.
-#[cfg(test)]
-pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
-    Ok(qemu_img_info(path, true)?
-        .iter()
-        .filter_map(|i| i["filename"].as_str().map(PathBuf::from))
-        .collect())
-}
-
-fn qemu_img_info(path: &Path, chain: bool) -> Result<Vec<serde_json::Value>> {
-    let out = Command::new("qemu-img")
-        .arg("info")
-        .args(chain.then_some("--backing-chain"))
-        .args(["--output=json", "-U"])
-        .arg(path)
-        .output()
-        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "qemu-img info {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::Failed(format!("qemu-img info output: {e}")))?;
-    Ok(match json {
-        serde_json::Value::Array(infos) => infos,
-        one => vec![one],
-    })
 }
 
 #[cfg(test)]
@@ -605,7 +540,10 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            resources: Default::default(),
+            resources: crate::spec::model::Resources {
+                disk_mib: 1,
+                ..Default::default()
+            },
             requires: vec![],
             ports: vec![],
             prestart: vec![],
@@ -649,6 +587,15 @@ mod tests {
         let mut names = listing(images.path());
         names.retain(|n| !n.ends_with(".lock"));
         assert_eq!(names, vec![format!("pinned-{}", sha256_bytes(&body))]);
+        // Grown, never shrunk: a disk smaller than the image is bad input naming the key.
+        let mut small = machine.clone();
+        small.resources.disk_mib = 0;
+        let refused = ensure(images.path(), &small, &|_| {}).unwrap_err();
+        assert_eq!(refused.exit_code(), 2);
+        assert!(
+            refused.to_string().contains("resources.disk (0 MiB)"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -724,8 +671,8 @@ mod tests {
         let base = base_disk(dir.path());
         let one = dir.path().join("one.qcow2");
         let two = dir.path().join("two.qcow2");
-        create_overlay(&base, &one).unwrap();
-        create_overlay(&one, &two).unwrap();
+        create_overlay(&base, &one, None).unwrap();
+        create_overlay(&one, &two, None).unwrap();
         assert_eq!(
             backing_chain(&two).unwrap(),
             vec![two.clone(), one.clone(), base]

@@ -20,7 +20,7 @@
 //! boot.rs       seed, domain, boot to SSH, inputs in, power off
 //! links.rs      private links between VMs (UDP socket pairs on loopback)
 //! host.rs       doctor's checks of this host
-//! image.rs      base images (debootstrap recipes, pinned images) and qemu-img
+//! image.rs      base images (debootstrap recipes, pinned images); qemu_img.rs: overlays, info
 //! memory.rs     memory snapshots (`snapshot = "running"`): save at commit, resume at `up`
 //! domain.rs     domain XML; cloud_init.rs, ssh.rs, virsh.rs: what their names say
 //! ```
@@ -43,9 +43,11 @@ mod chain;
 pub mod cloud_init;
 pub mod domain;
 mod host;
+mod host_ca;
 pub mod image;
 mod links;
 mod memory;
+mod qemu_img;
 pub mod ssh;
 pub mod virsh;
 
@@ -66,6 +68,7 @@ use crate::settings::Settings;
 use crate::spec::model::{Machine, Snapshot};
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending, TreeEntry};
+use host_ca::HostCas;
 use image::BaseImage;
 use ssh::{Trust, quote};
 use virsh::{Guard, Virsh};
@@ -98,6 +101,8 @@ pub struct LibvirtBackend {
     builds: Mutex<BTreeMap<PathBuf, BuildVm>>,
     /// What the last `start` of a machine (by state folder) has to tell a person.
     warnings: Mutex<BTreeMap<PathBuf, Vec<String>>>,
+    /// The host's CAs build VMs trust (host_ca.rs).
+    host_cas: HostCas,
 }
 
 struct BuildVm {
@@ -107,7 +112,19 @@ struct BuildVm {
     trust: Trust,
     /// The stage keeps the VM's memory (`snapshot = "running"`): it is saved, not powered off.
     keep_memory: bool,
+    /// The host's CAs are in the guest's store (taken out again before commit).
+    host_cas: bool,
+    /// Their record for the stage log, written with the first step's output.
+    provenance: Option<String>,
     _guard: Guard,
+}
+
+/// What a step in a build VM needs to know of it.
+struct StepTarget {
+    port: u16,
+    trust: Trust,
+    host_cas: bool,
+    provenance: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +141,13 @@ fn env_dir(state: &MachineState) -> PathBuf {
         .parent()
         .expect("machine state lives in its environment's folder")
         .to_path_buf()
+}
+
+/// The virtual size of an overlay straight on a pinned image: `resources.disk` (image.rs checks
+/// it is no smaller). Overlays on a stage keep their parent's size; a debootstrap image is built
+/// at `resources.disk` already.
+fn first_overlay_mib(machine: &Machine, current: &Current) -> Option<u64> {
+    (current.entry.is_none() && machine.base.image.is_some()).then_some(machine.resources.disk_mib)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -167,6 +191,10 @@ impl LibvirtBackend {
             store_images: settings.store.join(crate::store::LAYOUT).join("images"),
             builds: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(BTreeMap::new()),
+            host_cas: HostCas::collect(
+                Path::new(host_ca::HOST_DIR),
+                settings.remotes.http.ca_file(),
+            ),
         }
     }
 
@@ -237,14 +265,25 @@ impl LibvirtBackend {
     }
 
     /// Boots the build VM for the stage being built, on a fresh overlay of the current disk.
-    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<(u16, Trust)> {
-        if let Some(vm) = self.builds.lock().unwrap().get(&m.state.dir) {
-            return Ok((vm.port, vm.trust.clone()));
+    /// Returns the VM's SSH port and trust, whether the host's CAs are in its store, and (on the
+    /// first call only) their record for the stage log.
+    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<StepTarget> {
+        if let Some(vm) = self.builds.lock().unwrap().get_mut(&m.state.dir) {
+            return Ok(StepTarget {
+                port: vm.port,
+                trust: vm.trust.clone(),
+                host_cas: vm.host_cas,
+                provenance: vm.provenance.take(),
+            });
         }
         let state = m.state;
         let current = self.current(m)?;
         let overlay = state.root().join("build.qcow2");
-        image::create_overlay(&current.disk, &overlay)?;
+        image::create_overlay(
+            &current.disk,
+            &overlay,
+            first_overlay_mib(m.machine, &current),
+        )?;
         let uri = self.uri_for(m.machine);
         let keep_memory = ctx.snapshot == Snapshot::Running;
         let domain = if keep_memory {
@@ -271,7 +310,16 @@ impl LibvirtBackend {
             guard_removes: vec![overlay.clone()],
         })?;
         copy_inputs(&booted.trust, booted.ssh_port, ctx.inputs)?;
-        let result = (booted.ssh_port, booted.trust.clone());
+        let host_cas = m.machine.vm.trust_host_ca && !self.host_cas.is_empty();
+        if host_cas {
+            self.host_cas.install(&booted.trust, booted.ssh_port)?;
+        }
+        let result = StepTarget {
+            port: booted.ssh_port,
+            trust: booted.trust.clone(),
+            host_cas,
+            provenance: host_cas.then(|| self.host_cas.provenance()),
+        };
         self.builds.lock().unwrap().insert(
             state.dir.clone(),
             BuildVm {
@@ -280,6 +328,8 @@ impl LibvirtBackend {
                 port: booted.ssh_port,
                 trust: booted.trust,
                 keep_memory,
+                host_cas,
+                provenance: None,
                 _guard: booted.guard,
             },
         );
@@ -309,7 +359,7 @@ impl LibvirtBackend {
                 }
                 memory::Resume::Ready(file) => file,
             };
-            image::create_overlay(&current.disk, live)?;
+            image::create_overlay(&current.disk, live, None)?;
             memory::resume(memory::ResumePlan {
                 uri,
                 domain,
@@ -377,6 +427,8 @@ impl Backend for LibvirtBackend {
         if machine.base.image.is_some() {
             // What envbuild's cloud-init seed configures ends up on the stage disks too.
             lines.push(format!("cloud-init={}", cloud_init::recipe_digest()));
+            // The first overlay is grown to this size, and the guest's root file system with it.
+            lines.push(format!("disk_mib={}", machine.resources.disk_mib));
         }
         lines.push(format!("layout={ENTRY_LAYOUT}"));
         if machine.base.debootstrap.is_some() {
@@ -493,7 +545,10 @@ impl Backend for LibvirtBackend {
         step: &str,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<StepEnd> {
-        let (port, trust) = self.build_vm(m, ctx)?;
+        let vm = self.build_vm(m, ctx)?;
+        if let Some(record) = &vm.provenance {
+            record.lines().for_each(&mut *on_line);
+        }
         let mut exports = vec![
             format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
             "ENVBUILD_ROOT=/".to_string(),
@@ -501,14 +556,22 @@ impl Backend for LibvirtBackend {
             "HOME=/root".to_string(),
             "LANG=C.UTF-8".to_string(),
         ];
+        if vm.host_cas {
+            exports.extend(
+                host_ca::STEP_VARIABLES
+                    .iter()
+                    .map(|name| format!("{name}={}", host_ca::GUEST_BUNDLE)),
+            );
+        }
         exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
         let remote = format!(
             "cd / && export {} && exec sh -ec {}",
             exports.join(" "),
             quote(step)
         );
-        let local: Vec<String> = trust
-            .ssh_argv(port, Some(&remote))
+        let local: Vec<String> = vm
+            .trust
+            .ssh_argv(vm.port, Some(&remote))
             .iter()
             .map(|a| quote(a))
             .collect();
@@ -533,7 +596,17 @@ impl Backend for LibvirtBackend {
         // A committed disk must be consistent: drop the inputs, sync, and power off cleanly.
         let cleaned = vm
             .trust
-            .ssh(vm.port, &format!("rm -rf {GUEST_INPUTS} && sync"))
+            .ssh(
+                vm.port,
+                &format!(
+                    "{}rm -rf {GUEST_INPUTS} && sync",
+                    if vm.host_cas {
+                        format!("{}; ", host_ca::REMOVE)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
             .stdin(std::process::Stdio::null())
             .output()
             .ctx(|| "running ssh".into())?;
@@ -655,7 +728,7 @@ impl Backend for LibvirtBackend {
         let booted = match self.resume(m, &current, &uri, &domain, &live) {
             Some(resumed) => resumed,
             None => {
-                image::create_overlay(&current.disk, &live)?;
+                image::create_overlay(&current.disk, &live, first_overlay_mib(machine, &current))?;
                 let links = link_nics(&env_dir(state), m.env, machine)?;
                 boot(&BootPlan {
                     uri: &uri,
