@@ -36,11 +36,11 @@
 //! ssh/                host key (see ssh.rs)
 //! ```
 
-mod boot;
+pub(crate) mod boot;
 mod chain;
 pub mod cloud_init;
 pub mod domain;
-mod host;
+pub(crate) mod host;
 pub mod image;
 mod links;
 pub mod ssh;
@@ -293,6 +293,38 @@ impl LibvirtBackend {
     }
 }
 
+/// Runs one step in a VM over SSH as root: `sh -ec STEP` in `/` with the stage's environment
+/// (the vagrant backend runs its steps the same way).
+pub(crate) fn run_guest_step(
+    m: &MachineContext,
+    ctx: &StepContext,
+    step: &str,
+    trust: &Trust,
+    port: u16,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<StepEnd> {
+        let mut exports = vec![
+            format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
+            "ENVBUILD_ROOT=/".to_string(),
+            format!("PATH={}", process::SAFE_PATH),
+            "HOME=/root".to_string(),
+            "LANG=C.UTF-8".to_string(),
+        ];
+        exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
+        let remote = format!(
+            "cd / && export {} && exec sh -ec {}",
+            exports.join(" "),
+            quote(step)
+        );
+        let local: Vec<String> = trust
+            .ssh_argv(port, Some(&remote))
+            .iter()
+            .map(|a| quote(a))
+            .collect();
+        let env = process::base_env(&m.state.dir);
+        process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
+}
+
 impl Backend for LibvirtBackend {
     fn base_material(&self, machine: &Machine) -> Vec<String> {
         let mut lines = Vec::new();
@@ -416,26 +448,7 @@ impl Backend for LibvirtBackend {
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<StepEnd> {
         let (port, trust) = self.build_vm(m, ctx)?;
-        let mut exports = vec![
-            format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
-            "ENVBUILD_ROOT=/".to_string(),
-            format!("PATH={}", process::SAFE_PATH),
-            "HOME=/root".to_string(),
-            "LANG=C.UTF-8".to_string(),
-        ];
-        exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
-        let remote = format!(
-            "cd / && export {} && exec sh -ec {}",
-            exports.join(" "),
-            quote(step)
-        );
-        let local: Vec<String> = trust
-            .ssh_argv(port, Some(&remote))
-            .iter()
-            .map(|a| quote(a))
-            .collect();
-        let env = process::base_env(&m.state.dir);
-        process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
+        run_guest_step(m, ctx, step, &trust, port, on_line)
     }
 
     fn snapshot(
