@@ -80,7 +80,7 @@ const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
 const ENTRY_LAYOUT: &str = "relative-chain-2";
 
 /// A per-user session daemon (`qemu:///session`, `qemu+ssh://host/session`).
-fn is_session(uri: &str) -> bool {
+pub(crate) fn is_session(uri: &str) -> bool {
     uri.split('?').next().unwrap_or(uri).ends_with("/session")
 }
 

@@ -94,10 +94,14 @@ struct Record {
     box_sha256: String,
     /// Snapshot (= stage key) -> libvirt's creation time, as read when envbuild saved it.
     snapshots: BTreeMap<String, i64>,
-    /// The stage key the machine holds now.
-    current: Option<String>,
-    /// The entry folder of that stage.
-    current_entry: Option<PathBuf>,
+}
+
+/// The stage the machine holds (root/current.json): what `up` brings back, also after `down`
+/// removed the domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Current {
+    key: String,
+    entry: PathBuf,
 }
 
 /// What a vagrant entry records besides its disk (artifact/vagrant.json).
@@ -304,6 +308,7 @@ impl VagrantBackend {
         std::fs::create_dir_all(&pool_dir).ctx(|| format!("creating {}", pool_dir.display()))?;
         let seed = root.join("seed.tar");
         lv::boot::write_seed(&seed, &trust, &machine.name, &[])?;
+        hand_to_qemu(&seed, &uri)?;
         let pool = pool_name(m.env, &machine.name);
         let virsh = Virsh { uri: uri.clone() };
         self.guard(m, "teardown")?;
@@ -370,8 +375,6 @@ impl VagrantBackend {
                 .collect(),
             box_sha256,
             snapshots: BTreeMap::new(),
-            current: None,
-            current_entry: None,
         };
         save_record(state, &record)?;
         self.vagrant_up(m)?;
@@ -472,10 +475,14 @@ impl VagrantBackend {
     }
 
     fn set_current(&self, m: &MachineContext, key: &str, entry: &Path) -> Result<()> {
-        let mut record = record_or_fail(m)?;
-        record.current = Some(key.to_string());
-        record.current_entry = Some(entry.to_path_buf());
-        save_record(m.state, &record)
+        crate::state::write_json(
+            &m.state.root().join("current.json"),
+            &Current {
+                key: key.to_string(),
+                entry: entry.to_path_buf(),
+            },
+            0o644,
+        )
     }
 
     /// The machine running the stage `entry` holds: reverted if the domain has its snapshot,
@@ -631,7 +638,10 @@ fn vagrant_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.contains("Progress:") && !l.trim().is_empty())
+        .filter(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.contains("Progress:") && !t.starts_with("from ")
+        })
         .collect();
     lines[lines.len().saturating_sub(15)..]
         .iter()
@@ -868,28 +878,24 @@ impl Backend for VagrantBackend {
     }
 
     fn start(&self, m: &MachineContext, _runtime: &Runtime) -> Result<RunningServices> {
-        let record = record(m.state).ok_or_else(|| {
-            Error::input(
-                format!("{} is not built yet", m.label()),
-                format!("run `envbuild build {}`", m.env),
-            )
-        })?;
-        let virsh = self.virsh(&record);
-        if !virsh.is_running(&record.domain) {
-            // Stopped at the end of a build: back to the stage it holds, RAM and all.
-            let entry_dir = record.current_entry.clone().ok_or_else(|| {
-                Error::input(
-                    format!("{} holds no built stage", m.label()),
-                    format!("run `envbuild build {}`", m.env),
-                )
-            })?;
-            let name = entry_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        let running = record(m.state).filter(|r| self.virsh(r).is_running(&r.domain));
+        if running.is_none() {
+            // Stopped at the end of a build, or removed by `down`: back to the stage it holds
+            // (a snapshot's RAM and all when the domain still has it).
+            let current: Current = read_json(&m.state.root().join("current.json"))
+                .ok_or_else(|| {
+                    Error::input(
+                        format!("{} is not built yet", m.label()),
+                        format!("run `envbuild build {}`", m.env),
+                    )
+                })?;
             let entry = Entry {
-                name,
-                dir: entry_dir,
+                name: current
+                    .entry
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                dir: current.entry,
             };
             if !self.bring_up(m, &entry)? {
                 return Err(Error::Failed(format!(
@@ -970,6 +976,27 @@ impl Backend for VagrantBackend {
             alias: trust.alias,
         }))
     }
+}
+
+/// Under a system daemon QEMU runs as libvirt's QEMU user (`libvirt-qemu` on Debian), and
+/// vagrant-libvirt cannot ask for envbuild's uid (the libvirt backend's `<seclabel>`): the seed,
+/// a drive libvirt does not know of, is handed to that user, still 0600. A session daemon runs
+/// QEMU as envbuild's own user.
+fn hand_to_qemu(seed: &Path, uri: &str) -> Result<()> {
+    if lv::is_session(uri) {
+        return Ok(());
+    }
+    let name = std::ffi::CString::new("libvirt-qemu").expect("no NUL");
+    // SAFETY: getpwnam with a valid C string; the fields are read before any other call.
+    let ids = unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+    };
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(seed, Some(uid), Some(gid))
+            .ctx(|| format!("handing {} to libvirt-qemu", seed.display()))?;
+    }
+    Ok(())
 }
 
 fn record_or_fail(m: &MachineContext) -> Result<Record> {

@@ -11,9 +11,10 @@ fi
 virsh -q -c "$uri" destroy "$domain" >/dev/null 2>&1 || true
 virsh -q -c "$uri" undefine "$domain" --snapshots-metadata --nvram >/dev/null 2>&1 ||
   virsh -q -c "$uri" undefine "$domain" --snapshots-metadata >/dev/null 2>&1 || true
-for volume in $(virsh -q -c "$uri" vol-list "$pool" --name 2>/dev/null); do
+for volume in $(virsh -q -c "$uri" vol-list "$pool" 2>/dev/null | awk '{print $1}'); do
   virsh -q -c "$uri" vol-delete "$volume" --pool "$pool" >/dev/null 2>&1 || true
 done
 virsh -q -c "$uri" pool-destroy "$pool" >/dev/null 2>&1 || true
 rm -rf "$dir" "$project/.vagrant" "$seed"
+rm -f "${dir%/*}/machine.json" "${dir%/*}/running.json"
 timeout 120 vagrant global-status --prune >/dev/null 2>&1 || true
