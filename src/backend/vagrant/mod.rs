@@ -64,7 +64,8 @@ const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
 const GUEST_KEY: &str = "/var/lib/envbuild/stage-key";
 /// The layout of vagrant entries; part of every vagrant stage key.
 const ENTRY_LAYOUT: &str = "vagrant-snapshot-1";
-const SSH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Vagrant waits as long (`config.vm.boot_timeout`): a TCG guest on a loaded host is slow.
+const SSH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 pub struct VagrantBackend {
     /// `--libvirt-uri`: overrides every machine's `uri`.

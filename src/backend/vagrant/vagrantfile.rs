@@ -98,7 +98,7 @@ Vagrant.configure('2') do |config|
   config.vm.define {machine_q} do |m|
   end
 {box_line}  config.vm.synced_folder '.', '/vagrant', disabled: true
-  config.vm.boot_timeout = 600
+  config.vm.boot_timeout = 1800
   config.ssh.host = '127.0.0.1'
   config.ssh.port = {ssh_port}
   # The base images have no sudo: Vagrant logs in as root with the environment's own key.
@@ -109,7 +109,7 @@ Vagrant.configure('2') do |config|
   config.vm.provider :libvirt do |lv|
     lv.uri = {uri}
     lv.driver = {driver}
-    lv.cpus = {cpus}
+{cpu}    lv.cpus = {cpus}
     lv.memory = {memory}
     lv.default_prefix = {prefix}
     lv.storage_pool_name = {pool}
@@ -129,6 +129,13 @@ end
             identity = ruby(&self.identity.display().to_string()),
             uri = ruby(&self.uri),
             driver = ruby(if self.kvm { "kvm" } else { "qemu" }),
+            // The plugin's default, host-model, makes TCG emulate every feature of this host's
+            // CPU: a guest then takes minutes to boot. The libvirt backend's guests get qemu64.
+            cpu = if self.kvm {
+                ""
+            } else {
+                "    lv.cpu_mode = 'custom'\n    lv.cpu_model = 'qemu64'\n    lv.memballoon_enabled = false\n"
+            },
             cpus = self.cpus,
             memory = self.memory_mib,
             prefix = ruby(&format!("envbuild-{}-", self.env)),
@@ -185,6 +192,7 @@ mod tests {
         assert!(text.contains("config.vm.box = 'envbuild-0123'"));
         assert!(text.contains(":path => '/state/envs/demo/box/logs/console.log'"));
         assert!(text.contains("lv.driver = 'qemu'"));
+        assert!(text.contains("lv.cpu_model = 'qemu64'"));
         assert!(!text.contains("lv.storage :file"));
     }
 
