@@ -27,7 +27,10 @@ fn require_host() {
             .read_dir()
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("vagrant-libvirt-")),
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("vagrant-libvirt-")),
         "this test needs vagrant-libvirt: apt-get install vagrant-libvirt (dev/setup installs it)"
     );
     // SAFETY: every test of this file sets the same value before running envbuild.
@@ -232,7 +235,11 @@ fn stages_are_snapshots_replayed_without_steps_and_rebuilt_one_at_a_time() {
             .into_iter()
             .find(|e| e.ends_with(&format!("-vdemo-box-{stage}")))
             .unwrap();
-        let disk = project.store().join("v1/entries").join(entry).join("artifact/disk.qcow2");
+        let disk = project
+            .store()
+            .join("v1/entries")
+            .join(entry)
+            .join("artifact/disk.qcow2");
         assert!(disk.is_file(), "stage {stage} is exported into the store");
     }
 
@@ -280,7 +287,10 @@ fn stages_are_snapshots_replayed_without_steps_and_rebuilt_one_at_a_time() {
     let (stage2, _) = ok(&project, &["ssh", "vdemo", "box", "--", "cat /etc/stage2"]);
     assert_eq!(stage2.trim(), "stage-two-changed");
     ok(&project, &["down", "vdemo"]);
-    assert_eq!(wait_for_nothing_left(&project, "vdemo"), Vec::<String>::new());
+    assert_eq!(
+        wait_for_nothing_left(&project, "vdemo"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -333,6 +343,9 @@ steps = ["echo started-the-slow-step", "sleep 900"]
     assert_eq!(snapshots("vkill").len(), 1, "stage one is a snapshot");
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(wait_for_nothing_left(&project, "vkill"), Vec::<String>::new());
+    assert_eq!(
+        wait_for_nothing_left(&project, "vkill"),
+        Vec::<String>::new()
+    );
     assert!(snapshots("vkill").is_empty());
 }

@@ -303,26 +303,26 @@ pub(crate) fn run_guest_step(
     port: u16,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<StepEnd> {
-        let mut exports = vec![
-            format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
-            "ENVBUILD_ROOT=/".to_string(),
-            format!("PATH={}", process::SAFE_PATH),
-            "HOME=/root".to_string(),
-            "LANG=C.UTF-8".to_string(),
-        ];
-        exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
-        let remote = format!(
-            "cd / && export {} && exec sh -ec {}",
-            exports.join(" "),
-            quote(step)
-        );
-        let local: Vec<String> = trust
-            .ssh_argv(port, Some(&remote))
-            .iter()
-            .map(|a| quote(a))
-            .collect();
-        let env = process::base_env(&m.state.dir);
-        process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
+    let mut exports = vec![
+        format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
+        "ENVBUILD_ROOT=/".to_string(),
+        format!("PATH={}", process::SAFE_PATH),
+        "HOME=/root".to_string(),
+        "LANG=C.UTF-8".to_string(),
+    ];
+    exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
+    let remote = format!(
+        "cd / && export {} && exec sh -ec {}",
+        exports.join(" "),
+        quote(step)
+    );
+    let local: Vec<String> = trust
+        .ssh_argv(port, Some(&remote))
+        .iter()
+        .map(|a| quote(a))
+        .collect();
+    let env = process::base_env(&m.state.dir);
+    process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
 }
 
 impl Backend for LibvirtBackend {

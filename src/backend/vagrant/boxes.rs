@@ -51,14 +51,22 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
     if let Some(record) = load(&dir) {
         return Ok(record);
     }
-    let _lock = FileLock::acquire(&images.join(format!("vagrant-box-{}.lock", &id[..32])), || {
-        note("waiting for another envbuild packaging the same box")
-    })?;
+    let _lock = FileLock::acquire(
+        &images.join(format!("vagrant-box-{}.lock", &id[..32])),
+        || note("waiting for another envbuild packaging the same box"),
+    )?;
     if let Some(record) = load(&dir) {
         return Ok(record);
     }
-    note(&format!("packaging a vagrant box from base image {}", &base.sha256[..12]));
-    let tmp = images.join(format!("vagrant-box-{}.tmp.{}", &id[..32], std::process::id()));
+    note(&format!(
+        "packaging a vagrant box from base image {}",
+        &base.sha256[..12]
+    ));
+    let tmp = images.join(format!(
+        "vagrant-box-{}.tmp.{}",
+        &id[..32],
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
     let _tmp_gone = image::RemoveOnDrop(tmp.clone());

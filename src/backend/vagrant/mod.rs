@@ -379,7 +379,11 @@ impl VagrantBackend {
         };
         save_record(state, &record)?;
         self.vagrant_up(m)?;
-        wait_ssh(&trust, record.ports["ssh"], &state.logs().join("console.log"))?;
+        wait_ssh(
+            &trust,
+            record.ports["ssh"],
+            &state.logs().join("console.log"),
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(domain, seconds, "vagrant machine up");
         let _ = writeln!(
@@ -446,7 +450,10 @@ impl VagrantBackend {
             return Ok(Err("the domain runs another box".into()));
         }
         let Some(&recorded) = record.snapshots.get(&saved.key) else {
-            return Ok(Err(format!("the domain has no snapshot {} of envbuild's", short(&saved.key))));
+            return Ok(Err(format!(
+                "the domain has no snapshot {} of envbuild's",
+                short(&saved.key)
+            )));
         };
         match snapshot_created(&virsh, &record.domain, &saved.key) {
             None => return Ok(Err(format!("snapshot {} vanished", short(&saved.key)))),
@@ -602,7 +609,11 @@ fn sync_clock(trust: &Trust, port: u16) -> Result<()> {
     guest_output(
         trust,
         port,
-        &format!("date -u -s @{}.{:03} >/dev/null", now.as_secs(), now.subsec_millis()),
+        &format!(
+            "date -u -s @{}.{:03} >/dev/null",
+            now.as_secs(),
+            now.subsec_millis()
+        ),
     )
     .map(|_| ())
 }
@@ -710,7 +721,11 @@ impl Backend for VagrantBackend {
             ("vagrant", "vagrant", "drives the machines"),
             ("extlinux", "extlinux", "the bootloader of envbuild's boxes"),
             ("sfdisk", "fdisk", "partitions the boxes' disks"),
-            ("dnsmasq", "dnsmasq-base", "libvirt's NAT networks (the laptop set-up)"),
+            (
+                "dnsmasq",
+                "dnsmasq-base",
+                "libvirt's NAT networks (the laptop set-up)",
+            ),
         ] {
             let found = process::find_program(program);
             checks.push(Check {
@@ -883,8 +898,8 @@ impl Backend for VagrantBackend {
         if running.is_none() {
             // Stopped at the end of a build, or removed by `down`: back to the stage it holds
             // (a snapshot's RAM and all when the domain still has it).
-            let current: Current = read_json(&m.state.root().join("current.json"))
-                .ok_or_else(|| {
+            let current: Current =
+                read_json(&m.state.root().join("current.json")).ok_or_else(|| {
                     Error::input(
                         format!("{} is not built yet", m.label()),
                         format!("run `envbuild build {}`", m.env),
@@ -1010,7 +1025,11 @@ fn plugin_installed() -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("vagrant-libvirt-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("vagrant-libvirt-")
+        });
     packaged
         || Command::new("vagrant")
             .args(["plugin", "list"])
