@@ -602,20 +602,30 @@ fn guest_output(trust: &Trust, port: u16, command: &str) -> Result<String> {
 }
 
 /// A restored snapshot rewinds the guest clock to when it was saved: set it from the host's.
+/// The guest's timers catch up for a while after a revert under TCG, so it is set again until
+/// it stays within a second of the host's.
 fn sync_clock(trust: &Trust, port: u16) -> Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    guest_output(
-        trust,
-        port,
-        &format!(
-            "date -u -s @{}.{:03} >/dev/null",
-            now.as_secs(),
-            now.subsec_millis()
-        ),
-    )
-    .map(|_| ())
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    let mut skew = f64::MAX;
+    for _ in 0..5 {
+        guest_output(trust, port, &format!("date -u -s @{:.3} >/dev/null", now()))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let guest: f64 = guest_output(trust, port, "date +%s.%N")?
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        skew = (guest - now()).abs();
+        if skew < 1.0 {
+            return Ok(());
+        }
+    }
+    tracing::warn!(skew, "the guest clock does not stay in step with the host's");
+    Ok(())
 }
 
 fn wait_ssh(trust: &Trust, port: u16, console: &Path) -> Result<()> {
