@@ -29,6 +29,9 @@
 //! ```
 
 mod boxes;
+mod guard;
+mod guest;
+mod host;
 mod vagrantfile;
 
 use std::collections::BTreeMap;
@@ -55,9 +58,11 @@ use crate::settings::Settings;
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending, TreeEntry};
+use guard::{Guard, pool_name, teardown_args};
+use guest::{guest_output, short, snapshot_created, sync_clock, vagrant_tail, wait_ssh};
+use host::hand_to_qemu;
 use vagrantfile::{Disk, Plan, domain_name};
 
-const TEARDOWN: &str = include_str!("teardown.sh");
 /// Where a stage's inputs are copied in the guest ($ENVBUILD_INPUTS).
 const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
 /// The stage key of the snapshot the guest holds, written before each snapshot.
@@ -177,68 +182,6 @@ fn vagrant(state: &MachineState) -> Command {
     cmd
 }
 
-/// The `teardown.sh` arguments of a machine.
-fn teardown_args(state: &MachineState, uri: &str, env: &str, machine: &str) -> Vec<String> {
-    vec![
-        uri.to_string(),
-        domain_name(env, machine),
-        pool_name(env, machine),
-        state.root().join("pool").display().to_string(),
-        project_dir(state).display().to_string(),
-        state.root().join("seed.tar").display().to_string(),
-    ]
-}
-
-fn pool_name(env: &str, machine: &str) -> String {
-    format!("envbuild-{env}-{machine}")
-}
-
-/// A guard process per machine: when envbuild ends (SIGKILL included) its pipe closes and the
-/// guard acts on the last word it was told: `keep` (leave the machine running: `up`), `stop`
-/// (stop the domain, keep it and its snapshots: a build ended on a saved stage) or nothing
-/// (remove the machine: a stage was under way). In a process group of its own.
-struct Guard {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-}
-
-impl Guard {
-    fn spawn(args: &[String]) -> Result<Guard> {
-        use std::os::unix::process::CommandExt;
-        let script = format!(
-            "trap '' INT HUP TERM\nmode=teardown\nwhile read -r word; do mode=$word; done\ncase $mode in\n  keep) exit 0 ;;\n  stop) virsh -q -c \"$1\" destroy \"$2\" >/dev/null 2>&1; exit 0 ;;\nesac\n{TEARDOWN}"
-        );
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .arg("envbuild-vagrant-guard")
-            .args(args)
-            .env("PATH", process::SAFE_PATH)
-            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .ctx(|| "starting the vagrant guard".into())?;
-        let stdin = child.stdin.take();
-        Ok(Guard { child, stdin })
-    }
-
-    fn say(&mut self, word: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = writeln!(stdin, "{word}");
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.wait();
-    }
-}
-
 impl VagrantBackend {
     pub fn new(settings: &Settings) -> VagrantBackend {
         VagrantBackend {
@@ -270,17 +213,7 @@ impl VagrantBackend {
     /// Removes the machine now (teardown.sh), and tells its guard there is nothing left to do.
     fn teardown(&self, m: &MachineContext) {
         let args = teardown_args(m.state, &self.uri_for(m.machine), m.env, &m.machine.name);
-        let _ = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(TEARDOWN)
-            .arg("envbuild-vagrant-teardown")
-            .args(&args)
-            .env("PATH", process::SAFE_PATH)
-            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        guard::run_teardown(&args);
         let _ = std::fs::remove_file(record_path(m.state));
         let _ = std::fs::remove_file(m.state.root().join("running.json"));
         let mut live = self.live.lock().unwrap();
@@ -574,103 +507,6 @@ enum BootDisk {
     Export { disk: PathBuf, box_sha256: String },
 }
 
-fn short(key: &str) -> &str {
-    &key[..key.len().min(12)]
-}
-
-/// libvirt's creation time of a snapshot, None when the domain has none of that name.
-fn snapshot_created(virsh: &Virsh, domain: &str, name: &str) -> Option<i64> {
-    let xml = virsh.run(&["snapshot-dumpxml", domain, name]).ok()?;
-    let start = xml.find("<creationTime>")? + "<creationTime>".len();
-    let end = xml[start..].find("</creationTime>")? + start;
-    xml[start..end].trim().parse().ok()
-}
-
-fn guest_output(trust: &Trust, port: u16, command: &str) -> Result<String> {
-    let out = trust
-        .ssh(port, command)
-        .stdin(Stdio::null())
-        .output()
-        .ctx(|| "running ssh".into())?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "`{command}` in the guest failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A restored snapshot rewinds the guest clock to when it was saved: set it from the host's.
-/// The guest's timers catch up for a while after a revert under TCG, so it is set again until
-/// it stays within a second of the host's.
-fn sync_clock(trust: &Trust, port: u16) -> Result<()> {
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64()
-    };
-    let mut skew = f64::MAX;
-    for _ in 0..5 {
-        guest_output(trust, port, &format!("date -u -s @{:.3} >/dev/null", now()))?;
-        std::thread::sleep(Duration::from_secs(2));
-        let guest: f64 = guest_output(trust, port, "date +%s.%N")?
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
-        skew = (guest - now()).abs();
-        if skew < 1.0 {
-            return Ok(());
-        }
-    }
-    tracing::warn!(skew, "the guest clock does not stay in step with the host's");
-    Ok(())
-}
-
-fn wait_ssh(trust: &Trust, port: u16, console: &Path) -> Result<()> {
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    loop {
-        if process::aborting() {
-            return Err(Error::Aborted("interrupted while waiting for SSH".into()));
-        }
-        let ok = trust
-            .ssh(port, "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Failed(format!(
-                "the machine did not answer SSH within {}s.\n  last console lines:\n{}",
-                SSH_TIMEOUT.as_secs(),
-                process::tail(console, 20)
-            )));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// The last lines of Vagrant's log without its progress bars.
-fn vagrant_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            let t = l.trim();
-            !t.is_empty() && !t.contains("Progress:") && !t.starts_with("from ")
-        })
-        .collect();
-    lines[lines.len().saturating_sub(15)..]
-        .iter()
-        .map(|l| format!("    {l}\n"))
-        .collect()
-}
-
 impl Backend for VagrantBackend {
     fn base_material(&self, machine: &Machine) -> Vec<String> {
         let mut lines = vec![
@@ -684,86 +520,13 @@ impl Backend for VagrantBackend {
     }
 
     fn check_host(&self, m: &MachineContext) -> Result<()> {
-        let machine = m.machine;
-        if machine.base.debootstrap.is_none() {
-            return Err(Error::input(
-                format!(
-                    "machine `{}`: the vagrant backend packages its box from a debootstrap base",
-                    machine.name
-                ),
-                "use base = { debootstrap = { suite = \"bookworm\" } }",
-            ));
-        }
-        for (program, package) in [
-            ("vagrant", "vagrant vagrant-libvirt"),
-            ("virsh", "libvirt-clients"),
-            ("qemu-img", "qemu-utils"),
-            ("qemu-system-x86_64", "qemu-system-x86"),
-            ("ssh", "openssh-client"),
-            ("ssh-keygen", "openssh-client"),
-            ("extlinux", "extlinux"),
-            ("sfdisk", "fdisk"),
-        ] {
-            if process::find_program(program).is_none() {
-                return Err(Error::MissingTool {
-                    machine: machine.name.clone(),
-                    what: format!("program `{program}`"),
-                    fix: format!("apt-get install {package} (or run dev/setup)"),
-                });
-            }
-        }
-        if !plugin_installed() {
-            return Err(Error::MissingTool {
-                machine: machine.name.clone(),
-                what: "Vagrant's libvirt provider (vagrant-libvirt)".into(),
-                fix: "apt-get install vagrant-libvirt (or run dev/setup)".into(),
-            });
-        }
-        Virsh {
-            uri: self.uri_for(machine),
-        }
-        .check_reachable()
+        host::check_host(&self.uri_for(m.machine), m.machine)
     }
 
     fn host_checks(&self, folders: &[&Path]) -> Vec<Check> {
-        let mut checks = Vec::new();
-        for (program, package, why) in [
-            ("vagrant", "vagrant", "drives the machines"),
-            ("extlinux", "extlinux", "the bootloader of envbuild's boxes"),
-            ("sfdisk", "fdisk", "partitions the boxes' disks"),
-            (
-                "dnsmasq",
-                "dnsmasq-base",
-                "libvirt's NAT networks (the laptop set-up)",
-            ),
-        ] {
-            let found = process::find_program(program);
-            checks.push(Check {
-                what: format!("{program} ({why})"),
-                ok: found.is_some(),
-                detail: match found {
-                    Some(path) => path.display().to_string(),
-                    None => format!("apt-get install {package} (or run dev/setup)"),
-                },
-            });
-        }
-        let plugin = plugin_installed();
-        checks.push(Check {
-            what: "vagrant-libvirt (Vagrant's libvirt provider)".into(),
-            ok: plugin,
-            detail: if plugin {
-                "installed".into()
-            } else {
-                "apt-get install vagrant-libvirt (or run dev/setup)".into()
-            },
-        });
         let mut folders = folders.to_vec();
         folders.push(&self.images);
-        checks.extend(lv::host::host_checks(
-            self.uri.as_deref().unwrap_or(lv::DEFAULT_URI),
-            &folders,
-        ));
-        checks
+        host::host_checks(self.uri.as_deref().unwrap_or(lv::DEFAULT_URI), &folders)
     }
 
     fn start_order(&self) -> StartOrder {
@@ -1004,47 +767,6 @@ impl Backend for VagrantBackend {
     }
 }
 
-/// Under a system daemon QEMU runs as libvirt's QEMU user (`libvirt-qemu` on Debian), and
-/// vagrant-libvirt cannot ask for envbuild's uid (the libvirt backend's `<seclabel>`): the seed,
-/// a drive libvirt does not know of, is handed to that user, still 0600. A session daemon runs
-/// QEMU as envbuild's own user.
-fn hand_to_qemu(seed: &Path, uri: &str) -> Result<()> {
-    if lv::is_session(uri) {
-        return Ok(());
-    }
-    let name = std::ffi::CString::new("libvirt-qemu").expect("no NUL");
-    // SAFETY: getpwnam with a valid C string; the fields are read before any other call.
-    let ids = unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    };
-    if let Some((uid, gid)) = ids {
-        std::os::unix::fs::chown(seed, Some(uid), Some(gid))
-            .ctx(|| format!("handing {} to libvirt-qemu", seed.display()))?;
-    }
-    Ok(())
-}
-
 fn record_or_fail(m: &MachineContext) -> Result<Record> {
     record(m.state).ok_or_else(|| Error::Failed(format!("{}: machine.json is gone", m.label())))
-}
-
-fn plugin_installed() -> bool {
-    let gems = Path::new("/usr/share/rubygems-integration/all/gems");
-    let packaged = std::fs::read_dir(gems)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("vagrant-libvirt-")
-        });
-    packaged
-        || Command::new("vagrant")
-            .args(["plugin", "list"])
-            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("vagrant-libvirt"))
 }
