@@ -103,10 +103,11 @@ steps = [
     );
 }
 
-/// (stage, action, steps_run) of a JSON build report.
+/// (stage, action, steps_run) of a JSON build report, or of the build part of an `up` report.
 fn outcomes(report: &str) -> Vec<(String, String, u64)> {
     let report: serde_json::Value = serde_json::from_str(report).unwrap();
-    report["stages"]
+    let build = report.get("build").unwrap_or(&report);
+    build["stages"]
         .as_array()
         .unwrap()
         .iter()

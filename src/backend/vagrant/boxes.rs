@@ -3,7 +3,7 @@
 //! name that carries the digest of its disk.
 //!
 //! ```text
-//! IMAGES/vagrant-box-<recipe>/{box.img, metadata.json, Vagrantfile, envbuild.box, box.json}
+//! IMAGES/vagrant-box-<recipe>/{metadata.json, Vagrantfile, envbuild.box, box.json}
 //! ```
 //! `<recipe>` digests the base image's sha256 and make-box.sh; box.json records the box's name
 //! (`envbuild-<first 16 hex of box.img's sha256>`) and the sha256 every stage records.
@@ -90,6 +90,8 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
         .fix("it needs root (a loop mount), extlinux and fdisk: run dev/setup as root"));
     }
     let sha256 = sha256_file(&out_dir.join("box.img"))?;
+    // envbuild.box holds it: one copy is enough.
+    std::fs::remove_file(out_dir.join("box.img")).ctx(|| "removing box.img".into())?;
     let record = BoxRecord {
         name: format!("envbuild-{}", &sha256[..16]),
         sha256,
