@@ -40,8 +40,8 @@ const CASES: &[Case] = &[
     Case { name: "var-names-collide", args: &[], location: Some(":5:1"), phrases: &["vars `db-host` and `db_host` would both be $ENVBUILD_VAR_DB_HOST", "rename one"] },
     Case { name: "machine-invalid-name", args: &[], location: Some(":3:11"), phrases: &["`WebServer` is not a valid machine name", "use lowercase letters, digits, `-` and `_`, starting with a letter"] },
     // Machine settings.
-    Case { name: "unknown-backend", args: &[], location: Some(":4:11"), phrases: &["unknown backend `docker`", "allowed: local, libvirt"] },
-    Case { name: "backend-vagrant", args: &[], location: Some(":4:11"), phrases: &["the vagrant backend is not implemented yet", "allowed: local, libvirt"] },
+    Case { name: "unknown-backend", args: &[], location: Some(":4:11"), phrases: &["unknown backend `docker`", "allowed: local, libvirt, vagrant"] },
+    Case { name: "vagrant-networks", args: &[], location: Some(":6:14"), phrases: &["private links (`networks`) are for libvirt machines"] },
     Case { name: "image-without-sha256", args: &[], location: Some(":5:18"), phrases: &["add sha256 = \"<64 hex digits>\""] },
     Case { name: "image-not-http", args: &[], location: Some(":5:18"), phrases: &["an image URL starts with http:// or https://"] },
     Case { name: "bad-port", args: &[], location: Some(":4:17"), phrases: &["a number from 1 to 65535"] },

@@ -1,6 +1,6 @@
-//! Where machines live. One trait, one module per backend: local (host folders and processes)
-//! and libvirt (VMs with a qcow2 overlay per stage). Vagrant machines are refused by the spec
-//! loader, at the `backend` key, until the vagrant backend exists.
+//! Where machines live. One trait, one module per backend: local (host folders and processes),
+//! libvirt (VMs with a qcow2 overlay per stage) and vagrant (a Vagrant machine of the libvirt
+//! provider, a snapshot per stage).
 //!
 //! A backend is a value built once per run from the [`Settings`], and every method is told which
 //! machine it is about ([`MachineContext`]: the environment's name, the validated machine, its
@@ -11,6 +11,7 @@
 
 pub mod libvirt;
 pub mod local;
+pub mod vagrant;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ fn make(kind: BackendKind, settings: &Settings) -> Option<Box<dyn Backend>> {
     match kind {
         BackendKind::Local => Some(Box::new(local::LocalBackend::new(settings))),
         BackendKind::Libvirt => Some(Box::new(libvirt::LibvirtBackend::new(settings))),
-        BackendKind::Vagrant => None,
+        BackendKind::Vagrant => Some(Box::new(vagrant::VagrantBackend::new(settings))),
     }
 }
 

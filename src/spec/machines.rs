@@ -20,16 +20,6 @@ impl Loader<'_> {
         self.check_name(name, "machine")?;
         let backend = match &raw.backend {
             None => BackendKind::Local,
-            // Refused here, where the spec says it, until the vagrant backend exists (issue 14).
-            Some(b) if b.get_ref() == BackendKind::Vagrant.as_str() => {
-                return self.err(
-                    b.span().start,
-                    format!(
-                        "the vagrant backend is not implemented yet; allowed: {}",
-                        BackendKind::IMPLEMENTED.join(", ")
-                    ),
-                );
-            }
             Some(b) => match BackendKind::parse(b.get_ref()) {
                 Some(kind) => kind,
                 None => {
@@ -87,7 +77,7 @@ impl Loader<'_> {
             stages.push(parsed);
         }
         // A VM with no stages is its base image, booted by `up`.
-        if stages.is_empty() && raw.services.is_empty() && backend != BackendKind::Libvirt {
+        if stages.is_empty() && raw.services.is_empty() && !backend.is_vm() {
             return self.err(
                 name.span().start,
                 format!("machine `{}` has no stages and no services", name.get_ref()),
@@ -177,7 +167,7 @@ impl Loader<'_> {
 
     pub(super) fn vm(&self, name: &Name, raw: &RawMachine, backend: BackendKind) -> Result<VmSpec> {
         let mut vm = VmSpec::default();
-        if backend != BackendKind::Libvirt {
+        if !backend.is_vm() {
             let first = raw
                 .uri
                 .as_ref()
@@ -193,6 +183,14 @@ impl Loader<'_> {
                 );
             }
             return Ok(vm);
+        }
+        if backend == BackendKind::Vagrant
+            && let Some(link) = raw.networks.keys().next()
+        {
+            return self.err(
+                link.span().start,
+                "private links (`networks`) are for libvirt machines; the vagrant backend has none yet",
+            );
         }
         if let Some(hook) = raw.prestart.first() {
             return self.err(
@@ -317,7 +315,7 @@ impl Loader<'_> {
             base.host_tools.push(PathBuf::from(tool.get_ref()));
         }
         if let Some(recipe) = &raw.get_ref().debootstrap {
-            if backend != BackendKind::Libvirt {
+            if !backend.is_vm() {
                 return self.err(
                     recipe.span().start,
                     "a debootstrap base is a VM disk image: add backend = \"libvirt\"",

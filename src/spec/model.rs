@@ -19,12 +19,17 @@ impl BackendKind {
         BackendKind::Libvirt,
         BackendKind::Vagrant,
     ];
-    /// The kinds a spec may name today (`vagrant` is refused by the loader until it exists).
-    pub const IMPLEMENTED: [&'static str; 2] = ["local", "libvirt"];
+    /// The kinds a spec may name.
+    pub const IMPLEMENTED: [&'static str; 3] = ["local", "libvirt", "vagrant"];
 
     /// The kind named `name` (as `backend = "..."` and manifests write it).
     pub fn parse(name: &str) -> Option<BackendKind> {
         BackendKind::EVERY.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Machines that are VMs (VM keys, a disk image base, services inside the guest).
+    pub fn is_vm(self) -> bool {
+        matches!(self, BackendKind::Libvirt | BackendKind::Vagrant)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -110,6 +110,12 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// The stage key this entry is being written for (the folder is `KEY.PID.SEQ`).
+    pub fn owner(&self) -> String {
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        name.split('.').next().unwrap_or_default().to_string()
+    }
+
     pub fn artifact(&self) -> PathBuf {
         self.dir.join("artifact")
     }

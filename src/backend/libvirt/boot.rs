@@ -207,7 +207,7 @@ pub(super) fn power_off(virsh: &Virsh, domain: &str, trust: &Trust, port: u16) -
 }
 
 /// The seed disk: a tar archive the guest unpacks into /run/envbuild at boot (configure-base.sh).
-pub(super) fn write_seed(
+pub(crate) fn write_seed(
     path: &Path,
     trust: &Trust,
     hostname: &str,
@@ -259,7 +259,7 @@ pub(super) fn write_seed(
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Copies a stage's inputs into the guest's $ENVBUILD_INPUTS (tar over the pinned SSH).
-pub(super) fn copy_inputs(trust: &Trust, port: u16, inputs: &Path) -> Result<()> {
+pub(crate) fn copy_inputs(trust: &Trust, port: u16, inputs: &Path) -> Result<()> {
     let remote =
         format!("rm -rf {GUEST_INPUTS} && mkdir -p {GUEST_INPUTS} && tar -xf - -C {GUEST_INPUTS}");
     let ssh: Vec<String> = trust
@@ -287,7 +287,7 @@ pub(super) fn copy_inputs(trust: &Trust, port: u16, inputs: &Path) -> Result<()>
 }
 
 /// Free TCP ports on 127.0.0.1, all held until every one is chosen.
-pub(super) fn free_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
     let held: Vec<std::net::TcpListener> = (0..n)
         .map(|_| {
             std::net::TcpListener::bind(("127.0.0.1", 0))

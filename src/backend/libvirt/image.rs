@@ -36,7 +36,7 @@ use crate::spec::model::{Debootstrap, Machine, PinnedImage};
 use crate::store::lock::FileLock;
 use crate::store::remove_tree;
 
-pub(super) use super::qemu_img::*;
+pub(crate) use super::qemu_img::*;
 
 const CONFIGURE: &str = include_str!("configure-base.sh");
 

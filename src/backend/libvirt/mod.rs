@@ -38,11 +38,11 @@
 //! ssh/                host key (see ssh.rs)
 //! ```
 
-mod boot;
+pub(crate) mod boot;
 mod chain;
 pub mod cloud_init;
 pub mod domain;
-mod host;
+pub(crate) mod host;
 mod host_ca;
 pub mod image;
 mod links;
@@ -86,7 +86,7 @@ const GUEST_INPUTS: &str = "/var/lib/envbuild/inputs";
 const ENTRY_LAYOUT: &str = "relative-chain-2";
 
 /// A per-user session daemon (`qemu:///session`, `qemu+ssh://host/session`).
-fn is_session(uri: &str) -> bool {
+pub(crate) fn is_session(uri: &str) -> bool {
     uri.split('?').next().unwrap_or(uri).ends_with("/session")
 }
 
@@ -421,6 +421,40 @@ impl LibvirtBackend {
     }
 }
 
+/// Runs one step in a VM over SSH as root: `sh -ec STEP` in `/` with the stage's environment
+/// (the vagrant backend runs its steps the same way).
+pub(crate) fn run_guest_step(
+    m: &MachineContext,
+    ctx: &StepContext,
+    step: &str,
+    trust: &Trust,
+    port: u16,
+    extra: &[String],
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<StepEnd> {
+    let mut exports = vec![
+        format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
+        "ENVBUILD_ROOT=/".to_string(),
+        format!("PATH={}", process::SAFE_PATH),
+        "HOME=/root".to_string(),
+        "LANG=C.UTF-8".to_string(),
+    ];
+    exports.extend(extra.iter().cloned());
+    exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
+    let remote = format!(
+        "cd / && export {} && exec sh -ec {}",
+        exports.join(" "),
+        quote(step)
+    );
+    let local: Vec<String> = trust
+        .ssh_argv(port, Some(&remote))
+        .iter()
+        .map(|a| quote(a))
+        .collect();
+    let env = process::base_env(&m.state.dir);
+    process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
+}
+
 impl Backend for LibvirtBackend {
     fn base_material(&self, machine: &Machine) -> Vec<String> {
         let mut lines = Vec::new();
@@ -549,34 +583,15 @@ impl Backend for LibvirtBackend {
         if let Some(record) = &vm.provenance {
             record.lines().for_each(&mut *on_line);
         }
-        let mut exports = vec![
-            format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
-            "ENVBUILD_ROOT=/".to_string(),
-            format!("PATH={}", process::SAFE_PATH),
-            "HOME=/root".to_string(),
-            "LANG=C.UTF-8".to_string(),
-        ];
-        if vm.host_cas {
-            exports.extend(
-                host_ca::STEP_VARIABLES
-                    .iter()
-                    .map(|name| format!("{name}={}", host_ca::GUEST_BUNDLE)),
-            );
-        }
-        exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
-        let remote = format!(
-            "cd / && export {} && exec sh -ec {}",
-            exports.join(" "),
-            quote(step)
-        );
-        let local: Vec<String> = vm
-            .trust
-            .ssh_argv(vm.port, Some(&remote))
-            .iter()
-            .map(|a| quote(a))
-            .collect();
-        let env = process::base_env(&m.state.dir);
-        process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
+        let cas: Vec<String> = if vm.host_cas {
+            host_ca::STEP_VARIABLES
+                .iter()
+                .map(|name| format!("{name}={}", host_ca::GUEST_BUNDLE))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        run_guest_step(m, ctx, step, &vm.trust, vm.port, &cas, on_line)
     }
 
     fn snapshot(
