@@ -27,7 +27,7 @@ def main():
         row = c.fetchone()
         if not row or row[0] <= started:
             return f"nova-{service} {host or ''}: no heartbeat since its start ({row and row[0]})"
-        if host:
+        if host and service == "compute":
             c.execute("SELECT 1 FROM nova_api.host_mappings WHERE host = %s", (host,))
             if not c.fetchone():
                 return f"{host}: not mapped to a cell yet"
