@@ -18,6 +18,7 @@
 //! mod.rs        the backend: restore, build VMs, snapshot, start and stop
 //! chain.rs      chain.json and the check of an overlay chain down to the base image
 //! boot.rs       seed, domain, boot to SSH, inputs in, power off
+//! steps.rs      the build VM of a stage, and one step over SSH in a guest
 //! links.rs      private links between VMs (UDP socket pairs on loopback)
 //! host.rs       doctor's checks of this host
 //! image.rs      base images (debootstrap recipes, pinned images); qemu_img.rs: overlays, info
@@ -49,6 +50,7 @@ mod links;
 mod memory;
 mod qemu_img;
 pub mod ssh;
+mod steps;
 pub mod virsh;
 
 use std::collections::BTreeMap;
@@ -76,6 +78,7 @@ use virsh::{Guard, Virsh};
 use boot::{BootPlan, boot, copy_inputs, power_off};
 use chain::{BaseRef, Chain, Current, backing_path, check_chain, disk_sha256, image_id};
 use links::link_nics;
+pub(crate) use steps::run_guest_step;
 
 pub const DEFAULT_URI: &str = "qemu:///system";
 /// Where a stage's inputs are copied in the guest ($ENVBUILD_INPUTS).
@@ -264,78 +267,6 @@ impl LibvirtBackend {
         Ok(current)
     }
 
-    /// Boots the build VM for the stage being built, on a fresh overlay of the current disk.
-    /// Returns the VM's SSH port and trust, whether the host's CAs are in its store, and (on the
-    /// first call only) their record for the stage log.
-    fn build_vm(&self, m: &MachineContext, ctx: &StepContext) -> Result<StepTarget> {
-        if let Some(vm) = self.builds.lock().unwrap().get_mut(&m.state.dir) {
-            return Ok(StepTarget {
-                port: vm.port,
-                trust: vm.trust.clone(),
-                host_cas: vm.host_cas,
-                provenance: vm.provenance.take(),
-            });
-        }
-        let state = m.state;
-        let current = self.current(m)?;
-        let overlay = state.root().join("build.qcow2");
-        image::create_overlay(
-            &current.disk,
-            &overlay,
-            first_overlay_mib(m.machine, &current),
-        )?;
-        let uri = self.uri_for(m.machine);
-        let keep_memory = ctx.snapshot == Snapshot::Running;
-        let domain = if keep_memory {
-            up_domain(m.env, m.machine)
-        } else {
-            format!(
-                "envbuild-{}-{}-build-{}",
-                m.env,
-                m.machine.name,
-                std::process::id()
-            )
-        };
-        let booted = boot(&BootPlan {
-            uri: &uri,
-            domain: &domain,
-            env: m.env,
-            machine: m.machine,
-            state,
-            disk: &overlay,
-            base: &current.base,
-            kind: "build",
-            forwards: &BTreeMap::new(),
-            links: &[],
-            guard_removes: vec![overlay.clone()],
-        })?;
-        copy_inputs(&booted.trust, booted.ssh_port, ctx.inputs)?;
-        let host_cas = m.machine.vm.trust_host_ca && !self.host_cas.is_empty();
-        if host_cas {
-            self.host_cas.install(&booted.trust, booted.ssh_port)?;
-        }
-        let result = StepTarget {
-            port: booted.ssh_port,
-            trust: booted.trust.clone(),
-            host_cas,
-            provenance: host_cas.then(|| self.host_cas.provenance()),
-        };
-        self.builds.lock().unwrap().insert(
-            state.dir.clone(),
-            BuildVm {
-                domain,
-                uri,
-                port: booted.ssh_port,
-                trust: booted.trust,
-                keep_memory,
-                host_cas,
-                provenance: None,
-                _guard: booted.guard,
-            },
-        );
-        Ok(result)
-    }
-
     /// Resumes the machine from its newest stage's memory state, if it keeps one that fits; a
     /// state refused or a resume that fails is a warning, and `None` lets the caller boot.
     fn resume(
@@ -419,40 +350,6 @@ impl LibvirtBackend {
                 .fix("remove it and build again")
         })
     }
-}
-
-/// Runs one step in a VM over SSH as root: `sh -ec STEP` in `/` with the stage's environment
-/// (the vagrant backend runs its steps the same way).
-pub(crate) fn run_guest_step(
-    m: &MachineContext,
-    ctx: &StepContext,
-    step: &str,
-    trust: &Trust,
-    port: u16,
-    extra: &[String],
-    on_line: &mut (dyn FnMut(&str) + Send),
-) -> Result<StepEnd> {
-    let mut exports = vec![
-        format!("ENVBUILD_INPUTS={GUEST_INPUTS}"),
-        "ENVBUILD_ROOT=/".to_string(),
-        format!("PATH={}", process::SAFE_PATH),
-        "HOME=/root".to_string(),
-        "LANG=C.UTF-8".to_string(),
-    ];
-    exports.extend(extra.iter().cloned());
-    exports.extend(ctx.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
-    let remote = format!(
-        "cd / && export {} && exec sh -ec {}",
-        exports.join(" "),
-        quote(step)
-    );
-    let local: Vec<String> = trust
-        .ssh_argv(port, Some(&remote))
-        .iter()
-        .map(|a| quote(a))
-        .collect();
-    let env = process::base_env(&m.state.dir);
-    process::run_step(&local.join(" "), &m.state.dir, &env, ctx.deadline, on_line)
 }
 
 impl Backend for LibvirtBackend {
