@@ -35,41 +35,7 @@ fn domains() -> Vec<String> {
 }
 
 fn write_demo(project: &Project, stage_two_extra: &str) {
-    project.write(
-        "demo.toml",
-        &format!(
-            r#"
-[machines.box]
-backend = "libvirt"
-resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
-base = {{ debootstrap = {{ suite = "bookworm" }} }}
-forward = {{ http = 8080 }}
-
-[[machines.box.stages]]
-name = "files"
-inputs = ["hello.txt"]
-steps = [
-  "install -m 644 $ENVBUILD_INPUTS/hello.txt /etc/envbuild-hello.txt",
-  "echo stage-one > /etc/stage1",
-]
-
-[[machines.box.stages]]
-name = "service"
-inputs = ["web.service"]
-steps = [
-  "mkdir -p /srv/www && cp /etc/envbuild-hello.txt /srv/www/hello.txt",
-  "install -m 644 $ENVBUILD_INPUTS/web.service /etc/systemd/system/web.service",
-  "systemctl enable web.service",
-  "echo stage-two{stage_two_extra} > /etc/stage2",
-]
-"#
-        ),
-    );
-    project.write("demo/hello.txt", "hello from stage one\n");
-    project.write(
-        "demo/web.service",
-        "[Unit]\nDescription=test web server\nAfter=network.target\n\n[Service]\nExecStart=/bin/busybox httpd -f -p 8080 -h /srv/www\n\n[Install]\nWantedBy=multi-user.target\n",
-    );
+    common::vm::write_two_stage_box(project, "demo", "libvirt", "enable", stage_two_extra);
 }
 
 /// (stage, action, steps_run) of a JSON build report.

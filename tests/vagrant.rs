@@ -66,41 +66,7 @@ fn ok(project: &Project, args: &[&str]) -> (String, String) {
 }
 
 fn write_demo(project: &Project, env: &str, stage_two_extra: &str) {
-    project.write(
-        &format!("{env}.toml"),
-        &format!(
-            r#"
-[machines.box]
-backend = "vagrant"
-resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
-base = {{ debootstrap = {{ suite = "bookworm" }} }}
-forward = {{ http = 8080 }}
-
-[[machines.box.stages]]
-name = "files"
-inputs = ["hello.txt"]
-steps = [
-  "install -m 644 $ENVBUILD_INPUTS/hello.txt /etc/envbuild-hello.txt",
-  "echo stage-one > /etc/stage1",
-]
-
-[[machines.box.stages]]
-name = "service"
-inputs = ["web.service"]
-steps = [
-  "mkdir -p /srv/www && cp /etc/envbuild-hello.txt /srv/www/hello.txt",
-  "install -m 644 $ENVBUILD_INPUTS/web.service /etc/systemd/system/web.service",
-  "systemctl enable --now web.service",
-  "echo stage-two{stage_two_extra} > /etc/stage2",
-]
-"#
-        ),
-    );
-    project.write(&format!("{env}/hello.txt"), "hello from stage one\n");
-    project.write(
-        &format!("{env}/web.service"),
-        "[Unit]\nDescription=test web server\nAfter=network.target\n\n[Service]\nExecStart=/bin/busybox httpd -f -p 8080 -h /srv/www\n\n[Install]\nWantedBy=multi-user.target\n",
-    );
+    common::vm::write_two_stage_box(project, env, "vagrant", "enable --now", stage_two_extra);
 }
 
 /// (stage, action, steps_run) of a JSON build report, or of the build part of an `up` report.

@@ -155,6 +155,21 @@ pub struct SshTarget {
     pub argv: Vec<String>,
 }
 
+/// The refusal of a service start/stop/restart on a VM machine: its services are the guest's
+/// systemd units, reached over `envbuild ssh`.
+pub fn vm_services_refused(m: &MachineContext) -> Error {
+    Error::input(
+        format!(
+            "machine `{}` is a VM: its services are systemd units inside the guest",
+            m.machine.name
+        ),
+        format!(
+            "run `envbuild ssh {} {} -- systemctl restart UNIT`",
+            m.env, m.machine.name
+        ),
+    )
+}
+
 impl SshTarget {
     /// The `ssh` command line that runs `command` (read by the guest's shell, as with ssh), or
     /// opens an interactive shell on a terminal.

@@ -1,4 +1,5 @@
-//! What the VM tests (tests/libvirt.rs, tests/cloud_image.rs) need from the host.
+//! What the VM tests (tests/libvirt.rs, tests/cloud_image.rs, tests/vagrant.rs, ...) need from
+//! the host, and the two-stage machine libvirt's and vagrant's tests build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,4 +57,53 @@ pub fn domains_of(envs: &[&str]) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+/// Writes `ENV.toml` and its inputs: machine `box` on `backend` (1 CPU, 512 MiB, a bookworm
+/// debootstrap base, guest port 8080 forwarded as `http`) with two stages: `files` (an input
+/// file in /etc, /etc/stage1) and `service` (a busybox web server on 8080 serving it, enabled
+/// with `enable`, e.g. "enable" or "enable --now"; /etc/stage2 holds `stage-two` +
+/// `stage_two_extra`, so a changed extra changes stage 2 only).
+pub fn write_two_stage_box(
+    project: &super::Project,
+    env: &str,
+    backend: &str,
+    enable: &str,
+    stage_two_extra: &str,
+) {
+    project.write(
+        &format!("{env}.toml"),
+        &format!(
+            r#"
+[machines.box]
+backend = "{backend}"
+resources = {{ cpus = 1, memory = "512MiB", disk = "3GiB" }}
+base = {{ debootstrap = {{ suite = "bookworm" }} }}
+forward = {{ http = 8080 }}
+
+[[machines.box.stages]]
+name = "files"
+inputs = ["hello.txt"]
+steps = [
+  "install -m 644 $ENVBUILD_INPUTS/hello.txt /etc/envbuild-hello.txt",
+  "echo stage-one > /etc/stage1",
+]
+
+[[machines.box.stages]]
+name = "service"
+inputs = ["web.service"]
+steps = [
+  "mkdir -p /srv/www && cp /etc/envbuild-hello.txt /srv/www/hello.txt",
+  "install -m 644 $ENVBUILD_INPUTS/web.service /etc/systemd/system/web.service",
+  "systemctl {enable} web.service",
+  "echo stage-two{stage_two_extra} > /etc/stage2",
+]
+"#
+        ),
+    );
+    project.write(&format!("{env}/hello.txt"), "hello from stage one\n");
+    project.write(
+        &format!("{env}/web.service"),
+        "[Unit]\nDescription=test web server\nAfter=network.target\n\n[Service]\nExecStart=/bin/busybox httpd -f -p 8080 -h /srv/www\n\n[Install]\nWantedBy=multi-user.target\n",
+    );
 }

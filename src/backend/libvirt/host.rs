@@ -6,10 +6,28 @@ use super::*;
 use crate::process;
 use virsh::Virsh;
 
+/// One check per `(program, Debian package, what it is for)`: found on PATH, or the package to
+/// install.
+pub(crate) fn program_checks(programs: &[(&str, &str, &str)]) -> Vec<Check> {
+    programs
+        .iter()
+        .map(|(program, package, why)| {
+            let found = process::find_program(program);
+            Check {
+                what: format!("{program} ({why})"),
+                ok: found.is_some(),
+                detail: match found {
+                    Some(path) => path.display().to_string(),
+                    None => format!("apt-get install {package} (or run dev/setup)"),
+                },
+            }
+        })
+        .collect()
+}
+
 /// The host checks of the libvirt backend, for `envbuild doctor`.
 pub fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
-    let mut checks = Vec::new();
-    for (program, package, why) in [
+    let mut checks = program_checks(&[
         ("virsh", "libvirt-clients", "drives libvirt"),
         (
             "libvirtd",
@@ -28,17 +46,7 @@ pub fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
             "writes cloud-init NoCloud seeds for pinned images",
         ),
         ("mkfs.ext4", "e2fsprogs", "writes base image file systems"),
-    ] {
-        let found = process::find_program(program);
-        checks.push(Check {
-            what: format!("{program} ({why})"),
-            ok: found.is_some(),
-            detail: match found {
-                Some(path) => path.display().to_string(),
-                None => format!("apt-get install {package} (or run dev/setup)"),
-            },
-        });
-    }
+    ]);
     let virsh = Virsh {
         uri: uri.to_string(),
     };

@@ -699,16 +699,7 @@ impl Backend for LibvirtBackend {
         _names: &[String],
         _extra_env: &BTreeMap<String, String>,
     ) -> Result<()> {
-        Err(Error::input(
-            format!(
-                "machine `{}` is a VM: its services are systemd units inside the guest",
-                m.machine.name
-            ),
-            format!(
-                "run `envbuild ssh {} {} -- systemctl restart UNIT`",
-                m.env, m.machine.name
-            ),
-        ))
+        Err(super::vm_services_refused(m))
     }
 
     fn stop(&self, m: &MachineContext, _running: &RunningServices) -> Vec<String> {
@@ -744,14 +735,7 @@ impl Backend for LibvirtBackend {
                 )
             })?;
         let trust = Trust::ensure(&env_dir(m.state), &m.state.dir, m.env, &m.machine.name)?;
-        Ok(Some(SshTarget {
-            port: running.ssh_port,
-            user: "root".into(),
-            argv: trust.ssh_argv(running.ssh_port, None),
-            identity: trust.client_key,
-            known_hosts: trust.known_hosts,
-            alias: trust.alias,
-        }))
+        Ok(Some(trust.ssh_target(running.ssh_port)))
     }
 }
 

@@ -100,6 +100,18 @@ impl Trust {
         .collect()
     }
 
+    /// What `envbuild ssh` and `ssh-config` need to reach the guest as root on `port`.
+    pub fn ssh_target(self, port: u16) -> crate::backend::SshTarget {
+        crate::backend::SshTarget {
+            port,
+            user: "root".into(),
+            argv: self.ssh_argv(port, None),
+            identity: self.client_key,
+            known_hosts: self.known_hosts,
+            alias: self.alias,
+        }
+    }
+
     /// The argv of `ssh ... root@127.0.0.1 -p PORT [COMMAND]`.
     pub fn ssh_argv(&self, port: u16, command: Option<&str>) -> Vec<String> {
         let mut argv = vec!["ssh".to_string()];

@@ -47,8 +47,7 @@ pub(super) fn check_host(uri: &str, machine: &Machine) -> Result<()> {
 }
 
 pub(super) fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
-    let mut checks = Vec::new();
-    for (program, package, why) in [
+    let mut checks = super::lv::host::program_checks(&[
         ("vagrant", "vagrant", "drives the machines"),
         ("extlinux", "extlinux", "the bootloader of envbuild's boxes"),
         ("sfdisk", "fdisk", "partitions the boxes' disks"),
@@ -57,17 +56,7 @@ pub(super) fn host_checks(uri: &str, folders: &[&Path]) -> Vec<Check> {
             "dnsmasq-base",
             "libvirt's NAT networks (the laptop set-up)",
         ),
-    ] {
-        let found = process::find_program(program);
-        checks.push(Check {
-            what: format!("{program} ({why})"),
-            ok: found.is_some(),
-            detail: match found {
-                Some(path) => path.display().to_string(),
-                None => format!("apt-get install {package} (or run dev/setup)"),
-            },
-        });
-    }
+    ]);
     let plugin = plugin_installed();
     checks.push(Check {
         what: "vagrant-libvirt (Vagrant's libvirt provider)".into(),

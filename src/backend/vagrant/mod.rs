@@ -728,16 +728,7 @@ impl Backend for VagrantBackend {
         _names: &[String],
         _extra_env: &BTreeMap<String, String>,
     ) -> Result<()> {
-        Err(Error::input(
-            format!(
-                "machine `{}` is a VM: its services are systemd units inside the guest",
-                m.machine.name
-            ),
-            format!(
-                "run `envbuild ssh {} {} -- systemctl restart UNIT`",
-                m.env, m.machine.name
-            ),
-        ))
+        Err(super::vm_services_refused(m))
     }
 
     fn stop(&self, m: &MachineContext, _running: &RunningServices) -> Vec<String> {
@@ -755,15 +746,7 @@ impl Backend for VagrantBackend {
                 )
             })?;
         let trust = trust(m)?;
-        let port = record.ports["ssh"];
-        Ok(Some(SshTarget {
-            port,
-            user: "root".into(),
-            argv: trust.ssh_argv(port, None),
-            identity: trust.client_key,
-            known_hosts: trust.known_hosts,
-            alias: trust.alias,
-        }))
+        Ok(Some(trust.ssh_target(record.ports["ssh"])))
     }
 }
 
