@@ -30,7 +30,7 @@ mod flows;
 mod inputs;
 mod machines;
 mod order;
-mod probes;
+pub mod probes;
 mod stages;
 
 pub use discovery::list_names;

@@ -10,6 +10,15 @@ use super::raw::*;
 use super::*;
 use crate::error::Result;
 
+/// What a probe's rate may be (the spec's `rate`, `test --probe-rate`).
+pub const RATE_RANGE: &str =
+    "rate is requests (or iterations) per second, above 0 and at most 1000";
+
+/// Whether `hz` is a rate a probe may run at: above 0 and at most 1000.
+pub fn is_rate(hz: f64) -> bool {
+    hz > 0.0 && hz <= 1000.0
+}
+
 /// The keys only an HTTP probe takes, with their spans when set.
 fn http_keys(r: &RawProbe) -> Vec<(&'static str, usize)> {
     let mut keys = Vec::new();
@@ -53,13 +62,8 @@ impl Loader<'_> {
         };
         let rate_hz = match &r.rate {
             None => 1.0,
-            Some(rate) if *rate.get_ref() > 0.0 && *rate.get_ref() <= 1000.0 => *rate.get_ref(),
-            Some(rate) => {
-                return self.err(
-                    rate.span().start,
-                    "rate is requests (or iterations) per second, above 0 and at most 1000",
-                );
-            }
+            Some(rate) if is_rate(*rate.get_ref()) => *rate.get_ref(),
+            Some(rate) => return self.err(rate.span().start, RATE_RANGE),
         };
         let default_timeout = Duration::from_secs(if program { 300 } else { 5 });
         Ok(FlowProbe {
