@@ -1,5 +1,5 @@
 //! The examples in docs/ are real: the complete example of docs/spec.md loads, builds, serves
-//! and stops.
+//! and stops; CI runs the README's test command as the README writes it.
 
 mod common;
 
@@ -41,4 +41,33 @@ fn spec_reference_example_builds_and_serves() {
     };
     assert!(body.contains("<p>bonjour from the docs</p>"), "{body}");
     project.ok(&["down", "example"]);
+}
+
+/// The README's quick start has two commands, the main job and the tests; .ci/run must run the
+/// second one as written, so the README's promise is what CI checks at every commit.
+#[test]
+fn ci_runs_the_readmes_test_command_verbatim() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let start = readme.find("## Quick start").expect("a quick start");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("a sh block") + "```sh\n".len()..];
+    let block = &block[..block.find("```").expect("closed block")];
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        commands.len(),
+        2,
+        "the quick start has exactly two commands: {commands:?}"
+    );
+    let test_command = commands[1];
+    let ci = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
+    let run: Vec<&str> = ci
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(
+        run.last().copied(),
+        Some(test_command),
+        ".ci/run's last command is not the README's test command"
+    );
 }
