@@ -5,8 +5,10 @@ mod common;
 
 use common::Project;
 
-fn first_toml_block(markdown: &str) -> String {
-    let start = markdown.find("```toml\n").expect("a toml block") + "```toml\n".len();
+/// The body of the first fenced block of `lang` in `markdown`.
+fn first_block(markdown: &str, lang: &str) -> String {
+    let fence = format!("```{lang}\n");
+    let start = markdown.find(&fence).expect("a fenced block") + fence.len();
     let end = start + markdown[start..].find("```").expect("closed block");
     markdown[start..end].to_string()
 }
@@ -16,7 +18,7 @@ fn spec_reference_example_builds_and_serves() {
     let project = Project::new();
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/spec.md")).unwrap();
-    project.write("example.toml", &first_toml_block(&doc));
+    project.write("example.toml", &first_block(&doc, "toml"));
     project.write("example/index.html", "<p>{{ message }} from the docs</p>\n");
     project.write(
         "example/scripts/prestart.sh",
@@ -50,9 +52,7 @@ fn ci_runs_the_readmes_test_command_verbatim() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     let start = readme.find("## Quick start").expect("a quick start");
-    let block = &readme[start..];
-    let block = &block[block.find("```sh\n").expect("a sh block") + "```sh\n".len()..];
-    let block = &block[..block.find("```").expect("closed block")];
+    let block = first_block(&readme[start..], "sh");
     let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
         commands.len(),

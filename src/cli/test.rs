@@ -24,8 +24,8 @@ fn parse_probe_rate(text: &str) -> std::result::Result<(String, f64), String> {
     let (name, hz) = crate::spec::parse_var_override(text)
         .map_err(|_| format!("`{text}` is not NAME=HZ (e.g. nova-servers-list=5)"))?;
     match hz.trim().parse::<f64>() {
-        Ok(hz) if crate::spec::probes::is_rate(hz) => Ok((name, hz)),
-        _ => Err(format!("`{hz}`: {}", crate::spec::probes::RATE_RANGE)),
+        Ok(hz) if crate::spec::is_rate(hz) => Ok((name, hz)),
+        _ => Err(format!("`{hz}`: {}", crate::spec::RATE_RANGE)),
     }
 }
 

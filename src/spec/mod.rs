@@ -30,10 +30,11 @@ mod flows;
 mod inputs;
 mod machines;
 mod order;
-pub mod probes;
+mod probes;
 mod stages;
 
 pub use discovery::list_names;
+pub use probes::{RATE_RANGE, is_rate};
 
 use std::collections::BTreeMap;
 use std::path::Path;
