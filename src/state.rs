@@ -59,6 +59,13 @@ pub struct RunningService {
     pub after: Option<Vec<String>>,
     pub log: PathBuf,
     pub url: Option<String>,
+    /// Seconds from the start of its machine's services until it was spawned (waiting for the
+    /// services it starts after), and from then until its ready check passed: where an `up`
+    /// spends its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_at_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_after_s: Option<f64>,
 }
 
 fn default_stop_timeout() -> u64 {
@@ -75,6 +82,11 @@ impl MachineState {
     pub fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
+    /// What the root held when envbuild last made it equal to an entry (`store::live_index`).
+    pub fn live_index(&self) -> PathBuf {
+        self.dir.join("live-index")
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.dir.join("run")
     }

@@ -68,7 +68,7 @@ impl Backend for LocalBackend {
 
     fn restore(&self, m: &MachineContext, entry: &Entry) -> Result<bool> {
         let root = m.state.root();
-        let sound = store::restore(entry, &root)?;
+        let sound = store::restore(entry, &root, &m.state.live_index())?;
         if !sound {
             remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;
         }
@@ -77,6 +77,7 @@ impl Backend for LocalBackend {
 
     fn reset(&self, m: &MachineContext) -> Result<()> {
         let root = m.state.root();
+        store::live_index::forget(&m.state.live_index());
         remove_tree(&root).ctx(|| format!("clearing {}", root.display()))?;
         std::fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))
     }
@@ -116,6 +117,8 @@ impl Backend for LocalBackend {
             parent_tree
                 .as_ref()
                 .map(|(dir, tree)| (dir.as_path(), tree.as_slice())),
+            &m.state.live_index(),
+            &pending.owner(),
         )
     }
 
@@ -170,17 +173,25 @@ impl Backend for LocalBackend {
             }
         }
 
-        let running = Mutex::new(running);
-        let cancel = AtomicBool::new(false);
+        let starting = Starting {
+            env: &env,
+            ports: &ports,
+            running: Mutex::new(running),
+            cancel: AtomicBool::new(false),
+            since: Instant::now(),
+        };
         let after: Vec<Vec<usize>> = machine.services.iter().map(|s| s.after.clone()).collect();
-        let started = in_dependency_order(&after, &cancel, |at| {
+        let started = in_dependency_order(&after, &starting.cancel, |at| {
             let service = &machine.services[at];
             if process::aborting() {
                 return Err(interrupted(service, machine));
             }
-            start_service(m, runtime, service, &env, &ports, &running, &cancel)
+            start_service(m, runtime, service, &starting)
         });
-        let mut running = running.into_inner().expect("a service start panicked");
+        let mut running = starting
+            .running
+            .into_inner()
+            .expect("a service start panicked");
         if let Err(e) = started {
             self.stop(m, &running);
             m.state.set_services(None)?;
@@ -224,17 +235,18 @@ impl Backend for LocalBackend {
                     .find(|s| s.name == *name)
                     .expect("spec checked service names");
                 let ports = running.ports.clone();
-                let shared = Mutex::new(running);
-                let started = start_service(
-                    m,
-                    runtime,
-                    service,
-                    &env,
-                    &ports,
-                    &shared,
-                    &AtomicBool::new(false),
-                );
-                running = shared.into_inner().expect("a service start panicked");
+                let starting = Starting {
+                    env: &env,
+                    ports: &ports,
+                    running: Mutex::new(running),
+                    cancel: AtomicBool::new(false),
+                    since: Instant::now(),
+                };
+                let started = start_service(m, runtime, service, &starting);
+                running = starting
+                    .running
+                    .into_inner()
+                    .expect("a service start panicked");
                 started?;
             }
         }
@@ -337,15 +349,30 @@ fn in_dependency_order(
 /// Starts one service, records it in `running` (and services.json), and waits until it is
 /// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
 /// stopped and taken out of `running`, and the error says why, with the end of its log.
+/// What the services of one machine share while they start.
+struct Starting<'a> {
+    env: &'a BTreeMap<String, String>,
+    ports: &'a BTreeMap<String, u16>,
+    /// What has been spawned so far, recorded in the machine's state as it grows.
+    running: Mutex<RunningServices>,
+    /// Set when one service failed: the others stop waiting.
+    cancel: AtomicBool,
+    since: Instant,
+}
+
 fn start_service(
     m: &MachineContext,
     runtime: &Runtime,
     service: &Service,
-    env: &BTreeMap<String, String>,
-    ports: &BTreeMap<String, u16>,
-    running: &Mutex<RunningServices>,
-    cancel: &AtomicBool,
+    starting: &Starting,
 ) -> Result<()> {
+    let Starting {
+        env,
+        ports,
+        running,
+        cancel,
+        since,
+    } = starting;
     let root = m.state.root();
     let run_dir = m.state.run_dir();
     let values = RuntimeValues {
@@ -388,23 +415,36 @@ fn start_service(
         ),
         log: log.clone(),
         url,
+        spawned_at_s: None,
+        ready_after_s: None,
     };
     let record = {
         // Spawned and recorded under the lock: a failure elsewhere stops what is recorded.
         let mut running = running.lock().expect("a service start panicked");
         let pid = process::spawn_service(&command, &root, env, &log)?;
-        let record = RunningService { pid, ..record };
+        let spawned_at_s = Some(since.elapsed().as_secs_f64());
+        let record = RunningService {
+            pid,
+            spawned_at_s,
+            ..record
+        };
         running.services.push(record.clone());
         m.state.set_services(Some(&running))?;
         record
     };
     let started = Instant::now();
-    let Some((check, timeout)) = check else {
-        return Ok(());
+    let ready = match &check {
+        None => Ok(()),
+        Some((check, timeout)) => wait_ready(check, *timeout, record.pid, &root, env, cancel),
     };
-    let Err(why) = wait_ready(&check, timeout, record.pid, &root, env, cancel) else {
-        return Ok(());
+    let Err(why) = ready else {
+        let mut running = running.lock().expect("a service start panicked");
+        if let Some(entry) = running.services.iter_mut().find(|s| s.pid == record.pid) {
+            entry.ready_after_s = Some(started.elapsed().as_secs_f64());
+        }
+        return m.state.set_services(Some(&running));
     };
+    let timeout = check.map(|(_, timeout)| timeout).unwrap_or_default();
     stop_service(&record);
     {
         let mut running = running.lock().expect("a service start panicked");

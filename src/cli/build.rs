@@ -109,16 +109,17 @@ pub fn run_up(global: &Global, args: BuildArgs) -> Result<i32> {
     }
     for (machine, r) in &running {
         for service in &r.services {
+            let url = service.url.as_deref().map(|u| format!(" at {u}"));
+            let timing = match (service.spawned_at_s, service.ready_after_s) {
+                (Some(at), Some(ready)) => format!(", started at +{at:.1}s, ready in {ready:.1}s"),
+                _ => String::new(),
+            };
             println!(
-                "{}/{machine}/{}: running (pid {}){}",
+                "{}/{machine}/{}: running (pid {}){}{timing}",
                 env.name,
                 service.name,
                 service.pid,
-                service
-                    .url
-                    .as_deref()
-                    .map(|u| format!(" at {u}"))
-                    .unwrap_or_default()
+                url.unwrap_or_default(),
             );
         }
     }

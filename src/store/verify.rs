@@ -13,7 +13,7 @@
 //! - the artifact holds exactly the tree: the same paths, kinds, modes, sizes and link targets,
 //!   and files with the tree's sha256 (hashed here, or by the restore as it copies them).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -34,8 +34,13 @@ pub enum Contents<'a> {
     /// Every file is hashed, except those in `Written`, taken at the digest of what was written.
     Hashed(&'a Written),
     /// Kinds, modes and sizes only: the caller (a restore) hashes each file as it copies it, and
-    /// is given each file's metadata (path in the tree, metadata) so it need not read it again.
-    OnCopy(&'a mut dyn FnMut(&str, &std::fs::Metadata)),
+    /// is given each file's metadata (its index in the tree, metadata) so it need not read it
+    /// again.
+    OnCopy(&'a mut dyn FnMut(usize, &std::fs::Metadata)),
+    /// The artifact is not walked: for a restore into a folder last made equal to this very
+    /// entry (its live index says so), which takes from the artifact only the files that
+    /// changed there, each hashed as it is copied (see `machine::restore`).
+    Unwalked,
 }
 
 /// Checks `entry`: its tree if it is sound, else the problems found, each naming what is wrong.
@@ -44,7 +49,9 @@ pub fn check(entry: &Entry, mut contents: Contents) -> Result<Vec<TreeEntry>, Ve
     let tree = entry.tree().map_err(|e| vec![e.to_string()])?;
     let mut problems = chain_problems(entry, &manifest, &tree);
     problems.extend(tree_problems(&tree));
-    problems.extend(artifact_problems(&entry.artifact(), &tree, &mut contents));
+    if !matches!(contents, Contents::Unwalked) {
+        problems.extend(artifact_problems(&entry.artifact(), &tree, &mut contents));
+    }
     if problems.is_empty() {
         Ok(tree)
     } else {
@@ -168,15 +175,20 @@ fn expected_kind(item: &TreeEntry) -> &'static str {
 }
 
 fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &mut Contents) -> Vec<String> {
-    let expected: BTreeMap<&str, &TreeEntry> = tree.iter().map(|e| (e.path(), e)).collect();
+    let expected: HashMap<&str, usize> = tree
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path(), i))
+        .collect();
     let mut problems = Vec::new();
-    let mut found = HashSet::new();
+    let mut found = vec![false; tree.len()];
     let walked = digest::walk(artifact, &mut |relative, full, meta| {
-        let Some(item) = expected.get(relative) else {
+        let Some(&at) = expected.get(relative) else {
             problems.push(format!("{relative} is not part of the entry"));
             return Ok(());
         };
-        found.insert(relative.to_string());
+        let item = &tree[at];
+        found[at] = true;
         if kind(meta) != expected_kind(item) {
             problems.push(format!(
                 "{relative} is a {} where tree.json lists a {}",
@@ -201,9 +213,10 @@ fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &mut Content
                     && meta.size() == *size
                     && match contents {
                         Contents::OnCopy(seen) => {
-                            seen(relative, meta);
+                            seen(at, meta);
                             true
                         }
+                        Contents::Unwalked => true,
                         Contents::Hashed(written) => match written.get(full) {
                             Some(got) => got == sha256,
                             None => super::copy::sha256_file(full).is_ok_and(|got| got == *sha256),
@@ -220,8 +233,8 @@ fn artifact_problems(artifact: &Path, tree: &[TreeEntry], contents: &mut Content
         problems.push(format!("artifact unreadable: {e}"));
         return problems;
     }
-    for path in expected.keys().filter(|p| !found.contains(**p)) {
-        problems.push(format!("{path} is missing"));
+    for (item, _) in tree.iter().zip(&found).filter(|(_, found)| !**found) {
+        problems.push(format!("{} is missing", item.path()));
     }
     problems
 }
