@@ -173,13 +173,7 @@ impl Backend for LocalBackend {
             }
         }
 
-        let starting = Starting {
-            env: &env,
-            ports: &ports,
-            running: Mutex::new(running),
-            cancel: AtomicBool::new(false),
-            since: Instant::now(),
-        };
+        let starting = Starting::new(&env, &ports, running);
         let after: Vec<Vec<usize>> = machine.services.iter().map(|s| s.after.clone()).collect();
         let started = in_dependency_order(&after, &starting.cancel, |at| {
             let service = &machine.services[at];
@@ -188,10 +182,7 @@ impl Backend for LocalBackend {
             }
             start_service(m, runtime, service, &starting)
         });
-        let mut running = starting
-            .running
-            .into_inner()
-            .expect("a service start panicked");
+        let mut running = starting.into_running();
         if let Err(e) = started {
             self.stop(m, &running);
             m.state.set_services(None)?;
@@ -235,18 +226,9 @@ impl Backend for LocalBackend {
                     .find(|s| s.name == *name)
                     .expect("spec checked service names");
                 let ports = running.ports.clone();
-                let starting = Starting {
-                    env: &env,
-                    ports: &ports,
-                    running: Mutex::new(running),
-                    cancel: AtomicBool::new(false),
-                    since: Instant::now(),
-                };
+                let starting = Starting::new(&env, &ports, running);
                 let started = start_service(m, runtime, service, &starting);
-                running = starting
-                    .running
-                    .into_inner()
-                    .expect("a service start panicked");
+                running = starting.into_running();
                 started?;
             }
         }
@@ -358,6 +340,27 @@ struct Starting<'a> {
     /// Set when one service failed: the others stop waiting.
     cancel: AtomicBool,
     since: Instant,
+}
+
+impl<'a> Starting<'a> {
+    fn new(
+        env: &'a BTreeMap<String, String>,
+        ports: &'a BTreeMap<String, u16>,
+        running: RunningServices,
+    ) -> Self {
+        Starting {
+            env,
+            ports,
+            running: Mutex::new(running),
+            cancel: AtomicBool::new(false),
+            since: Instant::now(),
+        }
+    }
+
+    /// What was spawned, once every start has returned.
+    fn into_running(self) -> RunningServices {
+        self.running.into_inner().expect("a service start panicked")
+    }
 }
 
 fn start_service(

@@ -302,6 +302,7 @@ fn copy_in(
                 sha256,
             } => {
                 let from = source.join(path);
+                let mut stored = None;
                 if let Some(live) = live.get(path) {
                     if live.size() == *size && live.permissions().mode() & 0o7777 == *mode {
                         let keep = match known.index.lookup(path, live) {
@@ -309,11 +310,13 @@ fn copy_in(
                             Recorded::Changed => false,
                             // The quick check, for what the index could not record.
                             Recorded::Unknown => {
-                                let Some(stored) = known.stored(at, &from, *size) else {
+                                let Some(copy) = known.stored(at, &from, *size) else {
                                     return Ok(false);
                                 };
-                                live.mtime() == stored.mtime()
-                                    && live.mtime_nsec() == stored.mtime_nsec()
+                                let same = live.mtime() == copy.mtime()
+                                    && live.mtime_nsec() == copy.mtime_nsec();
+                                stored = Some(copy);
+                                same
                             }
                         };
                         if keep {
@@ -323,7 +326,7 @@ fn copy_in(
                     }
                     std::fs::remove_file(&out).ctx(|| format!("replacing {}", out.display()))?;
                 }
-                let Some(stored) = known.stored(at, &from, *size) else {
+                let Some(stored) = stored.or_else(|| known.stored(at, &from, *size)) else {
                     return Ok(false);
                 };
                 // Just written: racy, so not recorded (see `live_index`).
@@ -346,6 +349,7 @@ mod tests {
     use crate::key::KeyMaterial;
     use crate::store::tree::tree_digest;
     use crate::store::{Manifest, Store};
+    use std::path::PathBuf;
 
     fn material() -> KeyMaterial {
         KeyMaterial {
@@ -461,15 +465,22 @@ mod tests {
             .unwrap();
     }
 
+    /// A machine committed to a store in `dir` and restored once into `restored`: the entry,
+    /// the restored folder and its live index.
+    fn restored_once(dir: &Path) -> (Entry, PathBuf, PathBuf) {
+        let store = Store::open(&dir.join("store")).unwrap();
+        machine(&dir.join("live"));
+        let entry = commit(&store, &dir.join("live"), None);
+        let target = dir.join("restored");
+        let index = target.with_extension("index");
+        assert!(restore(&entry, &target, &index).unwrap());
+        (entry, target, index)
+    }
+
     #[test]
     fn a_file_rewritten_since_the_last_restore_is_restored_even_with_its_mtime_set_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        machine(&dir.path().join("live"));
-        let entry = commit(&store, &dir.path().join("live"), None);
-        let target = dir.path().join("restored");
-        let index = target.with_extension("index");
-        assert!(restore(&entry, &target, &index).unwrap());
+        let (entry, target, index) = restored_once(dir.path());
         // Copied just now, so racy: the index names the entry but records no file yet.
         assert_eq!(LiveIndex::load(&index).key, entry.key());
         assert_eq!(LiveIndex::load(&index).len(), 0);
@@ -488,12 +499,7 @@ mod tests {
     #[test]
     fn the_artifact_is_walked_again_unless_the_machine_was_last_made_from_that_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        machine(&dir.path().join("live"));
-        let entry = commit(&store, &dir.path().join("live"), None);
-        let target = dir.path().join("restored");
-        let index = target.with_extension("index");
-        assert!(restore(&entry, &target, &index).unwrap());
+        let (entry, target, index) = restored_once(dir.path());
         // A file the tree does not list, added to the artifact: nothing of it can reach this
         // machine, whose restore does not walk the artifact again ...
         let extra = entry.artifact().join("extra");
