@@ -161,6 +161,21 @@ pub fn run_captured(
     })
 }
 
+/// This running envbuild, to start again as a helper (`supervise`, `libvirt-guard`). Not
+/// `current_exe()`: that is the path the binary was started from, and once the binary there is
+/// replaced (a rebuild, a package upgrade during a long run) or removed it names another program
+/// or none (`envbuild (deleted)`). /proc/self/exe is the running binary's own inode whatever
+/// happened to its path; the helper keeps this process's argv[0], so `ps` still reads `envbuild`.
+pub fn own_command() -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(
+        std::env::args_os()
+            .next()
+            .unwrap_or_else(|| "envbuild".into()),
+    );
+    cmd
+}
+
 /// `envbuild supervise -- /bin/sh -ec COMMAND` with the environment `env` and nothing else.
 fn spawn_supervised(
     command: &str,
@@ -169,8 +184,7 @@ fn spawn_supervised(
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<std::process::Child> {
-    let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
-    Command::new(&exe)
+    own_command()
         .args(["supervise", "--", "/bin/sh", "-ec", command])
         .current_dir(cwd)
         .env_clear()
@@ -180,13 +194,7 @@ fn spawn_supervised(
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
-        .ctx(|| {
-            format!(
-                "starting a step ({} supervise) in {}",
-                exe.display(),
-                cwd.display()
-            )
-        })
+        .ctx(|| format!("starting a step (envbuild supervise) in {}", cwd.display()))
 }
 
 /// Waits for a supervised step until it ends, `deadline` passes or [`ABORT`] is raised (then

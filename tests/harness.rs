@@ -935,3 +935,59 @@ run = ["printf '%s' \"$ENVBUILD_OUT\" > \"$ENVBUILD_OUT/where.txt\""]
         project.path().join("rel-run")
     );
 }
+
+#[test]
+fn a_run_goes_on_when_its_binary_is_replaced_under_it() {
+    // A rebuild or a package upgrade during a long run replaces the file envbuild was started
+    // from; the steps it starts after that must still be supervised by the running envbuild.
+    let project = Project::new();
+    let copy = project.path().join("envbuild-copy");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("envbuild"), &copy).unwrap();
+    project.write(
+        "swap.toml",
+        &format!(
+            r#"
+[machines.m]
+
+[[machines.m.stages]]
+name = "root"
+steps = ["true"]
+
+[flows.check]
+default = true
+from_version = "1"
+to_version = "2"
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+
+[[flows.check.phases]]
+name = "replace"
+action = "run"
+run = ["rm {c} && printf '#!/bin/sh\nexit 97\n' > {c} && chmod +x {c}"]
+
+[[flows.check.phases]]
+name = "after"
+action = "run"
+run = ["echo after > $ENVBUILD_OUT/after.txt"]
+"#,
+            c = copy.display()
+        ),
+    );
+    let run = project.process();
+    let out = std::process::Command::new(&copy)
+        .current_dir(project.path())
+        .envs(run.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["test", "swap", "--out", "run"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read_to_string(project.path().join("run/after.txt")).unwrap();
+    assert_eq!(after, "after\n");
+}

@@ -194,8 +194,7 @@ pub struct Guard {
 impl Guard {
     pub fn spawn(uri: &str, domain: &str, remove: &[PathBuf]) -> Result<Guard> {
         use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().ctx(|| "finding the envbuild executable".into())?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = crate::process::own_command();
         cmd.args(["libvirt-guard", "--uri", uri, "--domain", domain]);
         for path in remove {
             cmd.arg("--remove").arg(path);
