@@ -937,6 +937,81 @@ run = ["printf '%s' \"$ENVBUILD_OUT\" > \"$ENVBUILD_OUT/where.txt\""]
 }
 
 #[test]
+fn a_restart_of_several_services_takes_them_down_and_up_together_in_dependency_order() {
+    let project = Project::new();
+    let events = project.path().join("events");
+    // Each service notes when it starts, is ready and stops; `a` takes a second to get ready,
+    // `b` starts after it, `c` after nothing.
+    let service = |name: &str, after: &str, delay: &str| {
+        format!(
+            r#"
+[[machines.m.services]]
+name = "{name}"
+after = [{after}]
+command = "trap 'echo stop-{name} >> {e}; exit 0' TERM; echo start-{name} >> {e}; sleep {delay}; echo ready-{name} >> {e}; touch {name}.ready; while :; do sleep 0.1; done"
+ready = {{ command = "test -f {name}.ready", timeout = "20s" }}
+"#,
+            e = events.display()
+        )
+    };
+    project.write(
+        "together.toml",
+        &format!(
+            r#"
+[machines.m]
+
+[[machines.m.stages]]
+name = "root"
+steps = ["true"]
+{a}{b}{c}
+[flows.check]
+default = true
+from_version = "1"
+to_version = "2"
+cleanup = ["down"]
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+
+[[flows.check.phases]]
+name = "mark"
+action = "run"
+run = ["rm -f a.ready b.ready c.ready; echo restart >> {e}"]
+
+[[flows.check.phases]]
+name = "restart"
+action = "restart"
+services = ["a", "b", "c"]
+"#,
+            a = service("a", "", "1"),
+            b = service("b", "\"a\"", "0"),
+            c = service("c", "", "0"),
+            e = events.display()
+        ),
+    );
+    project.ok(&["test", "together", "--out", "run"]);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let restart: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "restart")
+        .skip(1)
+        .collect();
+    let at = |event: &str| {
+        restart
+            .iter()
+            .position(|l| *l == event)
+            .unwrap_or_else(|| panic!("no {event} after the restart mark: {restart:?}"))
+    };
+    // Down as `down` takes them: b (started after a) before a.
+    assert!(at("stop-b") < at("stop-a"), "{restart:?}");
+    // Up as `up` takes them: b once a is ready; c at once, not after a.
+    assert!(at("ready-a") < at("start-b"), "{restart:?}");
+    assert!(at("start-c") < at("ready-a"), "{restart:?}");
+    assert!(at("stop-c") < at("start-a"), "{restart:?}");
+}
+
+#[test]
 fn a_run_goes_on_when_its_binary_is_replaced_under_it() {
     // A rebuild or a package upgrade during a long run replaces the file envbuild was started
     // from; the steps it starts after that must still be supervised by the running envbuild.
