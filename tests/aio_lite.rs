@@ -173,10 +173,22 @@ fn aio_lite_up_token_down_and_warm_up() {
         .join("\n");
     assert_eq!(issue_token(&wrong).0, 401);
 
-    // Status lists each service with its URL.
+    // Status lists each service with its URL and what its processes hold in memory.
     let status = project.json(&["status", "aio-lite", "--json"]);
     let listed = status[0]["services"].as_array().unwrap();
     assert!(listed.iter().all(|s| s["running"] == true));
+    for s in listed {
+        let memory = &s["memory"];
+        let (rss, pss) = (memory["rss_bytes"].as_u64(), memory["pss_bytes"].as_u64());
+        assert!(memory["processes"].as_u64() >= Some(1), "{s}");
+        assert!(rss > Some(0) && pss > Some(0) && pss <= rss, "{s}");
+    }
+    let total = status[0]["memory"]["processes"].as_u64().unwrap();
+    let each: u64 = listed
+        .iter()
+        .map(|s| s["memory"]["processes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, each);
     assert!(
         listed
             .iter()

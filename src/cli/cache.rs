@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{Global, print_json};
+use super::{Global, human_size, print_json};
 use crate::error::{Error, ExitCode, Result};
 use crate::ops;
 use crate::remote::{self, Pushed};
@@ -241,15 +241,4 @@ pub fn print_pushed(outcomes: &[remote::PushOutcome], quiet: bool) {
             eprintln!("{} {what} {}", o.entry, o.remote);
         }
     }
-}
-
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", units[unit])
 }

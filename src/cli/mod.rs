@@ -194,6 +194,18 @@ fn load(ws: &Workspace, name: &str, vars: &VarArgs) -> Result<Environment> {
     ws.load(name, &vars.vars)
 }
 
+/// A size for people: `1.5 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 pub fn print_json(value: &impl serde::Serialize) {
     let text = serde_json::to_string_pretty(value).expect("output serializes");
     let mut stdout = std::io::stdout().lock();

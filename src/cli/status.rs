@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{Global, print_json};
+use super::{Global, human_size, print_json};
 use crate::error::Result;
 use crate::ops;
 
@@ -11,6 +11,7 @@ pub struct StatusArgs {
     /// Environment name [default: every environment]
     env: Option<String>,
     /// Machine-readable output: each machine's stage, whether it is up, each service with its URL
+    /// and memory (processes, RSS and PSS in bytes)
     #[arg(long)]
     json: bool,
 }
@@ -25,11 +26,26 @@ pub fn run(global: &Global, args: StatusArgs) -> Result<i32> {
     for m in &out {
         let stage = m.stage.as_deref().unwrap_or("not built");
         let up = if m.up { " (up)" } else { "" };
-        println!("{}/{}: {stage}{up}", m.env, m.machine);
+        let held = if m.memory.processes > 0 {
+            format!(
+                ": {} processes, RSS {}, PSS {}",
+                m.memory.processes,
+                human_size(m.memory.rss_bytes),
+                human_size(m.memory.pss_bytes)
+            )
+        } else {
+            String::new()
+        };
+        println!("{}/{}: {stage}{up}{held}", m.env, m.machine);
         for s in &m.services {
             let state = if s.running { "running" } else { "stopped" };
+            let rss = if s.memory.processes > 0 {
+                format!("RSS {}", human_size(s.memory.rss_bytes))
+            } else {
+                String::new()
+            };
             println!(
-                "  {:<16} {state:<8} pid {:<8} {}",
+                "  {:<16} {state:<8} pid {:<8} {rss:<14} {}",
                 s.name,
                 s.pid,
                 s.url.as_deref().unwrap_or("")

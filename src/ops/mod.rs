@@ -6,6 +6,7 @@
 //! cache.rs   ls, verify, gc, export, push, pull
 //! history.rs the recorded runs: `runs` and `report --history`
 //! status.rs  what is built and running, as each machine's backend sees it
+//! memory.rs  what a machine's services hold in memory (RSS, PSS), from /proc
 //! ssh.rs     the SSH target of a running machine, and an OpenSSH config for an environment
 //! doctor.rs  what every backend needs of this host
 //! lock.rs    pin floating sources into ENV.lock, make [[locks]] files, refuse unlocked runs
@@ -16,5 +17,6 @@ pub mod cache;
 pub mod doctor;
 pub mod history;
 pub mod lock;
+pub mod memory;
 pub mod ssh;
 pub mod status;

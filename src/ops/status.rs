@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::backend::MachineContext;
 use crate::engine::Workspace;
 use crate::error::Result;
+use crate::ops::memory::{self, Memory};
 
 #[derive(Debug, Serialize)]
 pub struct MachineStatus {
@@ -20,6 +21,9 @@ pub struct MachineStatus {
     pub up: bool,
     pub ports: BTreeMap<String, u16>,
     pub services: Vec<ServiceStatus>,
+    /// The services' processes together (their PSS adds up; their RSS counts shared pages once
+    /// per process).
+    pub memory: Memory,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +33,8 @@ pub struct ServiceStatus {
     pub running: bool,
     pub url: Option<String>,
     pub log: PathBuf,
+    /// Its process group's processes now (none once it stopped).
+    pub memory: Memory,
 }
 
 /// The machines of `env`, or of every environment.
@@ -57,6 +63,30 @@ pub fn status(ws: &Workspace, env: Option<&str>) -> Result<Vec<MachineStatus>> {
                 _ => false,
             };
             let running = running.unwrap_or_default();
+            let groups: Vec<i32> = running
+                .services
+                .iter()
+                .map(|s| s.pid)
+                .filter(|&p| p > 0)
+                .collect();
+            let held = memory::of_groups(&groups);
+            let services: Vec<ServiceStatus> = running
+                .services
+                .into_iter()
+                .map(|s| ServiceStatus {
+                    // A service is a process group of its own (state.rs).
+                    running: crate::process::group_alive(s.pid),
+                    memory: held.get(&s.pid).copied().unwrap_or_default(),
+                    name: s.name,
+                    pid: s.pid,
+                    url: s.url,
+                    log: s.log,
+                })
+                .collect();
+            let mut total = Memory::default();
+            for s in &services {
+                total.add(s.memory);
+            }
             out.push(MachineStatus {
                 env: env.name.clone(),
                 machine: machine.name.clone(),
@@ -65,18 +95,8 @@ pub fn status(ws: &Workspace, env: Option<&str>) -> Result<Vec<MachineStatus>> {
                 key: marker.key,
                 up,
                 ports: running.ports,
-                services: running
-                    .services
-                    .into_iter()
-                    .map(|s| ServiceStatus {
-                        // A service is a process group of its own (state.rs).
-                        running: crate::process::group_alive(s.pid),
-                        name: s.name,
-                        pid: s.pid,
-                        url: s.url,
-                        log: s.log,
-                    })
-                    .collect(),
+                services,
+                memory: total,
             });
         }
     }
