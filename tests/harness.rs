@@ -903,6 +903,46 @@ run = ["echo tempest-is-working; sleep 3"]
 }
 
 #[test]
+fn an_up_phase_leaves_its_heartbeat_to_the_stages_it_builds() {
+    // The stage's own heartbeat tells what the phase does; one for the phase would only repeat
+    // "0 lines; no output yet" beside it.
+    let project = Project::new();
+    project.write(
+        "slowbuild.toml",
+        r#"
+[machines.box]
+[[machines.box.stages]]
+name = "s"
+steps = ["echo compiling; sleep 3"]
+
+[flows.check]
+default = true
+cleanup = ["down"]
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+"#,
+    );
+    let out = project
+        .cmd()
+        .env("ENVBUILD_HEARTBEAT", "1s")
+        .args(["test", "slowbuild", "--out", "run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("==> slowbuild/box/s: running ") && l.contains("compiling")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("check/deploy: running"), "{stderr}");
+    assert!(stderr.contains("==> check/deploy: passed"), "{stderr}");
+}
+
+#[test]
 fn a_relative_out_reaches_the_phases_as_an_absolute_path() {
     let project = Project::new();
     project.write(

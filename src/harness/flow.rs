@@ -190,10 +190,12 @@ pub fn run(
             .as_deref()
             .map(|d| format!(": {d}"))
             .unwrap_or_default();
-        let bar = progress.stage(
-            format!("{}/{}", flow.name, phase.name),
-            &format!("attempt {}{about}", results[i].attempts),
-        );
+        let label = format!("{}/{}", flow.name, phase.name);
+        let what = format!("attempt {}{about}", results[i].attempts);
+        let bar = match phase.action {
+            PhaseAction::Up | PhaseAction::Down => progress.step(label, &what),
+            _ => progress.stage(label, &what),
+        };
         let start_ms = t0.elapsed().as_millis() as u64;
         let attempt = if fail_once.as_deref() == Some(phase.name.as_str()) {
             fail_once = None;

@@ -77,6 +77,17 @@ impl Progress {
     }
 
     pub fn stage(&self, label: String, what: &str) -> StageProgress {
+        self.start(label, what, true)
+    }
+
+    /// Like [`Progress::stage`], for work that reports its own progress line by line (a flow's
+    /// `up` phase: the stages it builds and the services it starts): no heartbeat of its own,
+    /// which would only say it printed nothing.
+    pub fn step(&self, label: String, what: &str) -> StageProgress {
+        self.start(label, what, false)
+    }
+
+    fn start(&self, label: String, what: &str, heartbeat: bool) -> StageProgress {
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(
@@ -94,7 +105,8 @@ impl Progress {
             eprintln!("==> {label}: {what}");
         }
         StageProgress {
-            beat: plain.then(|| Heartbeat::start(label.clone(), started, self.heartbeat)),
+            beat: (plain && heartbeat)
+                .then(|| Heartbeat::start(label.clone(), started, self.heartbeat)),
             bar,
             label,
             started,
