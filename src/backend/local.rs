@@ -210,81 +210,54 @@ impl Backend for LocalBackend {
             .ok_or_else(|| Error::Failed(format!("machine `{}` is not up", m.machine.name)))?;
         let mut env = runtime_env(m, runtime, &running.ports);
         env.extend(extra_env.clone());
-        // The named services go down and come back together, as `down` and `up` would take
-        // them: each stops once those of them started after it have stopped, and starts once
-        // those of them it starts after are ready; the others at once.
-        if control != ServiceControl::Start {
-            let (stopping, staying) = std::mem::take(&mut running.services)
-                .into_iter()
-                .partition(|s| names.contains(&s.name));
-            running.services = staying;
-            stop_in_order(&stopping);
-            m.state.set_services(Some(&running))?;
-        }
-        if control == ServiceControl::Stop {
-            return Ok(());
-        }
-        let starts: Vec<usize> = names
-            .iter()
-            .map(|name| {
-                let at = m.machine.services.iter().position(|s| s.name == *name);
-                at.expect("spec checked service names")
-            })
-            .collect();
-        let after: Vec<Vec<usize>> = starts
-            .iter()
-            .map(|&at| {
-                let after = &m.machine.services[at].after;
-                (0..starts.len())
-                    .filter(|i| after.contains(&starts[*i]))
-                    .collect()
-            })
-            .collect();
-        let ports = running.ports.clone();
-        let starting = Starting::new(&env, &ports, running);
-        let started = in_dependency_order(&after, &starting.cancel, |i| {
-            let service = &m.machine.services[starts[i]];
-            if process::aborting() {
-                return Err(interrupted(service, m.machine));
+        for name in names {
+            if control != ServiceControl::Start
+                && let Some(at) = running.services.iter().position(|s| s.name == *name)
+            {
+                let old = running.services.remove(at);
+                stop_service(&old);
+                m.state.set_services(Some(&running))?;
             }
-            start_service(m, runtime, service, &starting)
-        });
-        let mut running = starting.into_running();
-        running
-            .services
-            .sort_by_key(|r| m.machine.services.iter().position(|s| s.name == r.name));
-        m.state.set_services(Some(&running))?;
-        started
+            if control != ServiceControl::Stop {
+                let service = m
+                    .machine
+                    .services
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .expect("spec checked service names");
+                let ports = running.ports.clone();
+                let starting = Starting::new(&env, &ports, running);
+                let started = start_service(m, runtime, service, &starting);
+                running = starting.into_running();
+                started?;
+            }
+        }
+        Ok(())
     }
 
     fn stop(&self, m: &MachineContext, running: &RunningServices) -> Vec<String> {
-        let killed = stop_in_order(&running.services);
+        // A service stops once every service started after it has stopped; the others at once.
+        let services = &running.services;
+        let started_after: Vec<Vec<usize>> = (0..services.len())
+            .map(|at| {
+                (0..services.len())
+                    .filter(|&later| depends_on(services, later).contains(&at))
+                    .collect()
+            })
+            .collect();
+        let killed = Mutex::new(Vec::new());
+        let _ = in_dependency_order(&started_after, &AtomicBool::new(false), |at| {
+            if stop_service(&services[at]) {
+                killed
+                    .lock()
+                    .expect("a stop panicked")
+                    .push(services[at].name.clone());
+            }
+            Ok(())
+        });
         let _ = remove_tree(&m.state.run_dir());
-        killed
+        killed.into_inner().expect("a stop panicked")
     }
-}
-
-/// Stops `services`, each once every one of them started after it has stopped, the others at
-/// once; the names of those that had to be killed.
-fn stop_in_order(services: &[RunningService]) -> Vec<String> {
-    let started_after: Vec<Vec<usize>> = (0..services.len())
-        .map(|at| {
-            (0..services.len())
-                .filter(|&later| depends_on(services, later).contains(&at))
-                .collect()
-        })
-        .collect();
-    let killed = Mutex::new(Vec::new());
-    let _ = in_dependency_order(&started_after, &AtomicBool::new(false), |at| {
-        if stop_service(&services[at]) {
-            killed
-                .lock()
-                .expect("a stop panicked")
-                .push(services[at].name.clone());
-        }
-        Ok(())
-    });
-    killed.into_inner().expect("a stop panicked")
 }
 
 /// Indices (into `services`) of the services `services[at]` started after.
@@ -355,6 +328,9 @@ fn in_dependency_order(
     })
 }
 
+/// Starts one service, records it in `running` (and services.json), and waits until it is
+/// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
+/// stopped and taken out of `running`, and the error says why, with the end of its log.
 /// What the services of one machine share while they start.
 struct Starting<'a> {
     env: &'a BTreeMap<String, String>,
@@ -387,9 +363,6 @@ impl<'a> Starting<'a> {
     }
 }
 
-/// Starts one service, records it in `running` (and services.json), and waits until it is
-/// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
-/// stopped and taken out of `running`, and the error says why, with the end of its log.
 fn start_service(
     m: &MachineContext,
     runtime: &Runtime,
