@@ -11,6 +11,30 @@ fn web_flow(project: &Project, extra_phase: &str) -> std::path::PathBuf {
     web_flow_with(project, "", extra_phase)
 }
 
+/// `NAME.toml`: one machine `box` whose stage `s` runs `steps` (a TOML array), and a default
+/// flow `check` that brings it up (`deploy`), runs `phases` (TOML) and takes it down.
+fn box_flow(project: &Project, name: &str, steps: &str, phases: &str) {
+    project.write(
+        &format!("{name}.toml"),
+        &format!(
+            r#"
+[machines.box]
+[[machines.box.stages]]
+name = "s"
+steps = {steps}
+
+[flows.check]
+default = true
+cleanup = ["down"]
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+{phases}"#
+        ),
+    );
+}
+
 /// The web flow with `flow_keys` in its `[flows.check]` table (budgets) and `extra_phase`
 /// appended to its phases.
 fn web_flow_with(project: &Project, flow_keys: &str, extra_phase: &str) -> std::path::PathBuf {
@@ -907,23 +931,7 @@ fn an_up_phase_leaves_its_heartbeat_to_the_stages_it_builds() {
     // The stage's own heartbeat tells what the phase does; one for the phase would only repeat
     // "0 lines; no output yet" beside it.
     let project = Project::new();
-    project.write(
-        "slowbuild.toml",
-        r#"
-[machines.box]
-[[machines.box.stages]]
-name = "s"
-steps = ["echo compiling; sleep 3"]
-
-[flows.check]
-default = true
-cleanup = ["down"]
-
-[[flows.check.phases]]
-name = "deploy"
-action = "up"
-"#,
-    );
+    box_flow(&project, "slowbuild", r#"["echo compiling; sleep 3"]"#, "");
     let out = project
         .cmd()
         .env("ENVBUILD_HEARTBEAT", "1s")
@@ -945,22 +953,11 @@ action = "up"
 #[test]
 fn a_relative_out_reaches_the_phases_as_an_absolute_path() {
     let project = Project::new();
-    project.write(
-        "rel.toml",
+    box_flow(
+        &project,
+        "rel",
+        r#"["true"]"#,
         r#"
-[machines.box]
-[[machines.box.stages]]
-name = "s"
-steps = ["true"]
-
-[flows.check]
-default = true
-cleanup = ["down"]
-
-[[flows.check.phases]]
-name = "deploy"
-action = "up"
-
 [[flows.check.phases]]
 name = "write"
 action = "run"
@@ -983,25 +980,12 @@ fn a_run_goes_on_when_its_binary_is_replaced_under_it() {
     let project = Project::new();
     let copy = project.path().join("envbuild-copy");
     std::fs::copy(assert_cmd::cargo::cargo_bin("envbuild"), &copy).unwrap();
-    project.write(
-        "swap.toml",
+    box_flow(
+        &project,
+        "swap",
+        r#"["true"]"#,
         &format!(
             r#"
-[machines.m]
-
-[[machines.m.stages]]
-name = "root"
-steps = ["true"]
-
-[flows.check]
-default = true
-from_version = "1"
-to_version = "2"
-
-[[flows.check.phases]]
-name = "deploy"
-action = "up"
-
 [[flows.check.phases]]
 name = "replace"
 action = "run"
@@ -1015,10 +999,8 @@ run = ["echo after > $ENVBUILD_OUT/after.txt"]
             c = copy.display()
         ),
     );
-    let run = project.process();
-    let out = std::process::Command::new(&copy)
-        .current_dir(project.path())
-        .envs(run.get_envs().filter_map(|(k, v)| Some((k, v?))))
+    let out = project
+        .process_of(&copy)
         .args(["test", "swap", "--out", "run"])
         .output()
         .unwrap();

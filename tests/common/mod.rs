@@ -17,7 +17,12 @@ use std::process::{Command, Output};
 /// Every behaviour test runs the binary through this, or through [`Project`], which adds its
 /// store and state.
 pub fn envbuild(dir: &Path) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("envbuild"));
+    envbuild_at(&assert_cmd::cargo::cargo_bin("envbuild"), dir)
+}
+
+/// [`envbuild`] with the binary at `program` (a copy of it, say).
+pub fn envbuild_at(program: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(dir);
     for name in [
         "ENVBUILD_ENVS",
@@ -107,7 +112,12 @@ impl Project {
 
     /// The binary on this project's store and state.
     pub fn process(&self) -> Command {
-        let mut cmd = envbuild(self.path());
+        self.process_of(&assert_cmd::cargo::cargo_bin("envbuild"))
+    }
+
+    /// [`Project::process`] with the binary at `program`.
+    pub fn process_of(&self, program: &Path) -> Command {
+        let mut cmd = envbuild_at(program, self.path());
         cmd.env("ENVBUILD_STORE", self.store())
             .env("ENVBUILD_STATE", self.state());
         cmd
