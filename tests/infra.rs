@@ -84,6 +84,29 @@ fn infra_and_aio_osa_plan_with_no_network_every_machine_and_stage_named() {
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "0");
 }
 
+/// Jenkins' and Elastic's repositories are apt sources locked by ENV.lock, and this host
+/// reaches neither, so none is committed: with no network at all, a build of either (alone
+/// or in infra) stops before it creates anything, with exit 2, the source and the command
+/// that locks it. The vendor script is one file, shared.
+#[test]
+fn the_vendor_repositories_are_apt_sources_a_build_refuses_unlocked_offline() {
+    let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/environments"));
+    assert!(!repo.join("elk/scripts/vendor-apt.sh").exists(), "a copy is back");
+    let project = Project::new();
+    for (args, source, fix) in [
+        (&["build", "jenkins"][..], "source `jenkins` of jenkins/repository: apt repository `https://pkg.jenkins.io/debian-stable binary/`", "envbuild lock jenkins"),
+        (&["build", "elk"][..], "source `elastic` of elk/repository: apt repository `https://artifacts.elastic.co/packages/8.x/apt stable main`", "envbuild lock elk"),
+        (&["up", "infra", "--only", "jenkins,elk"][..], "source `elastic` of elk/repository", "envbuild lock infra"),
+    ] {
+        let out = offline(&project, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(source), "{args:?}: {stderr}");
+        assert!(stderr.contains(fix), "{args:?}: {stderr}");
+        assert!(project.entries().is_empty(), "{args:?} stored something");
+    }
+}
+
 /// The key of stage `machine/stage` in the plan of `env` (environments in `envs`).
 fn key(project: &Project, envs: &std::path::Path, env: &str, machine: &str, stage: &str) -> String {
     let plan = project.json(&["plan", env, "--json", "--envs", envs.to_str().unwrap()]);
