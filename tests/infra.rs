@@ -91,12 +91,27 @@ fn infra_and_aio_osa_plan_with_no_network_every_machine_and_stage_named() {
 #[test]
 fn the_vendor_repositories_are_apt_sources_a_build_refuses_unlocked_offline() {
     let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/environments"));
-    assert!(!repo.join("elk/scripts/vendor-apt.sh").exists(), "a copy is back");
+    assert!(
+        !repo.join("elk/scripts/vendor-apt.sh").exists(),
+        "a copy is back"
+    );
     let project = Project::new();
     for (args, source, fix) in [
-        (&["build", "jenkins"][..], "source `jenkins` of jenkins/repository: apt repository `https://pkg.jenkins.io/debian-stable binary/`", "envbuild lock jenkins"),
-        (&["build", "elk"][..], "source `elastic` of elk/repository: apt repository `https://artifacts.elastic.co/packages/8.x/apt stable main`", "envbuild lock elk"),
-        (&["up", "infra", "--only", "jenkins,elk"][..], "source `elastic` of elk/repository", "envbuild lock infra"),
+        (
+            &["build", "jenkins"][..],
+            "source `jenkins` of jenkins/repository: apt repository `https://pkg.jenkins.io/debian-stable binary/`",
+            "envbuild lock jenkins",
+        ),
+        (
+            &["build", "elk"][..],
+            "source `elastic` of elk/repository: apt repository `https://artifacts.elastic.co/packages/8.x/apt stable main`",
+            "envbuild lock elk",
+        ),
+        (
+            &["up", "infra", "--only", "jenkins,elk"][..],
+            "source `elastic` of elk/repository",
+            "envbuild lock infra",
+        ),
     ] {
         let out = offline(&project, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
