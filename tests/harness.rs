@@ -784,6 +784,93 @@ run = ["true"]
     );
 }
 
+/// A second SIGTERM while the clean-up's `down` waits for a service that ignores SIGTERM (CI's
+/// abort, then its second signal a moment later) still leaves nothing running: `down` kills it
+/// at its stop timeout and goes on to the services before it, whatever more signals come; only
+/// the clean-up's own command steps are cut short.
+#[test]
+fn a_second_interrupt_during_the_clean_up_still_stops_every_service() {
+    let project = Project::new();
+    let marker = format!("envbuild-second-signal-{}", std::process::id());
+    let stopping = project.path().join("stopping");
+    project.write(
+        "slow.toml",
+        &format!(
+            r#"
+[machines.box]
+[[machines.box.stages]]
+name = "s"
+steps = ["true"]
+
+[[machines.box.services]]
+name = "first"
+command = "exec sh -c 'while :; do sleep 1; done' {marker}"
+
+# Stopped first (reverse order); ignores SIGTERM, so `down` waits its stop_timeout and kills it.
+[[machines.box.services]]
+name = "deaf"
+command = "exec sh -c 'trap \"touch {stopping}\" TERM; while :; do sleep 0.2; done' {marker}"
+stop_timeout = "3s"
+
+[flows.check]
+default = true
+cleanup = ["echo first clean-up step", "down"]
+
+[[flows.check.phases]]
+name = "deploy"
+action = "up"
+
+[[flows.check.phases]]
+name = "long"
+action = "run"
+run = ["sleep 120 # {marker}"]
+"#,
+            stopping = stopping.display()
+        ),
+    );
+    let out = project.path().join("run");
+    let mut child = project
+        .process()
+        .args(["test", "slow", "--out", out.to_str().unwrap(), "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both services (one process each) and the long step (two).
+    common::wait_for_processes(&marker, 4);
+    // SAFETY: signalling the child we spawned, twice, as a CI abort and then its kill would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stopping.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clean-up never signalled the deaf service"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: as above; `down` is waiting out the deaf service's 3 s stop timeout.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(summary(&out)["verdict"], "aborted");
+    assert!(
+        common::processes_with(&marker).is_empty(),
+        "left running: {:?}",
+        common::processes_with(&marker)
+    );
+    assert!(
+        processes_mentioning(&project.state().display().to_string()).is_empty(),
+        "a service of the environment outlived the run"
+    );
+    let status = project.json(&["status", "slow", "--json"]);
+    assert!(
+        status[0]["services"]
+            .as_array()
+            .is_none_or(|s| s.is_empty()),
+        "{status}"
+    );
+}
+
 /// The pids of the environment's running services, as `status` lists them.
 fn service_pids(project: &Project, env: &str) -> Vec<u64> {
     project.json(&["status", env, "--json"])[0]["services"]
