@@ -862,13 +862,7 @@ run = ["sleep 120 # {marker}"]
         processes_mentioning(&project.state().display().to_string()).is_empty(),
         "a service of the environment outlived the run"
     );
-    let status = project.json(&["status", "slow", "--json"]);
-    assert!(
-        status[0]["services"]
-            .as_array()
-            .is_none_or(|s| s.is_empty()),
-        "{status}"
-    );
+    assert_eq!(service_pids(&project, "slow"), Vec::<u64>::new());
 }
 
 /// The pids of the environment's running services, as `status` lists them.

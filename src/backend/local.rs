@@ -328,9 +328,6 @@ fn in_dependency_order(
     })
 }
 
-/// Starts one service, records it in `running` (and services.json), and waits until it is
-/// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
-/// stopped and taken out of `running`, and the error says why, with the end of its log.
 /// What the services of one machine share while they start.
 struct Starting<'a> {
     env: &'a BTreeMap<String, String>,
@@ -363,6 +360,9 @@ impl<'a> Starting<'a> {
     }
 }
 
+/// Starts one service, records it in `running` (and services.json), and waits until it is
+/// ready. On failure (it exited, it never got ready, SIGINT/SIGTERM came) its process group is
+/// stopped and taken out of `running`, and the error says why, with the end of its log.
 fn start_service(
     m: &MachineContext,
     runtime: &Runtime,
