@@ -26,6 +26,7 @@ pub struct Flags {
     pub heartbeat: Option<std::time::Duration>,
     pub libvirt_uri: Option<String>,
     pub images: Option<PathBuf>,
+    pub vagrant_network: Option<VagrantNetwork>,
     /// Remote-cache flags; `default_config` is filled in here.
     pub remote: Overrides,
 }
@@ -57,6 +58,44 @@ pub struct LibvirtSettings {
     pub uri: Option<String>,
     /// Where base images are built and kept (`--images`, default STORE/v1/images).
     pub images: PathBuf,
+    /// `--vagrant-network`: how vagrant machines are networked on this host.
+    pub vagrant_network: VagrantNetwork,
+}
+
+/// How a vagrant machine is networked (docs/backends.md, "vagrant"). Either way envbuild's own
+/// traffic (steps over SSH, forwarded ports) goes through a QEMU user-mode NIC on 127.0.0.1; the
+/// choice is whether Vagrant also gets its stock management network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VagrantNetwork {
+    /// The loopback NIC alone: nothing but 127.0.0.1 is reached from the host (CI hosts).
+    #[default]
+    Loopback,
+    /// Also vagrant-libvirt's management network (a NAT network with DHCP, 192.168.121.0/24 by
+    /// default): `vagrant ssh` and Vagrant's own tools work as on any Vagrant laptop.
+    Management,
+}
+
+impl VagrantNetwork {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VagrantNetwork::Loopback => "loopback",
+            VagrantNetwork::Management => "management",
+        }
+    }
+}
+
+impl std::str::FromStr for VagrantNetwork {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "loopback" => Ok(VagrantNetwork::Loopback),
+            "management" => Ok(VagrantNetwork::Management),
+            other => Err(format!(
+                "`{other}` is not a vagrant network: use loopback or management"
+            )),
+        }
+    }
 }
 
 impl Settings {
@@ -93,6 +132,7 @@ impl Settings {
             libvirt: LibvirtSettings {
                 uri: flags.libvirt_uri,
                 images,
+                vagrant_network: flags.vagrant_network.unwrap_or_default(),
             },
             remotes: crate::remote::config::resolve(remote)?,
         })
@@ -181,6 +221,19 @@ mod tests {
                 .to_string()
                 .contains("/nonexistent-envs does not exist.\n  fix: pass"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn the_vagrant_network_defaults_to_loopback_and_names_the_choices_of_a_bad_one() {
+        let settings = Settings::resolve(Flags::default()).unwrap();
+        assert_eq!(settings.libvirt.vagrant_network, VagrantNetwork::Loopback);
+        for kind in [VagrantNetwork::Loopback, VagrantNetwork::Management] {
+            assert_eq!(kind.as_str().parse::<VagrantNetwork>(), Ok(kind));
+        }
+        assert_eq!(
+            "nat".parse::<VagrantNetwork>(),
+            Err("`nat` is not a vagrant network: use loopback or management".to_string())
         );
     }
 }

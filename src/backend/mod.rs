@@ -276,6 +276,9 @@ pub trait Backend: Sync {
             .iter()
             .any(|s| crate::process::group_alive(s.pid))
     }
+    /// `down` of a machine that was built but never started: removes what the build kept of it
+    /// outside the store (vagrant: the stopped domain holding its snapshots).
+    fn release(&self, _m: &MachineContext) {}
     /// Stops what `start` started. Returns the names of services that had to be killed.
     fn stop(&self, m: &MachineContext, running: &RunningServices) -> Vec<String>;
     /// How to reach the running machine over SSH. `Ok(None)`: this backend's machines have no

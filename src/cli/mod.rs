@@ -76,6 +76,16 @@ pub struct Global {
     /// Base images of VM machines [default: STORE/v1/images]
     #[arg(long, global = true, env = "ENVBUILD_IMAGES", value_name = "DIR")]
     pub images: Option<PathBuf>,
+    /// How vagrant machines are networked: loopback (a user-mode NIC on 127.0.0.1 only) or
+    /// management (also vagrant-libvirt's stock management network, as on a laptop)
+    /// [default: loopback]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVBUILD_VAGRANT_NETWORK",
+        value_name = "KIND"
+    )]
+    pub vagrant_network: Option<crate::settings::VagrantNetwork>,
 }
 
 /// `--var name=value`, repeatable.
@@ -179,6 +189,7 @@ impl Global {
             heartbeat: self.heartbeat,
             libvirt_uri: self.libvirt_uri.clone(),
             images: self.images.clone(),
+            vagrant_network: self.vagrant_network,
             remote: self.remote.overrides(),
         }
     }

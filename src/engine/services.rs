@@ -225,6 +225,8 @@ pub fn down(ws: &Workspace, lock: &EnvLock, env: &Environment) -> Result<Vec<(St
                 killed.push((machine.name.clone(), name));
             }
             handle.state.set_services(None)?;
+        } else {
+            handle.backend.release(&handle.context());
         }
     }
     Ok(killed)

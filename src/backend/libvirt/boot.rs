@@ -67,7 +67,7 @@ pub(super) fn boot(plan: &BootPlan) -> Result<Booted> {
     let (seed, boot_from) = match (&plan.base.kernel, &plan.base.initrd) {
         (Some(kernel), Some(initrd)) => {
             let seed = root.join(format!("seed-{}.tar", plan.kind));
-            write_seed(&seed, &trust, &plan.machine.name, plan.links)?;
+            write_seed(&seed, &trust, &plan.machine.name, plan.links, &[])?;
             let (kernel, initrd) = (kernel.clone(), initrd.clone());
             (seed, Boot::Kernel { kernel, initrd })
         }
@@ -212,6 +212,7 @@ pub(crate) fn write_seed(
     trust: &Trust,
     hostname: &str,
     links: &[(LinkNic, String)],
+    dhcp: &[&str],
 ) -> Result<()> {
     let mut archive = tar::Builder::new(Vec::new());
     let mut add = |name: &str, mode: u32, data: &[u8]| -> Result<()> {
@@ -236,6 +237,14 @@ pub(crate) fn write_seed(
         );
         add(
             &format!("network/20-link{i}.network"),
+            0o644,
+            unit.as_bytes(),
+        )?;
+    }
+    for (i, mac) in dhcp.iter().enumerate() {
+        let unit = format!("[Match]\nMACAddress={mac}\n\n[Network]\nDHCP=ipv4\n");
+        add(
+            &format!("network/30-dhcp{i}.network"),
             0o644,
             unit.as_bytes(),
         )?;
@@ -320,7 +329,14 @@ mod tests {
             local_port: 1,
             peer_port: 2,
         };
-        write_seed(&seed, &trust, "m", &[(nic, "10.0.0.2/24".into())]).unwrap();
+        write_seed(
+            &seed,
+            &trust,
+            "m",
+            &[(nic, "10.0.0.2/24".into())],
+            &["52:54:00:0e:b0:02"],
+        )
+        .unwrap();
         let bytes = std::fs::read(&seed).unwrap();
         assert_eq!(bytes.len() % 512, 0);
         let mode = std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777;
@@ -341,10 +357,12 @@ mod tests {
                 "authorized_keys",
                 "ssh_host_ed25519_key",
                 "hostname",
-                "network/20-link0.network"
+                "network/20-link0.network",
+                "network/30-dhcp0.network"
             ]
         );
         assert!(network.contains("MACAddress=52:54:01:00:00:01"));
+        assert!(network.contains("MACAddress=52:54:00:0e:b0:02\n\n[Network]\nDHCP=ipv4"));
         assert!(network.contains("Address=10.0.0.2/24"));
     }
 }

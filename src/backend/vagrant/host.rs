@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use super::*;
 
-pub(super) fn check_host(uri: &str, machine: &Machine) -> Result<()> {
+pub(super) fn check_host(uri: &str, network: VagrantNetwork, machine: &Machine) -> Result<()> {
     if machine.base.debootstrap.is_none() {
         return Err(Error::input(
             format!(
@@ -32,6 +32,13 @@ pub(super) fn check_host(uri: &str, machine: &Machine) -> Result<()> {
                 fix: format!("apt-get install {package} (or run dev/setup)"),
             });
         }
+    }
+    if network == VagrantNetwork::Management && process::find_program("dnsmasq").is_none() {
+        return Err(Error::MissingTool {
+            machine: machine.name.clone(),
+            what: "program `dnsmasq` (the DHCP server of the management network)".into(),
+            fix: "apt-get install dnsmasq-base, or use --vagrant-network loopback".into(),
+        });
     }
     if !plugin_installed() {
         return Err(Error::MissingTool {

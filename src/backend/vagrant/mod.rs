@@ -54,7 +54,7 @@ use super::{
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::sha256_file;
 use crate::process::{self, StepEnd};
-use crate::settings::Settings;
+use crate::settings::{Settings, VagrantNetwork};
 use crate::spec::model::Machine;
 use crate::state::{MachineState, RunningServices};
 use crate::store::{Entry, Pending, TreeEntry};
@@ -76,6 +76,8 @@ pub struct VagrantBackend {
     /// `--libvirt-uri`: overrides every machine's `uri`.
     uri: Option<String>,
     images: PathBuf,
+    /// `--vagrant-network`: the set-up of every machine this run boots.
+    network: VagrantNetwork,
     /// Guards and the inputs copied in, by machine state folder, for machines this run drives.
     live: Mutex<BTreeMap<PathBuf, Live>>,
 }
@@ -91,6 +93,9 @@ struct Live {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     uri: String,
+    /// The network set-up the domain was defined with: another one is a miss (a new boot).
+    #[serde(default = "loopback")]
+    network: String,
     domain: String,
     pool: String,
     /// The domain's disk, in the pool.
@@ -122,6 +127,10 @@ struct Saved {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Running {
     domain: String,
+}
+
+fn loopback() -> String {
+    VagrantNetwork::Loopback.as_str().to_string()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -187,6 +196,7 @@ impl VagrantBackend {
         VagrantBackend {
             uri: settings.libvirt.uri.clone(),
             images: settings.libvirt.images.clone(),
+            network: settings.libvirt.vagrant_network,
             live: Mutex::new(BTreeMap::new()),
         }
     }
@@ -241,7 +251,11 @@ impl VagrantBackend {
         let pool_dir = root.join("pool");
         std::fs::create_dir_all(&pool_dir).ctx(|| format!("creating {}", pool_dir.display()))?;
         let seed = root.join("seed.tar");
-        lv::boot::write_seed(&seed, &trust, &machine.name, &[])?;
+        let dhcp: &[&str] = match self.network {
+            VagrantNetwork::Loopback => &[],
+            VagrantNetwork::Management => &[vagrantfile::MANAGEMENT_MAC],
+        };
+        lv::boot::write_seed(&seed, &trust, &machine.name, &[], dhcp)?;
         hand_to_qemu(&seed, &uri)?;
         let pool = pool_name(m.env, &machine.name);
         let virsh = Virsh { uri: uri.clone() };
@@ -290,6 +304,7 @@ impl VagrantBackend {
             seed: seed.clone(),
             console_log: state.logs().join("console.log"),
             kvm: lv::virsh::kvm_usable().0,
+            network: self.network,
         };
         let project = project_dir(state);
         std::fs::create_dir_all(&project).ctx(|| format!("creating {}", project.display()))?;
@@ -300,6 +315,7 @@ impl VagrantBackend {
             .ctx(|| format!("writing {}", vagrantfile.display()))?;
         let mut record = Record {
             uri,
+            network: self.network.as_str().to_string(),
             domain: domain.clone(),
             pool,
             disk: disk_path,
@@ -378,6 +394,13 @@ impl VagrantBackend {
         let virsh = self.virsh(&record);
         if !virsh.exists(&record.domain) {
             return Ok(Err(format!("domain {} is gone", record.domain)));
+        }
+        if record.network != self.network.as_str() {
+            return Ok(Err(format!(
+                "the domain was defined for the {} network set-up, this run asks for {}",
+                record.network,
+                self.network.as_str()
+            )));
         }
         if record.box_sha256 != saved.box_sha256 {
             return Ok(Err("the domain runs another box".into()));
@@ -520,7 +543,7 @@ impl Backend for VagrantBackend {
     }
 
     fn check_host(&self, m: &MachineContext) -> Result<()> {
-        host::check_host(&self.uri_for(m.machine), m.machine)
+        host::check_host(&self.uri_for(m.machine), self.network, m.machine)
     }
 
     fn host_checks(&self, folders: &[&Path]) -> Vec<Check> {
@@ -734,6 +757,12 @@ impl Backend for VagrantBackend {
     fn stop(&self, m: &MachineContext, _running: &RunningServices) -> Vec<String> {
         self.teardown(m);
         Vec::new()
+    }
+
+    fn release(&self, m: &MachineContext) {
+        if record_path(m.state).is_file() || project_dir(m.state).join(".vagrant").exists() {
+            self.teardown(m);
+        }
     }
 
     fn ssh_target(&self, m: &MachineContext) -> Result<Option<SshTarget>> {

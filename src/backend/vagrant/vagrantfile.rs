@@ -1,18 +1,29 @@
 //! The Vagrantfile envbuild writes for a machine (docs/backends.md, "vagrant").
 //!
-//! Set-up (a) of the network rule: no libvirt network at all (`mgmt_attach = false`); the one NIC
-//! is QEMU user networking added with `qemuargs`, its forwards bound to 127.0.0.1, at a fixed PCI
-//! slot (libvirt does not know the device and would give its slot away). vagrant-libvirt finds a
-//! guest's address only in DHCP leases or through the guest agent, so the Vagrantfile replaces
-//! its lookup with 127.0.0.1 (`config.ssh.host`/`port` then give the forwarded port);
-//! `qemu_use_agent` only passes the plugin's check that a box without a management network can be
-//! reached. The seed disk (SSH keys, read at every boot) is a read-only drive QEMU opens itself:
-//! libvirt's internal snapshots leave it out.
+//! Every machine has envbuild's NIC: QEMU user networking added with `qemuargs`, its forwards
+//! bound to 127.0.0.1, at a fixed PCI slot (libvirt does not know the device and would give its
+//! slot away). envbuild's steps and the forwarded ports use it, whatever the set-up.
+//!
+//! - `loopback` (the default, what the network rule of a CI host allows): no libvirt network at
+//!   all (`mgmt_attach = false`). vagrant-libvirt finds a guest's address only in DHCP leases or
+//!   through the guest agent, so the Vagrantfile replaces its lookup with 127.0.0.1
+//!   (`config.ssh.host`/`port` then give the forwarded port); `qemu_use_agent` only passes the
+//!   plugin's check that a box without a management network can be reached.
+//! - `management` (the stock laptop set-up): vagrant-libvirt's management network as it comes,
+//!   its NIC at a fixed MAC the seed gives DHCP to; Vagrant finds the guest in the network's DHCP
+//!   leases and `vagrant ssh` goes there, as with any box.
+//!
+//! The seed disk (SSH keys, read at every boot) is a read-only drive QEMU opens itself: libvirt's
+//! internal snapshots leave it out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::backend::libvirt::domain::MGMT_MAC;
+use crate::settings::VagrantNetwork;
+
+/// The MAC of vagrant-libvirt's management NIC (`management`): the seed gives it DHCP.
+pub const MANAGEMENT_MAC: &str = "52:54:00:0e:b0:02";
 
 /// What the machine boots from.
 pub enum Disk {
@@ -40,6 +51,7 @@ pub struct Plan {
     pub seed: PathBuf,
     pub console_log: PathBuf,
     pub kvm: bool,
+    pub network: VagrantNetwork,
 }
 
 /// Ruby's single-quoted string.
@@ -84,24 +96,41 @@ impl Plan {
                 ),
             ),
         };
-        format!(
-            r#"# Written by envbuild for {env}/{machine}: edits are overwritten at the next boot.
-require 'vagrant-libvirt/driver'
+        let (lookup, reach, network_lines) = match self.network {
+            VagrantNetwork::Loopback => (
+                "require 'vagrant-libvirt/driver'
 # QEMU user networking has no DHCP lease libvirt knows of: the guest is reached on 127.0.0.1.
 class VagrantPlugins::ProviderLibvirt::Driver
   def get_ipaddress(domain = nil)
     '127.0.0.1'
   end
 end
-
+"
+                .to_string(),
+                format!(
+                    "  config.ssh.host = '127.0.0.1'\n  config.ssh.port = {}\n",
+                    self.ssh_port
+                ),
+                "    lv.mgmt_attach = false\n    lv.qemu_use_agent = true\n".to_string(),
+            ),
+            VagrantNetwork::Management => (
+                String::new(),
+                String::new(),
+                format!(
+                    "    # vagrant-libvirt's own management network, as it comes; Vagrant reaches the\n    # guest at its DHCP lease there.\n    lv.management_network_mac = {}\n",
+                    ruby(MANAGEMENT_MAC)
+                ),
+            ),
+        };
+        format!(
+            r#"# Written by envbuild for {env}/{machine}: edits are overwritten at the next boot.
+{lookup}
 Vagrant.configure('2') do |config|
   config.vm.define {machine_q} do |m|
   end
 {box_line}  config.vm.synced_folder '.', '/vagrant', disabled: true
   config.vm.boot_timeout = 1800
-  config.ssh.host = '127.0.0.1'
-  config.ssh.port = {ssh_port}
-  # The base images have no sudo: Vagrant logs in as root with the environment's own key.
+{reach}  # The base images have no sudo: Vagrant logs in as root with the environment's own key.
   config.ssh.username = 'root'
   config.ssh.sudo_command = '%c'
   config.ssh.private_key_path = [{identity}]
@@ -114,9 +143,7 @@ Vagrant.configure('2') do |config|
     lv.default_prefix = {prefix}
     lv.storage_pool_name = {pool}
     lv.storage_pool_path = {pool_dir}
-    lv.mgmt_attach = false
-    lv.qemu_use_agent = true
-    lv.graphics_type = 'none'
+{network_lines}    lv.graphics_type = 'none'
     lv.video_type = 'none'
     lv.serial :type => 'file', :source => {{ :path => {console} }}
 {disk_lines}{qemuargs}  end
@@ -125,7 +152,6 @@ end
             env = self.env,
             machine = self.machine,
             machine_q = ruby(&self.machine),
-            ssh_port = self.ssh_port,
             identity = ruby(&self.identity.display().to_string()),
             uri = ruby(&self.uri),
             driver = ruby(if self.kvm { "kvm" } else { "qemu" }),
@@ -175,6 +201,7 @@ mod tests {
             seed: "/state/envs/demo/box/root/seed.tar".into(),
             console_log: "/state/envs/demo/box/logs/console.log".into(),
             kvm: false,
+            network: VagrantNetwork::Loopback,
         }
     }
 
@@ -194,6 +221,26 @@ mod tests {
         assert!(text.contains("lv.driver = 'qemu'"));
         assert!(text.contains("lv.cpu_model = 'qemu64'"));
         assert!(!text.contains("lv.storage :file"));
+    }
+
+    #[test]
+    fn the_management_set_up_keeps_vagrants_own_network_and_envbuilds_loopback_nic() {
+        let text = Plan {
+            network: VagrantNetwork::Management,
+            ..plan(Disk::Box("envbuild-0123".into()))
+        }
+        .text();
+        assert!(!text.contains("mgmt_attach"), "{text}");
+        assert!(
+            !text.contains("get_ipaddress"),
+            "Vagrant's own lookup: {text}"
+        );
+        assert!(!text.contains("config.ssh.host"), "{text}");
+        assert!(text.contains(&format!("lv.management_network_mac = '{MANAGEMENT_MAC}'")));
+        assert!(text.contains("hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40080-:8080"));
+        let loopback = plan(Disk::Box("envbuild-0123".into())).text();
+        assert!(loopback.contains("config.ssh.port = 40022"));
+        assert!(!loopback.contains("management_network_mac"));
     }
 
     #[test]
