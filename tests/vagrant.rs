@@ -316,3 +316,242 @@ steps = ["echo started-the-slow-step", "sleep 900"]
     );
     assert!(snapshots("vkill").is_empty());
 }
+
+/// A libvirtd of the test's own in fresh network, mount and PID namespaces
+/// (tests/fixtures/private-libvirtd.sh): the stock management network lives there, never in the
+/// host's namespace. Dropping it (or the test thread ending: `--pdeathsig`) kills every process
+/// inside, QEMU and dnsmasq included.
+struct PrivateLibvirt {
+    unshare: std::process::Child,
+    /// The namespaces' first process, as the host numbers it.
+    init: u32,
+    dir: PathBuf,
+}
+
+impl PrivateLibvirt {
+    fn start(dir: &Path) -> PrivateLibvirt {
+        common::vm::require_vm_host(&[
+            ("unshare", "util-linux"),
+            ("nsenter", "util-linux"),
+            ("setpriv", "util-linux"),
+            ("libvirtd", "libvirt-daemon-system"),
+            ("dnsmasq", "dnsmasq-base"),
+        ]);
+        std::fs::create_dir_all(dir).unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/private-libvirtd.sh");
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let unshare = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "unshare", "--net", "--mount"])
+            .args([
+                "--propagation",
+                "private",
+                "--pid",
+                "--mount-proc",
+                "--fork",
+            ])
+            .args(["--kill-child", "sh"])
+            .arg(&script)
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = PrivateLibvirt {
+            init: 0,
+            unshare,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !dir.join("ready").exists() {
+            assert!(
+                daemon.unshare.try_wait().unwrap().is_none(),
+                "the private libvirtd ended: {}",
+                std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the private libvirtd never answered"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let pid = daemon.unshare.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        daemon.init = children.split_whitespace().next().unwrap().parse().unwrap();
+        daemon
+    }
+
+    /// `command` run inside the namespaces, with its environment and folder.
+    fn enter(&self, command: &Command) -> Command {
+        let mut inside = Command::new("nsenter");
+        inside.args(["-t", &self.init.to_string(), "-n", "-m", "-p"]);
+        // nsenter starts in the namespaces' root folder unless told the command's.
+        if let Some(dir) = command.get_current_dir() {
+            inside.arg(format!("--wd={}", dir.display()));
+        }
+        inside
+            .arg("--")
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => inside.env(name, value),
+                None => inside.env_remove(name),
+            };
+        }
+        inside
+    }
+
+    fn output(&self, command: &Command) -> (bool, String, String) {
+        let out = self.enter(command).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn virsh(&self, args: &[&str]) -> String {
+        let mut virsh = Command::new("virsh");
+        virsh.args(["-q", "-c", "qemu:///system"]).args(args);
+        self.output(&virsh).1
+    }
+
+    /// What of the machine the private libvirtd still holds: domains, pools, active networks.
+    fn leftovers(&self, env: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        for (kind, list) in [
+            ("domain", self.virsh(&["list", "--all", "--name"])),
+            ("pool", self.virsh(&["pool-list", "--all", "--name"])),
+            ("active network", self.virsh(&["net-list", "--name"])),
+        ] {
+            for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if name.contains(env) || name == "vagrant-libvirt" {
+                    left.push(format!("{kind} {name}"));
+                }
+            }
+        }
+        left
+    }
+}
+
+impl Drop for PrivateLibvirt {
+    fn drop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+#[test]
+fn the_stock_management_network_set_up_runs_in_a_private_libvirtd_and_takes_imported_stages() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_host();
+    let project = Project::new();
+    write_demo(&project, "vmgmt", "");
+
+    // Built on this host (the loopback set-up), then carried off as an archive.
+    let (report, _) = ok(&project, &["build", "vmgmt", "--json"]);
+    assert!(
+        outcomes(&report).iter().all(|(_, a, _)| a == "built"),
+        "{report}"
+    );
+    let archive = project.path().join("vmgmt-stages.tar");
+    ok(
+        &project,
+        &[
+            "cache",
+            "export",
+            "vmgmt",
+            "-o",
+            &archive.display().to_string(),
+        ],
+    );
+    // `down` of a built machine that never went up removes the domain the build kept.
+    ok(&project, &["down", "vmgmt"]);
+    assert_eq!(leftovers(&project, "vmgmt"), Vec::<String>::new());
+
+    // Another "machine": its own libvirtd, store, state and Vagrant, stock networking.
+    let daemon = PrivateLibvirt::start(&project.path().join("private-libvirtd"));
+    let agent = |args: &[&str]| {
+        let mut cmd = project.process();
+        cmd.env("ENVBUILD_STORE", project.path().join("store-ns"))
+            .env("ENVBUILD_STATE", project.path().join("state-ns"))
+            .env("VAGRANT_HOME", project.path().join("vagrant-ns.d"))
+            .env("ENVBUILD_VAGRANT_NETWORK", "management")
+            .args(args);
+        let (ok, stdout, stderr) = daemon.output(&cmd);
+        assert!(
+            ok,
+            "envbuild {args:?} in the namespace failed:\n{stdout}\n{stderr}"
+        );
+        stdout
+    };
+    let vagrant_ssh = |command: &str| {
+        let mut cmd = Command::new("vagrant");
+        cmd.args(["ssh", "-c", command])
+            .env("VAGRANT_HOME", project.path().join("vagrant-ns.d"))
+            .env(
+                "VAGRANT_CWD",
+                project.path().join("state-ns/envs/vmgmt/box/vagrant"),
+            )
+            .env("VAGRANT_CHECKPOINT_DISABLE", "1");
+        let (ok, stdout, stderr) = daemon.output(&cmd);
+        assert!(ok, "vagrant ssh failed:\n{stdout}\n{stderr}");
+        stdout
+    };
+    agent(&["cache", "import", &archive.display().to_string()]);
+    let up = agent(&["up", "vmgmt", "--json"]);
+    assert!(
+        outcomes(&up).iter().all(|(_, _, steps)| *steps == 0),
+        "{up}"
+    );
+    let port = http_port(&up);
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--max-time", "30"])
+        .arg(format!("http://127.0.0.1:{port}/hello.txt"));
+    assert_eq!(daemon.output(&curl).1, "hello from stage one\n");
+    // Vagrant found the guest the stock way: a DHCP lease on its management network.
+    let leases = daemon.virsh(&["net-dhcp-leases", "vagrant-libvirt"]);
+    assert!(
+        leases.contains("52:54:00:0e:b0:02") && leases.contains("192.168.121."),
+        "{leases}"
+    );
+    let addresses = vagrant_ssh("ip -4 -o addr show");
+    assert!(addresses.contains("192.168.121."), "{addresses}");
+    assert_eq!(vagrant_ssh("cat /etc/stage2").trim(), "stage-two");
+    let host = Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&host.stdout).contains("192.168.121."),
+        "the management network leaked into the host's namespace"
+    );
+    agent(&["down", "vmgmt"]);
+    assert_eq!(daemon.leftovers("vmgmt"), Vec::<String>::new());
+
+    // A changed stage 2 is built there, on the imported stage 1, under the stock set-up.
+    write_demo(&project, "vmgmt", "-changed");
+    let report = agent(&["build", "vmgmt", "--json"]);
+    let stages = outcomes(&report);
+    assert_eq!(stages[0].2, 0, "{stages:?}");
+    assert_eq!(stages[1], ("service".into(), "built".into(), 4));
+    agent(&["up", "vmgmt"]);
+    assert_eq!(vagrant_ssh("cat /etc/stage2").trim(), "stage-two-changed");
+    agent(&["down", "vmgmt"]);
+    assert_eq!(daemon.leftovers("vmgmt"), Vec::<String>::new());
+
+    // Nothing of the test in the host's libvirtd, and nothing running once the namespaces end.
+    assert_eq!(leftovers(&project, "vmgmt"), Vec::<String>::new());
+    let marker = daemon.dir.display().to_string();
+    drop(daemon);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !common::processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the private libvirtd outlived its namespaces"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
