@@ -136,3 +136,166 @@ pub fn add(record: &BoxRecord, log: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where make-box.sh puts the root partition (1 MiB) and the size of the file system's boot
+/// block there: ext4 leaves bytes 0-1023 of a file system to the boot loader, and extlinux's
+/// volume boot record (the code the MBR chain-loads) is its first sector.
+const BOOT_BLOCK_OFFSET: u64 = 1 << 20;
+const BOOT_BLOCK_SIZE: usize = 1024;
+
+/// Puts the box's boot block back into an exported stage disk whose guest zeroed it.
+///
+/// The guest rewrites its root file system's first block while it runs, and Debian 12's kernel
+/// (6.1.0-50, in the base images since 2026-12) writes it with bytes 0-1023 zeroed: the volume
+/// boot record is gone and the export, booted cold, stops in the BIOS. A revert does not boot,
+/// so only exports need it: the boot block comes from the bottom of the domain disk's backing
+/// chain (the box's volume, or an export already mended), and only an all-zero one is replaced,
+/// never a boot block a stage wrote itself.
+pub(super) fn mend_boot_block(domain_disk: &Path, export: &Path) -> Result<()> {
+    let bottom = chain_bottom(domain_disk)?;
+    let scratch = tempfile::tempdir().ctx(|| "creating a temporary folder".into())?;
+    let original = read_boot_block(&bottom, &scratch.path().join("original"))?;
+    let saved = scratch.path().join("exported");
+    if !read_boot_block(export, &saved)?.iter().all(|b| *b == 0) || original.iter().all(|b| *b == 0)
+    {
+        return Ok(());
+    }
+    let source = scratch.path().join("original");
+    let command = format!(
+        "write -s {} {BOOT_BLOCK_OFFSET} {BOOT_BLOCK_SIZE}",
+        source.display()
+    );
+    run_tool(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", &command])
+            .arg(export),
+        "qemu-io",
+    )?;
+    if read_boot_block(export, &saved)? != original {
+        return Err(Error::Failed(format!(
+            "the boot block of {} could not be put back",
+            export.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The last image of `disk`'s backing chain (the disk itself when it has no backing file).
+fn chain_bottom(disk: &Path) -> Result<PathBuf> {
+    let out = run_tool(
+        Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain", "--output=json"])
+            .arg(disk),
+        "qemu-img info",
+    )?;
+    let chain: Vec<serde_json::Value> = serde_json::from_slice(&out)
+        .map_err(|e| Error::Failed(format!("reading qemu-img info of {}: {e}", disk.display())))?;
+    chain
+        .last()
+        .and_then(|image| image["filename"].as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "qemu-img info of {} names no image",
+                disk.display()
+            ))
+        })
+}
+
+fn read_boot_block(disk: &Path, to: &Path) -> Result<Vec<u8>> {
+    let _ = std::fs::remove_file(to);
+    let skip = BOOT_BLOCK_OFFSET / BOOT_BLOCK_SIZE as u64;
+    run_tool(
+        Command::new("qemu-img")
+            .args(["dd", "-U", "-f", "qcow2", "-O", "raw"])
+            .arg(format!("bs={BOOT_BLOCK_SIZE}"))
+            .arg(format!("skip={skip}"))
+            // qemu-img dd counts the skipped blocks too (QEMU 7.2).
+            .arg(format!("count={}", skip + 1))
+            .arg(format!("if={}", disk.display()))
+            .arg(format!("of={}", to.display())),
+        "qemu-img dd",
+    )?;
+    std::fs::read(to).ctx(|| format!("reading {}", to.display()))
+}
+
+fn run_tool(command: &mut Command, what: &str) -> Result<Vec<u8>> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .ctx(|| format!("running {what}"))?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A 4 MiB qcow2 disk whose boot block is `block` (zeros: left out).
+    fn disk(path: &Path, block: &[u8]) {
+        let raw = path.with_extension("raw");
+        let mut bytes = vec![0u8; 4 << 20];
+        bytes[BOOT_BLOCK_OFFSET as usize..][..block.len()].copy_from_slice(block);
+        std::fs::write(&raw, bytes).unwrap();
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ]);
+    }
+
+    #[test]
+    fn an_export_whose_guest_zeroed_the_boot_block_gets_the_boxes_back_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let vbr: Vec<u8> = (0..BOOT_BLOCK_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+        let boxed = dir.path().join("box.qcow2");
+        disk(&boxed, &vbr);
+        let domain = dir.path().join("domain.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            boxed.to_str().unwrap(),
+            domain.to_str().unwrap(),
+        ]);
+        assert_eq!(chain_bottom(&domain).unwrap(), boxed);
+
+        let zeroed = dir.path().join("zeroed.qcow2");
+        disk(&zeroed, &[]);
+        mend_boot_block(&domain, &zeroed).unwrap();
+        assert_eq!(
+            read_boot_block(&zeroed, &dir.path().join("a")).unwrap(),
+            vbr
+        );
+
+        // A boot block the stage wrote itself stays as it is.
+        let own = vec![7u8; BOOT_BLOCK_SIZE];
+        let kept = dir.path().join("kept.qcow2");
+        disk(&kept, &own);
+        mend_boot_block(&domain, &kept).unwrap();
+        assert_eq!(read_boot_block(&kept, &dir.path().join("b")).unwrap(), own);
+    }
+}

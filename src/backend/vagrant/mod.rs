@@ -644,6 +644,7 @@ impl Backend for VagrantBackend {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        boxes::mend_boot_block(&record.disk, &disk)?;
         let saved = Saved {
             key: key.clone(),
             box_sha256: record.box_sha256.clone(),
