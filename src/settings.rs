@@ -65,7 +65,8 @@ pub struct LibvirtSettings {
 /// How a vagrant machine is networked (docs/backends.md, "vagrant"). Either way envbuild's own
 /// traffic (steps over SSH, forwarded ports) goes through a QEMU user-mode NIC on 127.0.0.1; the
 /// choice is whether Vagrant also gets its stock management network.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum VagrantNetwork {
     /// The loopback NIC alone: nothing but 127.0.0.1 is reached from the host (CI hosts).
     #[default]
@@ -230,6 +231,10 @@ mod tests {
         assert_eq!(settings.libvirt.vagrant_network, VagrantNetwork::Loopback);
         for kind in [VagrantNetwork::Loopback, VagrantNetwork::Management] {
             assert_eq!(kind.as_str().parse::<VagrantNetwork>(), Ok(kind));
+            // machine.json records it by the same name.
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<VagrantNetwork>(&json).unwrap(), kind);
         }
         assert_eq!(
             "nat".parse::<VagrantNetwork>(),

@@ -41,19 +41,72 @@ pub fn virtual_mib(path: &Path) -> Result<u64> {
 
 /// Runs `qemu-img ARGS`; its stderr becomes the error.
 pub(super) fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = Command::new("qemu-img")
+    tool("qemu-img", args)
+}
+
+/// Runs `PROGRAM ARGS` (qemu-img or qemu-io, both from qemu-utils); its stderr becomes the error.
+fn tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new(program)
         .args(args)
+        .stdin(std::process::Stdio::null())
         .output()
-        .ctx(|| "running qemu-img (apt-get install qemu-utils)".into())?;
+        .ctx(|| format!("running {program} (apt-get install qemu-utils)"))?;
     if !out.status.success() {
         let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         return Err(Error::Failed(format!(
-            "qemu-img {} failed: {}",
+            "{program} {} failed: {}",
             shown.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
+}
+
+/// The `len` bytes of a qcow2 disk's contents at `offset` (a multiple of `len`), read through
+/// `scratch` (replaced). Works on a disk a running QEMU has open.
+pub fn read_bytes(disk: &Path, offset: u64, len: usize, scratch: &Path) -> Result<Vec<u8>> {
+    debug_assert_eq!(offset % len as u64, 0, "qemu-img dd reads whole blocks");
+    let _ = std::fs::remove_file(scratch);
+    let skip = offset / len as u64;
+    let (bs, skip_arg) = (format!("bs={len}"), format!("skip={skip}"));
+    // qemu-img dd counts the skipped blocks too (QEMU 7.2).
+    let count = format!("count={}", skip + 1);
+    let (input, output) = (
+        format!("if={}", disk.display()),
+        format!("of={}", scratch.display()),
+    );
+    qemu_img(&[
+        "dd".as_ref(),
+        "-U".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        bs.as_ref(),
+        skip_arg.as_ref(),
+        count.as_ref(),
+        input.as_ref(),
+        output.as_ref(),
+    ])?;
+    std::fs::read(scratch).ctx(|| format!("reading {}", scratch.display()))
+}
+
+/// Writes the bytes of `from` into a qcow2 disk's contents at `offset` (`qemu-io`).
+pub fn write_bytes(disk: &Path, offset: u64, from: &Path) -> Result<()> {
+    let len = std::fs::metadata(from)
+        .ctx(|| format!("reading {}", from.display()))?
+        .len();
+    let command = format!("write -s {} {offset} {len}", from.display());
+    tool(
+        "qemu-io",
+        &[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            command.as_ref(),
+            disk.as_os_str(),
+        ],
+    )
 }
 
 /// The backing file a qcow2 file names, exactly as written in it (relative paths are relative
@@ -78,7 +131,6 @@ pub fn set_backing(path: &Path, backing: &Path) -> Result<()> {
 }
 
 /// The backing chain of a qcow2 file, top first, as `qemu-img info --backing-chain` reports it.
-#[cfg(test)]
 pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(qemu_img_info(path, true)?
         .iter()

@@ -152,26 +152,25 @@ const BOOT_BLOCK_SIZE: usize = 1024;
 /// chain (the box's volume, or an export already mended), and only an all-zero one is replaced,
 /// never a boot block a stage wrote itself.
 pub(super) fn mend_boot_block(domain_disk: &Path, export: &Path) -> Result<()> {
-    let bottom = chain_bottom(domain_disk)?;
+    let chain = image::backing_chain(domain_disk)?;
+    let bottom = chain.last().ok_or_else(|| {
+        Error::Failed(format!(
+            "qemu-img info of {} names no image",
+            domain_disk.display()
+        ))
+    })?;
     let scratch = tempfile::tempdir().ctx(|| "creating a temporary folder".into())?;
-    let original = read_boot_block(&bottom, &scratch.path().join("original"))?;
-    let saved = scratch.path().join("exported");
-    if !read_boot_block(export, &saved)?.iter().all(|b| *b == 0) || original.iter().all(|b| *b == 0)
+    let (original, exported) = (
+        scratch.path().join("original"),
+        scratch.path().join("exported"),
+    );
+    let block = read_boot_block(bottom, &original)?;
+    if !read_boot_block(export, &exported)?.iter().all(|b| *b == 0) || block.iter().all(|b| *b == 0)
     {
         return Ok(());
     }
-    let source = scratch.path().join("original");
-    let command = format!(
-        "write -s {} {BOOT_BLOCK_OFFSET} {BOOT_BLOCK_SIZE}",
-        source.display()
-    );
-    run_tool(
-        Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", &command])
-            .arg(export),
-        "qemu-io",
-    )?;
-    if read_boot_block(export, &saved)? != original {
+    image::write_bytes(export, BOOT_BLOCK_OFFSET, &original)?;
+    if read_boot_block(export, &exported)? != block {
         return Err(Error::Failed(format!(
             "the boot block of {} could not be put back",
             export.display()
@@ -180,57 +179,8 @@ pub(super) fn mend_boot_block(domain_disk: &Path, export: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The last image of `disk`'s backing chain (the disk itself when it has no backing file).
-fn chain_bottom(disk: &Path) -> Result<PathBuf> {
-    let out = run_tool(
-        Command::new("qemu-img")
-            .args(["info", "-U", "--backing-chain", "--output=json"])
-            .arg(disk),
-        "qemu-img info",
-    )?;
-    let chain: Vec<serde_json::Value> = serde_json::from_slice(&out)
-        .map_err(|e| Error::Failed(format!("reading qemu-img info of {}: {e}", disk.display())))?;
-    chain
-        .last()
-        .and_then(|image| image["filename"].as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            Error::Failed(format!(
-                "qemu-img info of {} names no image",
-                disk.display()
-            ))
-        })
-}
-
-fn read_boot_block(disk: &Path, to: &Path) -> Result<Vec<u8>> {
-    let _ = std::fs::remove_file(to);
-    let skip = BOOT_BLOCK_OFFSET / BOOT_BLOCK_SIZE as u64;
-    run_tool(
-        Command::new("qemu-img")
-            .args(["dd", "-U", "-f", "qcow2", "-O", "raw"])
-            .arg(format!("bs={BOOT_BLOCK_SIZE}"))
-            .arg(format!("skip={skip}"))
-            // qemu-img dd counts the skipped blocks too (QEMU 7.2).
-            .arg(format!("count={}", skip + 1))
-            .arg(format!("if={}", disk.display()))
-            .arg(format!("of={}", to.display())),
-        "qemu-img dd",
-    )?;
-    std::fs::read(to).ctx(|| format!("reading {}", to.display()))
-}
-
-fn run_tool(command: &mut Command, what: &str) -> Result<Vec<u8>> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .ctx(|| format!("running {what}"))?;
-    if !out.status.success() {
-        return Err(Error::Failed(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(out.stdout)
+fn read_boot_block(disk: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    image::read_bytes(disk, BOOT_BLOCK_OFFSET, BOOT_BLOCK_SIZE, scratch)
 }
 
 #[cfg(test)]
@@ -281,7 +231,7 @@ mod tests {
             boxed.to_str().unwrap(),
             domain.to_str().unwrap(),
         ]);
-        assert_eq!(chain_bottom(&domain).unwrap(), boxed);
+        assert_eq!(image::backing_chain(&domain).unwrap().last(), Some(&boxed));
 
         let zeroed = dir.path().join("zeroed.qcow2");
         disk(&zeroed, &[]);

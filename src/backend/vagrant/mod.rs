@@ -94,8 +94,8 @@ struct Live {
 struct Record {
     uri: String,
     /// The network set-up the domain was defined with: another one is a miss (a new boot).
-    #[serde(default = "loopback")]
-    network: String,
+    #[serde(default)]
+    network: VagrantNetwork,
     domain: String,
     pool: String,
     /// The domain's disk, in the pool.
@@ -127,10 +127,6 @@ struct Saved {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Running {
     domain: String,
-}
-
-fn loopback() -> String {
-    VagrantNetwork::Loopback.as_str().to_string()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -315,7 +311,7 @@ impl VagrantBackend {
             .ctx(|| format!("writing {}", vagrantfile.display()))?;
         let mut record = Record {
             uri,
-            network: self.network.as_str().to_string(),
+            network: self.network,
             domain: domain.clone(),
             pool,
             disk: disk_path,
@@ -395,10 +391,10 @@ impl VagrantBackend {
         if !virsh.exists(&record.domain) {
             return Ok(Err(format!("domain {} is gone", record.domain)));
         }
-        if record.network != self.network.as_str() {
+        if record.network != self.network {
             return Ok(Err(format!(
                 "the domain was defined for the {} network set-up, this run asks for {}",
-                record.network,
+                record.network.as_str(),
                 self.network.as_str()
             )));
         }
