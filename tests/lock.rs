@@ -633,6 +633,26 @@ steps = [
 fn aio_release_locks_are_recipes_of_envbuild_lock() {
     let project = Project::on_repository_envs("lock-aio-store");
     project.ok(&["lock", "aio", "--check"]);
+    // The earlier adjacent pair the repository vendors constraints for is locked too, and it
+    // is a different build: every stage key differs from the default pair's.
+    let older = ["--var", "release=2025.1", "--var", "release_next=2025.2"];
+    project.ok(&[&["lock", "aio", "--check"][..], &older].concat());
+    let keys = |extra: &[&str]| {
+        let out = project.ok(&[&["plan", "aio", "--json"][..], extra].concat());
+        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        plan["machines"][0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (default, earlier) = (keys(&[]), keys(&older));
+    assert_eq!(default.len(), earlier.len());
+    assert!(
+        default.iter().zip(&earlier).all(|(a, b)| a != b),
+        "{default:?} {earlier:?}"
+    );
     let (code, err) = stderr_of(&project, &["build", "aio", "--var", "release_next=2099.1"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(

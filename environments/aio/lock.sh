@@ -2,8 +2,9 @@
 # lock.sh SERIES — regenerate requirements/aio-SERIES.txt, the locked closure of one release's
 # service venv: keystone, glance, openstack-placement, nova, neutron and swift at the series'
 # versions below, plus PyMySQL, gunicorn, pymemcache, python-memcached (and setuptools,
-# to build the three pure-Python sdists offline).
+# to build the pure-Python sdists in SDISTS offline).
 #
+#   ./lock.sh 2025.1      requirements/aio-2025.1.txt
 #   ./lock.sh 2025.2      requirements/aio-2025.2.txt
 #   ./lock.sh 2026.1      requirements/aio-2026.1.txt
 #
@@ -16,20 +17,19 @@
 # same file. Reruns were byte-identical.
 set -eu
 
-series=${1:?usage: lock.sh SERIES (2025.2 or 2026.1)}
+series=${1:?usage: lock.sh SERIES (2025.1, 2025.2 or 2026.1)}
 PYTHON=${PYTHON:-/usr/bin/python3}
 here=$(cd "$(dirname "$0")" && pwd)
 case $series in
+    2025.1) projects="keystone==27.1.0 glance==30.2.0 openstack-placement==13.0.1 nova==31.3.1 neutron==26.0.6 swift==2.35.5" ;;
     2025.2) projects="keystone==28.1.0 glance==31.1.0 openstack-placement==14.0.0 nova==32.2.1 neutron==27.0.4 swift==2.36.4" ;;
     2026.1) projects="keystone==29.1.0 glance==32.0.0 openstack-placement==15.0.0 nova==33.0.2 neutron==28.0.2 swift==2.37.4" ;;
-    # 2025.1 would be keystone 27.1.0 glance 30.2.0 placement 13.0.1 nova 31.3.1 neutron 26.0.6
-    # swift 2.35.5: vendor constraints/upper-constraints-2025.1.txt and add a line.
     *) echo "lock.sh: no release $series (see constraints/ and the table in lock.sh)" >&2; exit 2 ;;
 esac
 cons=$here/constraints/upper-constraints-$series.txt
 [ -f "$cons" ] || { echo "lock.sh: $cons is missing" >&2; exit 2; }
 # Only these come as sdists (no wheel at the pinned version); all build as pure Python.
-SDISTS="ovs simplegeneric pyperclip ncclient"
+SDISTS="ovs simplegeneric pyperclip ncclient logutils"
 extras="PyMySQL gunicorn pymemcache python-memcached setuptools"
 dest=requirements/aio-$series.txt
 
