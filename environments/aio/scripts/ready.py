@@ -3,7 +3,9 @@
 Ready when its row in nova.services shows a heartbeat later than the start time nova.sh
 recorded ($ENVBUILD_RUN/started/nova-SERVICE[HOST]); a compute also needs its host mapping in
 nova_api (made by the scheduler's periodic discovery), without which nothing is scheduled to
-it. One check per call (the caller retries); reasons go to $ENVBUILD_RUN/ready.log. Run with
+it, and its node's inventory in placement: a compute new to the database is mapped as soon as
+its node's row exists, before it has told placement about the node, and a server created then
+finds no allocation candidate (NoValidHost). One check per call (the caller retries); reasons go to $ENVBUILD_RUN/ready.log. Run with
 the venv's python (pymysql).
 """
 import datetime
@@ -31,6 +33,16 @@ def main():
             c.execute("SELECT 1 FROM nova_api.host_mappings WHERE host = %s", (host,))
             if not c.fetchone():
                 return f"{host}: not mapped to a cell yet"
+    if host and service == "compute":
+        # The placement user has the same password (one db_password for every project).
+        db = pymysql.connect(host="127.0.0.1", port=int(os.environ["ENVBUILD_PORT_MYSQL"]),
+                             user="placement", password=os.environ["ENVBUILD_SECRET_DB_PASSWORD"],
+                             connect_timeout=5)
+        with db.cursor() as c:
+            c.execute("SELECT 1 FROM placement.resource_providers rp JOIN placement.inventories i"
+                      " ON i.resource_provider_id = rp.id WHERE rp.name = %s LIMIT 1", (host,))
+            if not c.fetchone():
+                return f"{host}: no inventory in placement yet"
     return None
 
 
