@@ -48,11 +48,14 @@ pub struct Request {
     pub expect: u16,
 }
 
-/// Enough for one timeout's worth of requests at the probe's rate, so that a hung API is still
-/// sampled at the rate until the first requests time out; at most 100 threads per probe, and
-/// at most 4 iterations of a program at once (each is a process tree on the machine it tests).
+/// Enough for one timeout's worth of requests at the probe's rate, so that a request is only
+/// refused when the oldest one waiting is timing out anyway: a slow API is measured as slow,
+/// and a hung one is still sampled at the rate until its first requests time out. At most 1000
+/// threads per probe (the spec's bound on `max_in_flight`; a waiting request's thread holds a
+/// 256 KiB stack, mostly unused), and at most 4 iterations of a program at once (each is a
+/// process tree on the machine it tests).
 pub fn default_max_in_flight(program: bool, rate_hz: f64, timeout: Duration) -> usize {
-    let most = if program { 4 } else { 100 };
+    let most = if program { 4 } else { 1000 };
     ((rate_hz * timeout.as_secs_f64()).ceil() as usize + 1).clamp(1, most)
 }
 
@@ -450,6 +453,24 @@ mod tests {
                 .all(|s| !s.ok && s.error.as_deref() == Some("HTTP 503, expected 201"))
         );
         assert!(samples.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+    }
+
+    #[test]
+    fn the_default_bound_holds_one_timeout_of_requests_at_the_rate() {
+        let ten = Duration::from_secs(10);
+        // 20 Hz with a 10 s timeout: a request is refused only once one has waited 10 s.
+        assert_eq!(default_max_in_flight(false, 20.0, ten), 201);
+        assert_eq!(
+            default_max_in_flight(false, 0.5, Duration::from_millis(1500)),
+            2
+        );
+        assert_eq!(default_max_in_flight(false, 1000.0, ten), 1000);
+        assert_eq!(
+            default_max_in_flight(true, 0.1, Duration::from_secs(120)),
+            4
+        );
+        assert_eq!(default_max_in_flight(true, 0.001, ten), 2);
+        assert_eq!(default_max_in_flight(true, 0.0, ten), 1);
     }
 
     #[test]
