@@ -19,6 +19,7 @@ pub mod live_index;
 pub mod lock;
 pub mod log;
 mod machine;
+mod path_map;
 pub mod tar_writer;
 pub mod tree;
 pub mod verify;
