@@ -99,6 +99,9 @@ impl std::str::FromStr for VagrantNetwork {
     }
 }
 
+/// The results history's file name in the state folder, unless `--history-file` names another.
+pub const HISTORY_FILE: &str = "history.sqlite";
+
 impl Settings {
     pub fn resolve(flags: Flags) -> Result<Settings> {
         let store = absolute(
@@ -113,7 +116,7 @@ impl Settings {
         )?;
         let history = match flags.history {
             Some(file) => absolute(file)?,
-            None => state.join(crate::history::FILE),
+            None => state.join(HISTORY_FILE),
         };
         let images = match flags.images {
             Some(dir) => absolute(dir)?,

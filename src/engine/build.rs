@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Workspace;
-use super::inputs::{RemoveOnDrop, prepare_inputs};
+use super::inputs::prepare_inputs;
 use super::lock::EnvLock;
 use super::workspace::MachineHandle;
 use crate::backend::{MachineContext, StepContext};
@@ -17,6 +17,7 @@ use crate::process::StepEnd;
 use crate::spec::model::{Environment, Machine, Stage};
 use crate::spec::var_env_name;
 use crate::state::Marker;
+use crate::store::RemoveOnDrop;
 use crate::store::{Entry, Manifest, Store};
 use crate::ui::Progress;
 

@@ -1,30 +1,11 @@
 //! A stage's inputs folder: copied inputs, rendered templates and pinned sources (sources.rs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Workspace;
 use crate::error::{IoContext, Result};
 use crate::key::{self};
 use crate::spec::model::Stage;
-use crate::store::remove_tree;
-
-/// Removes a half-made folder or file when the work that made it ends, however it ends.
-pub(super) struct RemoveOnDrop(pub(super) PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        remove_any(&self.0);
-    }
-}
-
-/// Removes a folder (however its modes are set) or a file.
-pub(super) fn remove_any(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        let _ = remove_tree(path);
-    } else {
-        let _ = std::fs::remove_file(path);
-    }
-}
 
 /// Copies the stage's inputs, renders its templates and fetches its sources into `dir`.
 pub(super) fn prepare_inputs(ws: &Workspace, stage: &Stage, dir: &Path) -> Result<()> {

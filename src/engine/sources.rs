@@ -16,11 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::inputs::{RemoveOnDrop, remove_any};
 use crate::error::{Error, IoContext, Result};
 use crate::key::digest::{sha256_bytes, sha256_file};
 use crate::spec::model::{Origin, Source};
-use crate::store;
+use crate::store::{self, RemoveOnDrop, remove_any};
 
 /// The store's sources folder.
 pub fn sources_dir(store_root: &Path) -> PathBuf {

@@ -25,7 +25,6 @@ use crate::harness::verdict::Verdict;
 use crate::store::lock::FileLock;
 use crate::ui::Progress;
 
-pub const FILE: &str = "history.sqlite";
 /// `PRAGMA user_version` of the schema below.
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = "CREATE TABLE runs (
@@ -329,6 +328,7 @@ fn is_corrupt(e: &Error) -> bool {
 mod tests {
     use super::*;
     use crate::harness::summary::fixture::run;
+    use crate::settings::HISTORY_FILE as FILE;
 
     #[test]
     fn records_and_reads_back_runs_in_order() {

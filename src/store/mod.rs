@@ -413,6 +413,24 @@ fn sync_filesystem(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a half-made folder or file when the work that made it ends, however it ends.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove_any(&self.0);
+    }
+}
+
+/// Removes a folder (however its modes are set) or a file; a path that is not there is fine.
+pub fn remove_any(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        let _ = remove_tree(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Removes a folder tree, making read-only folders writable first (a venv or a failed build may
 /// leave some).
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {

@@ -83,7 +83,7 @@ pub(super) fn boot(plan: &BootPlan) -> Result<Booted> {
     };
     // The seed holds the private host key: it goes once the guest has read it (QEMU keeps its
     // open file for a reboot), or with the guard if the boot fails or envbuild is killed.
-    let _seed_gone = image::RemoveOnDrop(seed.clone());
+    let _seed_gone = crate::store::RemoveOnDrop(seed.clone());
     let virsh = Virsh {
         uri: plan.uri.to_string(),
     };

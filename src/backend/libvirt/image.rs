@@ -34,7 +34,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::digest::{sha256_bytes, sha256_file};
 use crate::spec::model::{Debootstrap, Machine, PinnedImage};
 use crate::store::lock::FileLock;
-use crate::store::remove_tree;
+use crate::store::{RemoveOnDrop, remove_tree};
 
 pub(crate) use super::qemu_img::*;
 
@@ -451,19 +451,6 @@ fn convert_to_qcow2(raw: &Path, qcow2: &Path) -> Result<()> {
         raw.as_os_str(),
         qcow2.as_os_str(),
     ])
-}
-
-/// Removes a file or a folder when dropped: what a failed or finished step leaves behind.
-pub struct RemoveOnDrop(pub PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if self.0.is_dir() {
-            let _ = remove_tree(&self.0);
-        } else {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 /// A pinned image is grown to `resources.disk`, never shrunk: a smaller size is bad input.

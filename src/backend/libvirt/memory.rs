@@ -176,7 +176,7 @@ pub(super) fn resume(plan: ResumePlan) -> Result<Booted> {
     std::fs::File::create(&seed)
         .and_then(|f| f.set_len(1 << 20))
         .ctx(|| format!("writing {}", seed.display()))?;
-    let _seed_gone = super::image::RemoveOnDrop(seed.clone());
+    let _seed_gone = crate::store::RemoveOnDrop(seed.clone());
     let console = state.logs().join("console-up.log");
     let _ = std::fs::remove_file(&console);
     let ports = free_ports(1 + plan.forwards.len())?;

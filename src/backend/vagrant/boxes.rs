@@ -69,7 +69,7 @@ pub fn ensure(images: &Path, machine: &Machine, note: &dyn Fn(&str)) -> Result<B
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    let _tmp_gone = image::RemoveOnDrop(tmp.clone());
+    let _tmp_gone = crate::store::RemoveOnDrop(tmp.clone());
     let script = tmp.join("make-box.sh");
     std::fs::write(&script, MAKE_BOX).ctx(|| format!("writing {}", script.display()))?;
     let out_dir = tmp.join("box");
